@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs the pinned real servers of the local stack into the ragtrace cache, idempotently:
+#   Kafka (KRaft)  jars resolved by Maven from infra/local/kafka/pom.xml
+#   MinIO          built from its Go module with `go install`
+#   Weaviate       built from its Go module with `go install` (cmd/weaviate-server)
+#   Redis          Debian's redis-server, installed with apt-get when missing
+# Usage: infra/local/install.sh [kafka|minio|weaviate|redis ...]   (no argument: all of them)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache="${RAGTRACE_CACHE_DIR:-$HOME/.cache/ragtrace}"
+mkdir -p "$cache"
+
+log() { printf '\033[1m[install]\033[0m %s\n' "$*" >&2; }
+need() { command -v "$1" >/dev/null 2>&1 || { log "$2"; exit 1; }; }
+
+install_kafka() {
+  local dest="$cache/kafka-$KAFKA_VERSION"
+  [ -f "$dest/.complete" ] && return 0
+  need java "Kafka needs Java 17 or newer on PATH"
+  need mvn "Kafka's jars are resolved with Maven: install Maven (apt-get install maven)"
+  log "Kafka $KAFKA_VERSION: resolving jars with Maven"
+  local tmp; tmp="$(mktemp -d "$cache/.kafka.XXXXXX")"
+  mvn -q -B -f "$here/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs"
+  touch "$tmp/.complete"
+  rm -rf "$dest" && mv "$tmp" "$dest"
+}
+
+# go_build NAME MODULE VERSION PACKAGE: `go install` one binary into the cache, under its pinned version.
+go_build() {
+  local name="$1" module="$2" version="$3" package="$4"
+  local dest="$cache/$name-$version"
+  [ -x "$dest/$name" ] && return 0
+  need go "$name is built from its Go module: install Go 1.24 or newer"
+  log "$name $version: go install $package (first build takes minutes; Go caches it)"
+  local tmp; tmp="$(mktemp -d "$cache/.$name.XXXXXX")"
+  GOBIN="$tmp" GOFLAGS=-buildvcs=false go install "$package@$version"
+  rm -rf "$dest" && mv "$tmp" "$dest"
+}
+
+install_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  need apt-get "redis-server is missing and apt-get is not available: install Redis 7 yourself"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  log "Redis: apt-get install redis-server"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+}
+
+components=("$@")
+[ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis)
+
+# One installer at a time per cache (make up and make test may run side by side).
+exec 9>"$cache/.install.lock"
+flock 9
+for component in "${components[@]}"; do
+  case "$component" in
+    kafka) install_kafka ;;
+    minio) go_build minio "$MINIO_MODULE" "$MINIO_VERSION" "$MINIO_MODULE" ;;
+    weaviate) go_build weaviate-server "$WEAVIATE_MODULE" "$WEAVIATE_VERSION" "$WEAVIATE_MODULE/cmd/weaviate-server" ;;
+    redis) install_redis ;;
+    *) log "unknown component '$component' (expected kafka, minio, weaviate or redis)"; exit 2 ;;
+  esac
+done

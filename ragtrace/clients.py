@@ -1,0 +1,42 @@
+"""Clients for the infrastructure, built one way from ragtrace.settings for every service and test."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+import weaviate
+from minio import Minio
+from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+
+from ragtrace.settings import MinioSettings, RedisSettings, WeaviateSettings
+
+
+def minio_client(settings: MinioSettings) -> Minio:
+    return Minio(
+        settings.endpoint,
+        access_key=settings.access_key.get_secret_value(),
+        secret_key=settings.secret_key.get_secret_value(),
+        secure=settings.secure,
+    )
+
+
+def redis_client(settings: RedisSettings, timeout_s: float = 1.0) -> aioredis.Redis[bytes]:
+    # Short timeouts: a cache that is down must cost a request milliseconds, not a hang.
+    return aioredis.Redis.from_url(
+        settings.url.get_secret_value(), socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+
+
+def weaviate_client(settings: WeaviateSettings, timeout_s: float = 5.0) -> weaviate.WeaviateClient:
+    """A connected Weaviate v4 client (HTTP for schema, gRPC for data); close it when done."""
+    auth = Auth.api_key(settings.api_key.get_secret_value()) if settings.api_key else None
+    return weaviate.connect_to_custom(
+        http_host=settings.host,
+        http_port=settings.http_port,
+        http_secure=False,
+        grpc_host=settings.host,
+        grpc_port=settings.grpc_port,
+        grpc_secure=False,
+        auth_credentials=auth,
+        skip_init_checks=False,
+        additional_config=AdditionalConfig(timeout=Timeout(init=timeout_s, query=timeout_s, insert=timeout_s)),
+    )

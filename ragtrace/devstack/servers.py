@@ -1,0 +1,320 @@
+"""The real servers of the local stack: Kafka (KRaft), MinIO, Redis and Weaviate on 127.0.0.1.
+
+Binaries come from infra/local/install.sh (pinned in infra/local/versions.env); data, logs, pid files and
+generated credentials live under one state directory. `make up` uses the default ports; the test fixtures
+use free ports and a temporary state directory, so both can run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import httpx
+import redis
+
+from ragtrace.devstack.supervisor import Component
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCAL_INFRA = REPO_ROOT / "infra" / "local"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RAGTRACE_CACHE_DIR", Path.home() / ".cache" / "ragtrace"))
+
+
+def pinned_versions() -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in (LOCAL_INFRA / "versions.env").read_text().splitlines())
+    return {key.strip(): value.strip() for key, value in (p for p in pairs if len(p) == 2 and not p[0].startswith("#"))}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    kafka: int = 9092
+    kafka_controller: int = 9093
+    minio: int = 9000
+    minio_console: int = 9001
+    redis: int = 6379
+    weaviate_http: int = 8090
+    weaviate_grpc: int = 50051
+    weaviate_gossip: int = 7946
+    weaviate_data: int = 7947
+    weaviate_raft: int = 8300
+    weaviate_raft_rpc: int = 8301
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        return cls(**{f.name: free_port() for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    """Credentials generated for one state directory; environment variables take precedence."""
+
+    minio_access_key: str
+    minio_secret_key: str
+    redis_password: str
+    weaviate_api_key: str
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> StackSecrets:
+        stored: dict[str, str] = {}
+        if path.exists():
+            stored = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        values = {
+            f.name: os.environ.get(f"RAGTRACE_{f.name.upper()}") or stored.get(f.name) or secrets.token_urlsafe(24)
+            for f in fields(cls)
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        return cls(**values)
+
+
+class LocalServers:
+    """Builds the Component for each real server from ports, secrets and the state directory."""
+
+    def __init__(self, state_dir: Path, ports: StackPorts) -> None:
+        self.state_dir = state_dir
+        self.ports = ports
+        self.secrets = StackSecrets.load_or_create(state_dir / "secrets.env")
+        self.versions = pinned_versions()
+        self.cache = cache_dir()
+
+    def client_env(self) -> dict[str, str]:
+        """The RAGTRACE_* variables a ragtrace process needs to reach these servers (see ragtrace.settings)."""
+        p, s = self.ports, self.secrets
+        return {
+            "RAGTRACE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{p.kafka}",
+            "RAGTRACE_MINIO_ENDPOINT": f"127.0.0.1:{p.minio}",
+            "RAGTRACE_MINIO_ACCESS_KEY": s.minio_access_key,
+            "RAGTRACE_MINIO_SECRET_KEY": s.minio_secret_key,
+            "RAGTRACE_REDIS_URL": f"redis://:{s.redis_password}@127.0.0.1:{p.redis}/0",
+            "RAGTRACE_WEAVIATE_HOST": "127.0.0.1",
+            "RAGTRACE_WEAVIATE_HTTP_PORT": str(p.weaviate_http),
+            "RAGTRACE_WEAVIATE_GRPC_PORT": str(p.weaviate_grpc),
+            "RAGTRACE_WEAVIATE_API_KEY": s.weaviate_api_key,
+        }
+
+    def components(self) -> list[Component]:
+        return [self.kafka(), self.minio(), self.redis(), self.weaviate()]
+
+    def _dir(self, name: str) -> Path:
+        path = self.state_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _binary(self, name: str, version_key: str) -> str:
+        return str(self.cache / f"{name}-{self.versions[version_key]}" / name)
+
+    # Kafka ------------------------------------------------------------------------------------------
+
+    def kafka(self) -> Component:
+        home = self._dir("kafka")
+        config = home / "server.properties"
+        libs = self.cache / f"kafka-{self.versions['KAFKA_VERSION']}" / "libs"
+        java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if "JAVA_HOME" in os.environ else "java"
+        bootstrap = f"127.0.0.1:{self.ports.kafka}"
+
+        def prepare() -> None:
+            config.write_text(self._kafka_properties(home / "data"))
+            if not (home / "data" / "meta.properties").exists():
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+                _run_java(java, libs, ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)])
+
+        return Component(
+            name="kafka",
+            port=self.ports.kafka,
+            argv=[
+                java,
+                *_JVM_FLAGS,
+                f"-Dlog4j2.configurationFile={LOCAL_INFRA / 'kafka' / 'log4j2.properties'}",
+                "-cp",
+                f"{libs}/*",
+                "kafka.Kafka",
+                str(config),
+            ],
+            ready=lambda: kafka_answers_metadata(bootstrap),
+            prepare=prepare,
+            start_timeout_s=90,
+        )
+
+    def _kafka_properties(self, data_dir: Path) -> str:
+        p = self.ports
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{p.kafka_controller}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{p.kafka},CONTROLLER://127.0.0.1:{p.kafka_controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{p.kafka}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(data_dir),
+            # Topics are created by the application with explicit partitions, never implicitly.
+            "auto.create.topics.enable": "false",
+            # One broker: internal topics cannot be replicated, and need fewer partitions on a laptop.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        return "".join(f"{k}={v}\n" for k, v in settings.items())
+
+    # MinIO ------------------------------------------------------------------------------------------
+
+    def minio(self) -> Component:
+        base = f"http://127.0.0.1:{self.ports.minio}"
+        return Component(
+            name="minio",
+            port=self.ports.minio,
+            argv=[
+                self._binary("minio", "MINIO_VERSION"),
+                "server",
+                "--quiet",
+                "--address",
+                f"127.0.0.1:{self.ports.minio}",
+                "--console-address",
+                f"127.0.0.1:{self.ports.minio_console}",
+                str(self._dir("minio")),
+            ],
+            env={
+                "MINIO_ROOT_USER": self.secrets.minio_access_key,
+                "MINIO_ROOT_PASSWORD": self.secrets.minio_secret_key,
+                "MINIO_UPDATE": "off",
+            },
+            ready=lambda: httpx.get(f"{base}/minio/health/ready", timeout=1).status_code == 200,
+        )
+
+    # Redis ------------------------------------------------------------------------------------------
+
+    def redis(self) -> Component:
+        home = self._dir("redis")
+        config = home / "redis.conf"
+        password = self.secrets.redis_password
+
+        def prepare() -> None:
+            # The password goes in a private config file, not on the command line where `ps` shows it.
+            config.touch(mode=0o600)
+            config.write_text(
+                f'bind 127.0.0.1\nport {self.ports.redis}\ndir {home}\nappendonly yes\nsave ""\n'
+                f"requirepass {password}\nprotected-mode yes\ndaemonize no\n"
+            )
+
+        def ready() -> bool:
+            client = redis.Redis(port=self.ports.redis, password=password, socket_timeout=1)
+            with client:
+                return bool(client.ping())
+
+        return Component(
+            name="redis",
+            port=self.ports.redis,
+            argv=[shutil.which("redis-server") or "redis-server", str(config)],
+            ready=ready,
+            prepare=prepare,
+        )
+
+    # Weaviate ---------------------------------------------------------------------------------------
+
+    def weaviate(self) -> Component:
+        p = self.ports
+        base = f"http://127.0.0.1:{p.weaviate_http}"
+        return Component(
+            name="weaviate",
+            port=p.weaviate_http,
+            argv=[
+                self._binary("weaviate-server", "WEAVIATE_VERSION"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(p.weaviate_http),
+                "--scheme",
+                "http",
+            ],
+            env={
+                "PERSISTENCE_DATA_PATH": str(self._dir("weaviate")),
+                "DEFAULT_VECTORIZER_MODULE": "none",
+                "ENABLE_MODULES": "",
+                "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
+                "AUTHENTICATION_APIKEY_ENABLED": "true",
+                "AUTHENTICATION_APIKEY_ALLOWED_KEYS": self.secrets.weaviate_api_key,
+                "AUTHENTICATION_APIKEY_USERS": "ragtrace",
+                "GRPC_PORT": str(p.weaviate_grpc),
+                "CLUSTER_HOSTNAME": "node1",
+                "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",
+                "CLUSTER_GOSSIP_BIND_PORT": str(p.weaviate_gossip),
+                "CLUSTER_DATA_BIND_PORT": str(p.weaviate_data),
+                "RAFT_PORT": str(p.weaviate_raft),
+                "RAFT_INTERNAL_RPC_PORT": str(p.weaviate_raft_rpc),
+                "RAFT_BOOTSTRAP_EXPECT": "1",
+                "RAFT_JOIN": "node1",
+                "GO_PROFILING_DISABLE": "true",
+                "DISABLE_TELEMETRY": "true",
+                "LOG_LEVEL": "info",
+                "LOG_FORMAT": "text",
+            },
+            ready=lambda: httpx.get(f"{base}/v1/.well-known/ready", timeout=1).status_code == 200,
+            start_timeout_s=90,
+        )
+
+
+# Small heap and quick start-up for a single-node broker on a laptop-sized machine.
+_JVM_FLAGS = ["-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"]
+
+
+def _run_java(java: str, libs: Path, args: list[str]) -> None:
+    subprocess.run([java, "-cp", f"{libs}/*", *args], check=True, capture_output=True)  # noqa: S603
+
+
+def kafka_answers_metadata(bootstrap: str) -> bool:
+    """True when the broker answers a real Metadata request and names a controller."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def describe() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        await admin.start()
+        try:
+            cluster = await admin.describe_cluster()
+            return int(cluster.get("controller_id", -1)) >= 0
+        finally:
+            await admin.close()
+
+    with _quiet("aiokafka"):  # refused connections while the broker starts are expected, not news
+        return asyncio.run(describe())
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

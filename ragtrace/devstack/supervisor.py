@@ -1,0 +1,169 @@
+"""Starts, health-checks and stops local processes by pid file: the engine behind `make up/down/status`.
+
+A pid file records the pid and the process start time, so `stop` only ever signals a process this
+supervisor started (a recycled pid belongs to someone else and is left alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+Probe = Callable[[], bool]
+
+
+class StartError(RuntimeError):
+    """A component did not become ready; the message names it and its log."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One local process: how to run it and how to tell that it serves."""
+
+    name: str
+    port: int
+    argv: list[str]
+    ready: Probe
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: Callable[[], None] | None = None  # first-start work, such as formatting storage
+    start_timeout_s: float = 60.0
+
+
+class State(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    UNHEALTHY = "unhealthy"  # our process is alive but does not answer its readiness probe
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    state: State
+    port: int
+    pid: int | None
+    log: Path
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The start time (clock ticks since boot, field 22 of /proc/PID/stat) of a live process, else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    state, *rest = stat.rsplit(")", 1)[1].split()
+    return None if state in ("Z", "X") else rest[18]  # a zombie has exited; only its entry is left
+
+
+def _probe(component: Component) -> bool:
+    try:
+        return component.ready()
+    except Exception:  # a probe that raises means "not ready yet", whatever the client's error type
+        return False
+
+
+class Supervisor:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.run_dir = state_dir / "run"
+        self.log_dir = state_dir / "logs"
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def _pid_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def pid(self, name: str) -> int | None:
+        """The pid of our live process for this component, or None (a stale pid file is removed)."""
+        path = self._pid_path(name)
+        try:
+            pid_text, ticks = path.read_text().split()
+        except (OSError, ValueError):
+            return None
+        pid = int(pid_text)
+        if _start_ticks(pid) == ticks:
+            return pid
+        path.unlink(missing_ok=True)
+        return None
+
+    def status(self, component: Component) -> Status:
+        pid = self.pid(component.name)
+        state = State.DOWN if pid is None else State.UP if _probe(component) else State.UNHEALTHY
+        return Status(component.name, state, component.port, pid, self.log_path(component.name))
+
+    def start(self, component: Component) -> bool:
+        """Start the component unless it already runs; wait until it is ready. True if it was started."""
+        pid = self.pid(component.name)
+        if pid is not None:
+            self._wait_ready(component, pid)
+            return False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if component.prepare is not None:
+            component.prepare()
+        log_path = self.log_path(component.name)
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(  # noqa: S603 - argv comes from the component table, not user input
+                component.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **component.env},
+                start_new_session=True,  # own process group: stop() signals the whole group
+            )
+        ticks = _start_ticks(process.pid)
+        self._pid_path(component.name).write_text(f"{process.pid} {ticks}\n")
+        try:
+            self._wait_ready(component, process.pid, process)
+        except StartError:
+            self.stop(component)
+            raise
+        return True
+
+    def _wait_ready(self, component: Component, pid: int, process: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + component.start_timeout_s
+        while time.monotonic() < deadline:
+            if _probe(component):
+                return
+            exited = process.poll() if process is not None else (None if _start_ticks(pid) else -1)
+            if exited is not None:
+                raise StartError(
+                    f"{component.name} exited with code {exited} before it was ready; "
+                    f"log: {self.log_path(component.name)}"
+                )
+            time.sleep(0.2)
+        raise StartError(
+            f"{component.name} was not ready on port {component.port} within {component.start_timeout_s:.0f}s; "
+            f"log: {self.log_path(component.name)}"
+        )
+
+    def stop(self, component: Component, timeout_s: float = 30.0) -> bool:
+        """Stop our process for this component (TERM, then KILL after timeout_s). True if one was running."""
+        pid = self.pid(component.name)
+        if pid is None:
+            return False
+        ticks = _start_ticks(pid)
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _start_ticks(pid) == ticks and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.1)
+        if _start_ticks(pid) == ticks:
+            os.killpg(pid, signal.SIGKILL)
+            _reap(pid)
+        self._pid_path(component.name).unlink(missing_ok=True)
+        return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the process is our own child, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

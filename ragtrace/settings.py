@@ -1,0 +1,44 @@
+"""Connection settings for the infrastructure every ragtrace process talks to, read from the environment.
+
+Each group has its own prefix (RAGTRACE_KAFKA_, RAGTRACE_MINIO_, ...). Credentials have no defaults: the
+local stack generates them (`make up` writes .state/stack.env) and Kubernetes passes them from Secrets.
+"""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _prefixed(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+
+
+class KafkaSettings(BaseSettings):
+    model_config = _prefixed("RAGTRACE_KAFKA_")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+
+
+class MinioSettings(BaseSettings):
+    model_config = _prefixed("RAGTRACE_MINIO_")
+
+    endpoint: str = "127.0.0.1:9000"
+    access_key: SecretStr
+    secret_key: SecretStr
+    secure: bool = False
+
+
+class RedisSettings(BaseSettings):
+    model_config = _prefixed("RAGTRACE_REDIS_")
+
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # a URL may carry the password
+
+
+class WeaviateSettings(BaseSettings):
+    model_config = _prefixed("RAGTRACE_WEAVIATE_")
+
+    host: str = "127.0.0.1"
+    http_port: int = 8090
+    grpc_port: int = 50051
+    api_key: SecretStr | None = None

@@ -1,0 +1,131 @@
+"""The local-stack supervisor behind `make up/down/status`, exercised on a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ragtrace.cli import app
+from ragtrace.devstack import LocalStack, StackPorts, StartError, State
+from ragtrace.devstack.servers import LocalServers
+from ragtrace.devstack.supervisor import Component, Supervisor
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> LocalServers:
+    return LocalServers(tmp_path, StackPorts.free())
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
+    supervisor = Supervisor(tmp_path)
+    yield supervisor
+    for pid_file in (tmp_path / "run").glob("*.pid"):
+        pid = supervisor.pid(pid_file.stem)
+        if pid:
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _wait_until(condition: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_start_is_idempotent_and_status_follows_the_process(supervisor: Supervisor, servers: LocalServers) -> None:
+    redis = servers.redis()
+    assert supervisor.start(redis) is True
+    pid = supervisor.pid("redis")
+    assert pid is not None
+    assert supervisor.status(redis).state is State.UP
+
+    assert supervisor.start(redis) is False, "a second start must reuse the running server"
+    assert supervisor.pid("redis") == pid
+
+    os.kill(pid, signal.SIGKILL)
+    _wait_until(lambda: supervisor.status(redis).state is State.DOWN)
+    assert supervisor.start(redis) is True, "a dead server is started again"
+    assert supervisor.status(redis).state is State.UP
+
+
+def test_stop_ends_the_process_group_and_removes_the_pid_file(supervisor: Supervisor, servers: LocalServers) -> None:
+    redis = servers.redis()
+    supervisor.start(redis)
+    pid = supervisor.pid("redis")
+    assert supervisor.stop(redis) is True
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    assert supervisor.pid("redis") is None
+    assert supervisor.stop(redis) is False, "nothing left to stop"
+
+
+def test_stop_never_signals_a_process_it_did_not_start(supervisor: Supervisor, servers: LocalServers) -> None:
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        # A pid file left behind whose pid now belongs to another process (pid reuse): start times differ.
+        supervisor.run_dir.mkdir(parents=True, exist_ok=True)
+        (supervisor.run_dir / "redis.pid").write_text(f"{stranger.pid} 1\n")
+        assert supervisor.stop(servers.redis()) is False
+        assert stranger.poll() is None, "the unrelated process must still run"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_start_failure_names_the_component_and_its_log(supervisor: Supervisor, tmp_path: Path) -> None:
+    broken = Component(
+        name="broken",
+        port=1,
+        argv=["redis-server", str(tmp_path / "missing.conf")],
+        ready=lambda: False,
+        start_timeout_s=10,
+    )
+    with pytest.raises(StartError) as error:
+        supervisor.start(broken)
+    message = str(error.value)
+    assert message.startswith("broken exited with code")
+    assert str(supervisor.log_path("broken")) in message
+    assert supervisor.log_path("broken").read_text(), "the component's own output is in its log"
+
+
+def test_a_component_that_never_gets_ready_times_out_naming_it(supervisor: Supervisor) -> None:
+    silent = Component(name="silent", port=1, argv=["sleep", "30"], ready=lambda: False, start_timeout_s=1)
+    with pytest.raises(StartError, match=r"^silent was not ready on port 1 within 1s; log: "):
+        supervisor.start(silent)
+    assert supervisor.pid("silent") is None, "a failed start leaves nothing running"
+
+
+def test_up_refuses_a_port_held_by_someone_else(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        stack = LocalStack(tmp_path, StackPorts(kafka=port))
+        with pytest.raises(StartError, match=rf"^kafka: port {port} is already in use"):
+            stack.up()
+
+
+def test_cli_status_shows_each_component_on_the_ports_it_was_started_with(tmp_path: Path) -> None:
+    stack = LocalStack(tmp_path, StackPorts.free())
+    redis = stack.servers.redis()
+    stack.supervisor.start(redis)
+    try:
+        result = CliRunner().invoke(
+            app, ["stack", "status", "--state-dir", str(tmp_path), "--check"], env={"COLUMNS": "200"}
+        )
+    finally:
+        stack.supervisor.stop(redis)
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 2}
+    assert result.exit_code == 1, "--check fails while anything is down"
+    assert " up " in lines["redis"] and f" {redis.port} " in lines["redis"]
+    assert " down " in lines["kafka"] and " down " in lines["weaviate"]
