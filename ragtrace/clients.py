@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+import urllib3
 import weaviate
 from minio import Minio
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
@@ -10,12 +11,19 @@ from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from ragtrace.settings import MinioSettings, RedisSettings, WeaviateSettings
 
 
-def minio_client(settings: MinioSettings) -> Minio:
+def minio_client(settings: MinioSettings, connect_timeout_s: float = 1.0, read_timeout_s: float = 30.0) -> Minio:
+    # No retries and a short connect timeout: when MinIO is down, callers answer 503 within a second.
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
+        retries=urllib3.Retry(total=0),
+        maxsize=16,
+    )
     return Minio(
         settings.endpoint,
         access_key=settings.access_key.get_secret_value(),
         secret_key=settings.secret_key.get_secret_value(),
         secure=settings.secure,
+        http_client=http,
     )
 
 

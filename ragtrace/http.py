@@ -1,0 +1,139 @@
+"""What every ragtrace HTTP service shares: JSON errors a person can act on, a body-size limit enforced
+while reading, /healthz and /metrics, and OpenTelemetry instrumentation."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from prometheus_client import make_asgi_app
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ragtrace.auth import AuthSettings
+from ragtrace.errors import DependencyUnavailable
+from ragtrace.schemas import ErrorBody
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+def error_response(
+    code: int, error: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = ErrorBody(error=error, message=message, **extra).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=code, headers=dict(headers or {}))
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if part != "body") or "body"
+
+
+async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    errors = cast(RequestValidationError, exc).errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        message = "the body is not valid JSON: " + "; ".join(str(e.get("ctx", {}).get("error", "")) for e in errors)
+    else:
+        message = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors)
+    details = [{"location": _location(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
+    return error_response(422, "invalid_request", message, details=details)
+
+
+async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
+    dependency = cast(DependencyUnavailable, exc).dependency
+    return error_response(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "dependency_unavailable",
+        str(exc),
+        headers={"Retry-After": "1"},
+        dependency=dependency,
+    )
+
+
+_ERROR_NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    504: "timeout",
+}
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    error = cast(HTTPException, exc)
+    return error_response(
+        error.status_code, _ERROR_NAMES.get(error.status_code, "error"), str(error.detail), headers=error.headers
+    )
+
+
+class BodySizeLimit:
+    """Refuses bodies over `max_bytes` with 413: at once from Content-Length, else while the body streams in
+    (a client cannot get around the limit by leaving Content-Length out)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(413, "payload_too_large", self._message())(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than the limit of {self.max_bytes} bytes"
+
+
+def create_service_app(
+    title: str, max_body_bytes: int, readiness: Mapping[str, ReadinessCheck], **fastapi_args: Any
+) -> FastAPI:
+    """A FastAPI app with ragtrace's error format, body limit, /healthz, /readyz, /metrics and tracing."""
+    app = FastAPI(title=title, **fastapi_args)
+    app.state.auth = AuthSettings()
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(DependencyUnavailable, _dependency_down)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive (dependencies are not checked: see /readyz)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> JSONResponse:
+        """Every dependency answers."""
+        down: dict[str, str] = {}
+        for name, check in readiness.items():
+            try:
+                await check()
+            except Exception as error:
+                down[name] = str(error)
+        if down:
+            return error_response(503, "not_ready", "unavailable: " + ", ".join(sorted(down)), details=[down])
+        return JSONResponse({"status": "ready", "dependencies": sorted(readiness)})
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    return app
