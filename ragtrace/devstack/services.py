@@ -1,4 +1,5 @@
-"""ragtrace's own processes as supervised components: the ingest API and the embedding and indexer workers.
+"""ragtrace's own processes as supervised components: the trace store, the ingest API, and the embedding and
+indexer workers.
 
 They take the servers' client settings (`LocalServers.client_env()`, or the test fixture's) and run with
 the same Python as the caller, so `make up` and the tests start exactly the code in this checkout.
@@ -17,6 +18,7 @@ from ragtrace.devstack.supervisor import Component
 
 @dataclass(frozen=True)
 class ServicePorts:
+    trace_store: int = 4318
     ingest: int = 8082
     embedding_metrics: int = 9464
     indexer_metrics: int = 9465
@@ -33,8 +35,15 @@ class Services:
         self.env = {
             "RAGTRACE_INDEX_DATA_DIR": str(state_dir / "index"),
             "PYTHONUNBUFFERED": "1",
+            # Every process exports its spans to the trace store, promptly.
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.trace_url,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
             **env,
         }
+
+    @property
+    def trace_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.trace_store}"
 
     def _python(self, name: str, module: str, port: int, ready_path: str, extra: dict[str, str]) -> Component:
         return Component(
@@ -44,6 +53,19 @@ class Services:
             env={**self.env, "OTEL_SERVICE_NAME": name, **extra},
             ready=lambda: _answers(f"http://127.0.0.1:{port}{ready_path}"),
             start_timeout_s=120,  # the workers load torch and the model first
+        )
+
+    def trace_store(self) -> Component:
+        return self._python(
+            "trace-store",
+            "ragtrace.tracestore",
+            self.ports.trace_store,
+            "/healthz",
+            {
+                "RAGTRACE_TRACESTORE_PORT": str(self.ports.trace_store),
+                "RAGTRACE_TRACESTORE_PATH": str(self.state_dir / "traces.sqlite"),
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "",  # the store does not trace itself
+            },
         )
 
     def ingest_api(self) -> Component:
@@ -70,4 +92,4 @@ class Services:
         )
 
     def components(self) -> list[Component]:
-        return [self.ingest_api(), self.embedding_worker(), self.indexer_worker()]
+        return [self.trace_store(), self.ingest_api(), self.embedding_worker(), self.indexer_worker()]

@@ -1,0 +1,188 @@
+"""A running ingestion pipeline for the tests: the real ingest API and workers as separate processes, on the
+session's real servers, with topics, groups, bucket and collection of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ragtrace.devstack.servers import free_port
+from ragtrace.devstack.services import ServicePorts, Services
+from ragtrace.devstack.supervisor import Component, Supervisor
+from ragtrace.settings import KafkaSettings
+from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open_vector_store
+from tests.infra import Infra, _environment
+
+API_KEY = "test-" + uuid.uuid4().hex
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.1, what: str = "") -> Any:
+    """Poll until `condition()` is truthy; return its value. Tests never sleep a fixed time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what or condition}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class Pipeline:
+    backend: Backend
+    infra: Infra
+    services: Services
+    supervisor: Supervisor
+    env: dict[str, str]
+    kafka: KafkaSettings
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.services.ports.ingest}"
+
+    def http(self, **headers: str) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"X-API-Key": API_KEY, **headers}, timeout=30)
+
+    def ingest(
+        self, text: str, namespace: str, document_id: str | None = None, title: str = "t", **metadata: Any
+    ) -> dict[str, Any]:
+        with self.http() as client:
+            response = client.post(
+                "/ingest",
+                json={
+                    "text": text,
+                    "namespace": namespace,
+                    "document_id": document_id,
+                    "metadata": {"title": title, **metadata},
+                },
+            )
+        assert response.status_code == 202, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def status(self, document_id: str, namespace: str) -> dict[str, Any]:
+        with self.http() as client:
+            response = client.get(f"/ingest/{document_id}", params={"namespace": namespace})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_for(
+        self, document_ids: Iterable[str], namespace: str, states: Iterable[str] = ("indexed",), timeout_s: float = 90.0
+    ) -> dict[str, dict[str, Any]]:
+        wanted, ids = set(states), list(document_ids)
+        last: dict[str, dict[str, Any]] = {}
+
+        def settled() -> dict[str, dict[str, Any]] | None:
+            last.update({d: self.status(d, namespace) for d in ids})
+            return dict(last) if all(s["status"] in wanted for s in last.values()) else None
+
+        try:
+            result: dict[str, dict[str, Any]] = wait_until(settled, timeout_s, 0.2, f"documents to be {wanted}")
+        except AssertionError as error:
+            summary = {d: (s["status"], s.get("error")) for d, s in last.items() if s["status"] not in wanted}
+            raise AssertionError(f"{error}; still waiting on {summary}") from None
+        return result
+
+    @contextlib.contextmanager
+    def vector_store(self) -> Iterator[VectorStore]:
+        with _environment(self.env):
+            store = open_vector_store(VectorStoreSettings(), self.infra.weaviate)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.services.components() if c.name == name)
+
+    def wait_drained(self, timeout_s: float = 60.0) -> None:
+        """Until both consumer groups have committed everything written to their topics."""
+        groups = {
+            self.kafka.documents_topic: self.kafka.group_prefix + "embedding",
+            self.kafka.chunks_topic: self.kafka.group_prefix + "indexer",
+        }
+        wait_until(
+            lambda: asyncio.run(_lag(self.kafka.bootstrap_servers, groups)) == 0,
+            timeout_s,
+            0.3,
+            "the consumer groups to catch up",
+        )
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [description] = await admin.describe_topics([topic])
+        return [p["partition"] for p in description["partitions"]]
+    finally:
+        await admin.close()
+
+
+async def _lag(bootstrap: str, groups: dict[str, str]) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        total = 0
+        for topic, group in groups.items():
+            partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+            ends = await consumer.end_offsets(partitions)
+            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            total += sum(
+                ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
+                for tp in partitions
+            )
+        return total
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
+@contextlib.contextmanager
+def start_pipeline(infra: Infra, state_dir: Path, backend: Backend, trace_store_port: int) -> Iterator[Pipeline]:
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        **infra.env,
+        "RAGTRACE_API_KEYS": json.dumps({API_KEY: ["*"]}),
+        "RAGTRACE_KAFKA_DOCUMENTS_TOPIC": f"t{suffix}.documents",
+        "RAGTRACE_KAFKA_CHUNKS_TOPIC": f"t{suffix}.chunks",
+        "RAGTRACE_KAFKA_GROUP_PREFIX": f"g{suffix}-",
+        "RAGTRACE_KAFKA_PARTITIONS": "3",
+        "RAGTRACE_MINIO_BUCKET": f"documents-{suffix}",
+        "RAGTRACE_INDEX_BACKEND": backend.value,
+        "RAGTRACE_INDEX_DATA_DIR": str(state_dir / "index"),
+        "RAGTRACE_INDEX_WEAVIATE_COLLECTION": f"Chunks{suffix}",
+        "RAGTRACE_INDEXER_MAX_BATCH": "64",
+    }
+    ports = ServicePorts(
+        trace_store=trace_store_port, ingest=free_port(), embedding_metrics=free_port(), indexer_metrics=free_port()
+    )
+    services = Services(state_dir, ports, env)
+    supervisor = Supervisor(state_dir)
+    with _environment(env):
+        kafka = KafkaSettings()
+    pipeline = Pipeline(backend, infra, services, supervisor, {**services.env}, kafka)
+    started: list[Component] = []
+    try:
+        for component in (services.ingest_api(), services.embedding_worker(), services.indexer_worker()):
+            supervisor.start(component)
+            started.append(component)
+        yield pipeline
+    finally:
+        for component in reversed(started):
+            supervisor.stop(component)
