@@ -92,8 +92,9 @@ class EmbeddingHandler:
             document = await asyncio.to_thread(self.store.get_document, event.namespace, event.document_id)
             download.set_attribute("ragtrace.found", document is not None)
         if event.type is EventType.DELETE:
-            if document is not None and document.ingested_at > event.accepted_at:
-                skip_message(span, "re-ingested after this deletion")
+            status = await asyncio.to_thread(self.store.get_status, event.namespace, event.document_id)
+            if status is None or status.status is not DocumentState.DELETING or status.ingest_id != event.ingest_id:
+                skip_message(span, "not the document's current deletion request")
                 return None
             return _Prepared(index, event, span)
         if document is None or document.ingest_id != event.ingest_id:

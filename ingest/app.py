@@ -141,25 +141,39 @@ class Ingestion:
         event = DocumentEvent(
             type=EventType.DELETE, document_id=document_id, namespace=namespace, ingest_id=ingest_id, accepted_at=now
         )
-        await self._publish(event)
+        await self._publish(event, previous=current)
         return deleting
 
-    async def _publish(self, event: DocumentEvent) -> None:
+    async def _publish(self, event: DocumentEvent, previous: DocumentStatus | None = None) -> None:
         try:
             await self.publisher.publish(
                 self.kafka.documents_topic, message_key(event.namespace, event.document_id), event
             )
         except DependencyUnavailable as error:
-            # The request is refused: record why, under no request id, so that nothing acts on it.
-            failed = DocumentStatus(
-                document_id=event.document_id,
-                namespace=event.namespace,
-                status=DocumentState.FAILED,
-                content_hash=event.content_hash,
-                error=f"not accepted: {error}",
-            )
-            await self._call(self.store.put_status, failed)
+            await self._refuse(event, error, previous)
             raise
+
+    async def _refuse(
+        self, event: DocumentEvent, error: DependencyUnavailable, previous: DocumentStatus | None
+    ) -> None:
+        """The request is refused. Should its event still reach Kafka later (a message the producer could
+        not drop in time), it must find nothing to act on: the workers act only on the request that owns the
+        stored version (upsert) or the status record (delete), and the refused request owns neither."""
+        if event.type is EventType.DELETE and previous is not None:
+            await self._call(self.store.put_status, previous)  # the document stays as it was
+            return
+        if event.type is EventType.UPSERT:
+            stored = await self._call(self.store.get_document, event.namespace, event.document_id)
+            if stored is not None and stored.ingest_id == event.ingest_id:
+                await self._call(self.store.put_document, stored.model_copy(update={"ingest_id": ""}))
+        failed = DocumentStatus(
+            document_id=event.document_id,
+            namespace=event.namespace,
+            status=DocumentState.FAILED,
+            content_hash=event.content_hash,
+            error=f"not accepted: {error}",
+        )
+        await self._call(self.store.put_status, failed)
 
     async def status_of(self, namespace: str, document_id: str) -> DocumentStatus:
         current: DocumentStatus | None = await self._call(self.store.get_status, namespace, document_id)
@@ -191,6 +205,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        publisher.start_warm_up()
         yield
         await publisher.close()
 

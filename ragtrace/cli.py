@@ -39,7 +39,13 @@ def up(state_dir: StateDir = None) -> None:
         console.print(f"[red]start failed:[/] {error}")
         raise typer.Exit(1) from error
     _print_status(statuses)
-    console.print(f"Client settings: [bold]{stack.env_file}[/] (`set -a; . {stack.env_file}; set +a` to use them)")
+    endpoints = Table("endpoint", "address", box=None)
+    for name, address in stack.endpoints():
+        endpoints.add_row(name, address)
+    console.print(endpoints)
+    console.print(
+        f"Settings and the API key ($RAGTRACE_API_KEY): [bold]{stack.env_file}[/]  (set -a; . {stack.env_file}; set +a)"
+    )
 
 
 @stack_app.command()

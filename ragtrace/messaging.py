@@ -72,6 +72,23 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._topics_ready = False
+        self._warm_up: asyncio.Task[None] | None = None
+
+    def start_warm_up(self) -> None:
+        """Connect and create the topics in the background, so the first publish does not pay for it."""
+
+        async def warm_up() -> None:
+            delay = 0.5
+            while True:
+                try:
+                    await self._ready_producer()
+                    return
+                except (KafkaError, OSError) as error:
+                    log.warning("Kafka not reachable yet (%r); retrying in %.1fs", error, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+
+        self._warm_up = asyncio.create_task(warm_up())
 
     async def _ready_producer(self) -> AIOKafkaProducer:
         async with self._lock:
@@ -113,6 +130,8 @@ class Publisher:
             raise DependencyUnavailable("kafka", repr(error)) from error
 
     async def close(self) -> None:
+        if self._warm_up is not None:
+            self._warm_up.cancel()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from ragtrace.errors import DependencyUnavailable, PoisonMessage
@@ -96,12 +97,30 @@ class KafkaWorker:
                 if not records:
                     continue
                 await self._process(records, dead_letters)
-                await consumer.commit(_next_offsets(records))
+                await self._commit(consumer, _next_offsets(records))
         finally:
             await dead_letters.stop()
             await consumer.stop()  # leaves the group: its partitions move to the other members at once
             await self.handler.close()
             log.info("stopped consuming %s", self.options.topic)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Commit, waiting out a broker or coordinator that is away. After a rebalance the commit is dropped:
+        the new owner of those partitions redelivers the batch, and the writes are idempotent."""
+        backoff = self.options.backoff_s
+        while True:
+            try:
+                await consumer.commit(offsets)
+                return
+            except (CommitFailedError, IllegalStateError) as error:
+                log.warning("commit dropped after a rebalance (the batch will be redelivered): %r", error)
+                return
+            except KafkaError as error:
+                if not getattr(error, "retriable", False) and not isinstance(error, KafkaConnectionError):
+                    raise
+                log.warning("commit failed (%r); retrying in %.1fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.options.max_backoff_s)
 
     async def _process(self, records: list[Record], dead_letters: AIOKafkaProducer) -> None:
         pending = list(range(len(records)))

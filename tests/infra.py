@@ -105,7 +105,7 @@ def provide_infra(state_dir: Path) -> Iterator[Infra]:
         with _containers() as env:
             yield Infra("docker", env)
     elif source == "local":
-        stack = LocalStack(state_dir, StackPorts.free())
+        stack = LocalStack(state_dir, StackPorts.free(), with_services=False)
         try:
             stack.up()
             yield Infra("local", stack.client_env(), stack)

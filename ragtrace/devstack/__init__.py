@@ -8,9 +8,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ragtrace.devstack.servers import REPO_ROOT, LocalServers, StackPorts, port_in_use
+from ragtrace.devstack.services import ServicePorts, Services
 from ragtrace.devstack.supervisor import Component, StartError, State, Status, Supervisor
 
-__all__ = ["LocalStack", "StackPorts", "StartError", "State", "Status", "default_state_dir"]
+__all__ = ["LocalStack", "ServicePorts", "StackPorts", "StartError", "State", "Status", "default_state_dir"]
 
 
 def default_state_dir() -> Path:
@@ -18,29 +19,71 @@ def default_state_dir() -> Path:
 
 
 class LocalStack:
-    """The stack in one state directory. Ports given here are remembered there (ports.json), so later
-    `status` and `down` calls, which pass none, probe and stop the same servers."""
+    """The stack in one state directory: the real servers, then ragtrace's services. Ports given here are
+    remembered there (ports.json), so later `status` and `down` calls, which pass none, find the same ones."""
 
-    def __init__(self, state_dir: Path | None = None, ports: StackPorts | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        ports: StackPorts | None = None,
+        service_ports: ServicePorts | None = None,
+        with_services: bool = True,
+    ) -> None:
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.supervisor = Supervisor(self.state_dir)
         ports_file = self.state_dir / "ports.json"
-        if ports is None:
-            ports = StackPorts(**json.loads(ports_file.read_text())) if ports_file.exists() else StackPorts()
-        else:
-            ports_file.parent.mkdir(parents=True, exist_ok=True)
-            ports_file.write_text(json.dumps(asdict(ports)))
+        saved = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+        ports = ports or StackPorts(**saved.get("servers", {}))
+        service_ports = service_ports or ServicePorts(**saved.get("services", {}))
+        ports_file.parent.mkdir(parents=True, exist_ok=True)
+        ports_file.write_text(json.dumps({"servers": asdict(ports), "services": asdict(service_ports)}))
         self.servers = LocalServers(self.state_dir, ports)
+        self.services = Services(self.state_dir, service_ports, self._service_env()) if with_services else None
+
+    def _service_env(self) -> dict[str, str]:
+        return {
+            **self.servers.client_env(),
+            "RAGTRACE_API_KEYS": json.dumps({self.servers.secrets.api_key: ["*"]}),
+        }
 
     @property
     def env_file(self) -> Path:
         return self.state_dir / "stack.env"
 
     def components(self) -> list[Component]:
-        return self.servers.components()
+        services = self.services.components() if self.services else []
+        return self.servers.components() + services
 
     def client_env(self) -> dict[str, str]:
-        return self.servers.client_env()
+        """What a client of this stack needs: the servers' settings, the services' URLs and the API key."""
+        env = {**self.servers.client_env(), "RAGTRACE_API_KEY": self.servers.secrets.api_key}
+        if self.services:
+            env |= {
+                "RAGTRACE_INGEST_URL": f"http://127.0.0.1:{self.services.ports.ingest}",
+                "RAGTRACE_TRACE_QUERY_URL": self.services.trace_url,
+            }
+        return env
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        """(what, where) for a person: every address `make up` serves."""
+        p = self.servers.ports
+        listed = [
+            ("Kafka bootstrap", f"127.0.0.1:{p.kafka}"),
+            ("MinIO API / console", f"http://127.0.0.1:{p.minio}  /  http://127.0.0.1:{p.minio_console}"),
+            ("Redis", f"redis://127.0.0.1:{p.redis}"),
+            ("Weaviate", f"http://127.0.0.1:{p.weaviate_http} (gRPC {p.weaviate_grpc})"),
+        ]
+        if self.services:
+            s = self.services.ports
+            listed += [
+                ("Ingest API", f"http://127.0.0.1:{s.ingest}  (POST /ingest, OpenAPI at /docs)"),
+                ("Trace store (OTLP + query)", self.services.trace_url),
+                (
+                    "Worker metrics",
+                    f"http://127.0.0.1:{s.embedding_metrics}/metrics, http://127.0.0.1:{s.indexer_metrics}/metrics",
+                ),
+            ]
+        return listed
 
     def up(self) -> list[Status]:
         """Start every component not yet running, in order, each once ready; idempotent."""

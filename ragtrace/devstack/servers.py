@@ -77,6 +77,7 @@ class StackSecrets:
     minio_secret_key: str
     redis_password: str
     weaviate_api_key: str
+    api_key: str  # for ragtrace's own APIs (ingest, search)
 
     @classmethod
     def load_or_create(cls, path: Path) -> StackSecrets:
