@@ -8,15 +8,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 RAGTRACE := $(BIN)/ragtrace
 PYTEST_ARGS ?=
+PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
+GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv infra up down status test lint clean
+.PHONY: help install venv proto infra up down status test lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: venv infra ## Install Python deps into .venv and the real servers into ~/.cache/ragtrace (idempotent)
+install: venv proto infra ## Python deps into .venv, gRPC code from proto/, servers into ~/.cache/ragtrace (idempotent)
 
 venv: $(VENV)/.installed
+
+proto: $(GENERATED) ## Generate the gRPC code from proto/ into ragtrace/v1 (generated, never edited or committed)
+
+ragtrace/v1/%_pb2.py: proto/ragtrace/v1/%.proto $(VENV)/.installed
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. $<
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "ragtrace needs Python 3.11+"; exit 1; }
@@ -41,7 +48,7 @@ test: install ## Run the whole test suite against real servers (pytest exit 5, n
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating that as a failure"; exit 1; fi; exit $$rc
 
-lint: venv ## ruff and mypy over the whole tree
+lint: venv proto ## ruff and mypy over the whole tree
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -27,7 +27,8 @@ class EmbeddingSettings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50062
     micro_batch_wait_ms: float = 2.0
-    metrics_port: int = 9464
+    metrics_port: int = 9464  # the worker's
+    service_metrics_port: int = 9467  # the gRPC service's
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> EmbeddingSettings:

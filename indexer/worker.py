@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio import Redis
 
+from ragtrace.cache import bump_namespace
+from ragtrace.clients import redis_client
 from ragtrace.errors import DependencyUnavailable, PoisonMessage
 from ragtrace.runtime import document_store, mark_failed, run_worker, worker_span
 from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
-from ragtrace.settings import KafkaSettings, WeaviateSettings
+from ragtrace.settings import KafkaSettings, RedisSettings, WeaviateSettings
 from ragtrace.storage import DocumentStore
 from ragtrace.telemetry import record_batch_share, skip_message, span_failed
 from ragtrace.vectorstore import DocumentChunks, IndexedChunk, VectorStore, VectorStoreSettings, open_vector_store
@@ -43,10 +46,11 @@ class _Item:
 
 
 class IndexerHandler:
-    def __init__(self, store: DocumentStore, index: VectorStore, group: str) -> None:
+    def __init__(self, store: DocumentStore, index: VectorStore, group: str, cache: Redis[bytes]) -> None:
         self.group = group
         self.store = store
         self.index = index
+        self.cache = cache
 
     async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
         failures: dict[int, Exception] = {}
@@ -123,6 +127,7 @@ class IndexerHandler:
                 failures[item.index] = span_failed(item.span, error)
             return
         end_ns = time.time_ns()
+        await bump_namespace(self.cache, namespace)  # cached results of this namespace are stale now
         for item in items:
             record_batch_share(
                 tracer,
@@ -168,6 +173,7 @@ class IndexerHandler:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.index.close)
+        await self.cache.aclose()  # type: ignore[attr-defined]  # redis-py 5+ has it; types-redis lags
 
 
 def _document_chunks(batch: ChunkBatch) -> DocumentChunks:
@@ -187,7 +193,10 @@ def main() -> None:
         kafka=kafka,
         options=WorkerOptions(topic=kafka.chunks_topic, group=group, max_batch=settings.max_batch),
         handler_factory=lambda: IndexerHandler(
-            document_store(), open_vector_store(VectorStoreSettings(), WeaviateSettings()), group
+            document_store(),
+            open_vector_store(VectorStoreSettings(), WeaviateSettings()),
+            group,
+            redis_client(RedisSettings()),
         ),
         metrics_port=settings.metrics_port,
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import Callable
 
+import grpc
 from opentelemetry import trace
 from prometheus_client import start_http_server
 
@@ -58,6 +60,13 @@ def worker_span(tracer: trace.Tracer, record: Record, group: str) -> trace.Span:
             record.topic, "process", group=group, partition=record.partition, offset=record.offset, key=record.key
         ),
     )
+
+
+def stop_on_signal(server: grpc.aio.Server, grace_s: float = 5.0) -> None:
+    """SIGTERM/SIGINT: stop taking calls, let those in flight finish (up to grace_s), then return."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(server.stop(grace_s)))
 
 
 def run_worker(

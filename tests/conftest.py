@@ -1,17 +1,20 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
 from ragtrace.devstack.servers import free_port
 from ragtrace.devstack.services import ServicePorts, Services
-from ragtrace.devstack.supervisor import Supervisor
+from ragtrace.devstack.supervisor import Component, Supervisor
 from ragtrace.vectorstore import Backend
 from tests.infra import Infra, provide_infra
-from tests.pipeline import Pipeline, start_pipeline
+from tests.pipeline import LLM_API_KEY, Pipeline, start_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -32,25 +35,53 @@ def trace_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     supervisor.stop(services.trace_store())
 
 
-def _pipeline(
-    infra: Infra, trace_store: Services, tmp_path_factory: pytest.TempPathFactory, backend: Backend
-) -> Iterator[Pipeline]:
-    with start_pipeline(
-        infra, tmp_path_factory.mktemp(backend.value), backend, trace_store.ports.trace_store
-    ) as pipeline:
+@dataclass(frozen=True)
+class LLMServer:
+    component: Component
+    supervisor: Supervisor
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.component.port}/v1"
+
+    def completions(self) -> int:
+        return int(httpx.get(f"http://127.0.0.1:{self.component.port}/stats").json()["chat_completions"])
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServer]:
+    """The OpenAI-compatible test LLM (tests/llm_server.py): a real HTTP server in its own process."""
+    port = free_port()
+    component = Component(
+        name="llm-server",
+        port=port,
+        argv=[sys.executable, "-m", "tests.llm_server"],
+        env={"LLM_SERVER_PORT": str(port), "LLM_SERVER_API_KEY": LLM_API_KEY},
+        ready=lambda: httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200,
+    )
+    server = LLMServer(component, Supervisor(tmp_path_factory.mktemp("llm")))
+    server.supervisor.start(component)
+    yield server
+    server.supervisor.stop(component)
+
+
+def _pipeline(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Pipeline]:
+    infra: Infra = request.getfixturevalue("infra")
+    trace_store: Services = request.getfixturevalue("trace_store")
+    llm: LLMServer = request.getfixturevalue("llm_server")
+    state = request.getfixturevalue("tmp_path_factory").mktemp(backend.value)
+    with start_pipeline(infra, state, backend, trace_store.ports.trace_store, llm.url) as pipeline:
         yield pipeline
 
 
 @pytest.fixture(scope="session")
-def faiss_pipeline(infra: Infra, trace_store: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    yield from _pipeline(infra, trace_store, tmp_path_factory, Backend.FAISS)
+def faiss_pipeline(request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    yield from _pipeline(request, Backend.FAISS)
 
 
 @pytest.fixture(scope="session")
-def weaviate_pipeline(
-    infra: Infra, trace_store: Services, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Pipeline]:
-    yield from _pipeline(infra, trace_store, tmp_path_factory, Backend.WEAVIATE)
+def weaviate_pipeline(request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    yield from _pipeline(request, Backend.WEAVIATE)
 
 
 @pytest.fixture(params=[Backend.FAISS, Backend.WEAVIATE], ids=lambda b: b.value)

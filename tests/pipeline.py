@@ -25,6 +25,8 @@ from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open
 from tests.infra import Infra, _environment
 
 API_KEY = "test-" + uuid.uuid4().hex
+TENANT_KEY = "tenant-" + uuid.uuid4().hex  # may use namespace "tenant-a" only
+LLM_API_KEY = "llm-" + uuid.uuid4().hex
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.1, what: str = "") -> Any:
@@ -51,6 +53,13 @@ class Pipeline:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.services.ports.ingest}"
+
+    @property
+    def search_url(self) -> str:
+        return f"http://127.0.0.1:{self.services.ports.gateway}"
+
+    def search(self, key: str = API_KEY, **body: Any) -> httpx.Response:
+        return httpx.post(f"{self.search_url}/api/search", json=body, headers={"X-API-Key": key}, timeout=30)
 
     def http(self, **headers: str) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"X-API-Key": API_KEY, **headers}, timeout=30)
@@ -154,11 +163,16 @@ async def _lag(bootstrap: str, groups: dict[str, str]) -> int:
 
 
 @contextlib.contextmanager
-def start_pipeline(infra: Infra, state_dir: Path, backend: Backend, trace_store_port: int) -> Iterator[Pipeline]:
+def start_pipeline(
+    infra: Infra, state_dir: Path, backend: Backend, trace_store_port: int, llm_url: str
+) -> Iterator[Pipeline]:
+    """Ingestion (API, workers) and query (embedding service, search service, gateway) for one backend."""
     suffix = uuid.uuid4().hex[:8]
     env = {
         **infra.env,
-        "RAGTRACE_API_KEYS": json.dumps({API_KEY: ["*"]}),
+        "RAGTRACE_API_KEYS": json.dumps({API_KEY: ["*"], TENANT_KEY: ["tenant-a"]}),
+        "RAGTRACE_LLM_BASE_URL": llm_url,
+        "RAGTRACE_LLM_API_KEY": LLM_API_KEY,
         "RAGTRACE_KAFKA_DOCUMENTS_TOPIC": f"t{suffix}.documents",
         "RAGTRACE_KAFKA_CHUNKS_TOPIC": f"t{suffix}.chunks",
         "RAGTRACE_KAFKA_GROUP_PREFIX": f"g{suffix}-",
@@ -170,7 +184,7 @@ def start_pipeline(infra: Infra, state_dir: Path, backend: Backend, trace_store_
         "RAGTRACE_INDEXER_MAX_BATCH": "64",
     }
     ports = ServicePorts(
-        trace_store=trace_store_port, ingest=free_port(), embedding_metrics=free_port(), indexer_metrics=free_port()
+        **{**{name: free_port() for name in ServicePorts.__dataclass_fields__}, "trace_store": trace_store_port}
     )
     services = Services(state_dir, ports, env)
     supervisor = Supervisor(state_dir)
@@ -179,7 +193,7 @@ def start_pipeline(infra: Infra, state_dir: Path, backend: Backend, trace_store_
     pipeline = Pipeline(backend, infra, services, supervisor, {**services.env}, kafka)
     started: list[Component] = []
     try:
-        for component in (services.ingest_api(), services.embedding_worker(), services.indexer_worker()):
+        for component in (*services.ingestion(), *services.query()):
             supervisor.start(component)
             started.append(component)
         yield pipeline

@@ -1,5 +1,5 @@
-"""ragtrace's own processes as supervised components: the trace store, the ingest API, and the embedding and
-indexer workers.
+"""ragtrace's own processes as supervised components: the trace store, the ingest API, the embedding and
+indexer workers, the embedding service, the search service and the search gateway.
 
 They take the servers' client settings (`LocalServers.client_env()`, or the test fixture's) and run with
 the same Python as the caller, so `make up` and the tests start exactly the code in this checkout.
@@ -11,7 +11,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragtrace.devstack.supervisor import Component
 
@@ -22,10 +24,22 @@ class ServicePorts:
     ingest: int = 8082
     embedding_metrics: int = 9464
     indexer_metrics: int = 9465
+    embedding_grpc: int = 50062
+    embedding_service_metrics: int = 9467
+    search_grpc: int = 50061
+    search_metrics: int = 9466
+    gateway: int = 8080
 
 
 def _answers(url: str) -> bool:
     return httpx.get(url, timeout=1).status_code == 200
+
+
+def _serving(port: int) -> bool:
+    """The gRPC health checking protocol says SERVING."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 class Services:
@@ -45,14 +59,16 @@ class Services:
     def trace_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.trace_store}"
 
-    def _python(self, name: str, module: str, port: int, ready_path: str, extra: dict[str, str]) -> Component:
+    def _python(self, name: str, module: str, port: int, ready_path: str | None, extra: dict[str, str]) -> Component:
+        """A ragtrace process; ready when `ready_path` answers 200 over HTTP, or, without one, when it serves
+        the gRPC health protocol."""
         return Component(
             name=name,
             port=port,
             argv=[sys.executable, "-m", module],
             env={**self.env, "OTEL_SERVICE_NAME": name, **extra},
-            ready=lambda: _answers(f"http://127.0.0.1:{port}{ready_path}"),
-            start_timeout_s=120,  # the workers load torch and the model first
+            ready=(lambda: _answers(f"http://127.0.0.1:{port}{ready_path}")) if ready_path else lambda: _serving(port),
+            start_timeout_s=120,  # the embedding processes load torch and the model first
         )
 
     def trace_store(self) -> Component:
@@ -91,5 +107,48 @@ class Services:
             {"RAGTRACE_INDEXER_METRICS_PORT": str(self.ports.indexer_metrics)},
         )
 
+    def embedding_service(self) -> Component:
+        return self._python(
+            "embedding-service",
+            "embedding.server",
+            self.ports.embedding_grpc,
+            None,
+            {
+                "RAGTRACE_EMBEDDING_GRPC_PORT": str(self.ports.embedding_grpc),
+                "RAGTRACE_EMBEDDING_SERVICE_METRICS_PORT": str(self.ports.embedding_service_metrics),
+            },
+        )
+
+    def search_service(self) -> Component:
+        return self._python(
+            "search-service",
+            "query.server",
+            self.ports.search_grpc,
+            None,
+            {
+                "RAGTRACE_SEARCH_PORT": str(self.ports.search_grpc),
+                "RAGTRACE_SEARCH_METRICS_PORT": str(self.ports.search_metrics),
+                "RAGTRACE_SEARCH_EMBEDDING_TARGET": f"127.0.0.1:{self.ports.embedding_grpc}",
+            },
+        )
+
+    def gateway(self) -> Component:
+        return self._python(
+            "search-gateway",
+            "query.app",
+            self.ports.gateway,
+            "/readyz",
+            {
+                "RAGTRACE_GATEWAY_PORT": str(self.ports.gateway),
+                "RAGTRACE_GATEWAY_SEARCH_TARGET": f"127.0.0.1:{self.ports.search_grpc}",
+            },
+        )
+
+    def ingestion(self) -> list[Component]:
+        return [self.ingest_api(), self.embedding_worker(), self.indexer_worker()]
+
+    def query(self) -> list[Component]:
+        return [self.embedding_service(), self.search_service(), self.gateway()]
+
     def components(self) -> list[Component]:
-        return [self.trace_store(), self.ingest_api(), self.embedding_worker(), self.indexer_worker()]
+        return [self.trace_store(), *self.ingestion(), *self.query()]

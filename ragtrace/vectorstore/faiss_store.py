@@ -10,6 +10,7 @@ without reloading. On a machine with a GPU and faiss-gpu, searches run on a GPU 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ragtrace.vectorstore import Backend, DocumentChunks, Hit, UnknownNamespace
+from ragtrace.vectorstore import HYBRID_CANDIDATES, Backend, DocumentChunks, Hit, UnknownNamespace, fuse
 
 _SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -52,6 +53,13 @@ CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
 END;
 """
 
+
+# FTS5's bm25() is lower-is-better; negated, higher is better like every other score here.
+_KEYWORD_SEARCH = (
+    'SELECT c.id, c.chunk_id, c.document_id, c.content, c.metadata, c.chunk_no, c.start, c."end", '
+    "-bm25(chunks_fts) FROM chunks_fts JOIN chunks AS c ON c.id = chunks_fts.rowid "
+    "WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?"
+)
 
 _INSERT_CHUNK = (
     'INSERT INTO chunks(chunk_id, document_id, chunk_no, content, title, start, "end", metadata, vector)'
@@ -186,6 +194,23 @@ class FaissStore:
             found_rows = f"SELECT {columns} FROM chunks WHERE id IN ({_placeholders(found)})"  # noqa: S608
             rows = {row[0]: row for row in ns.db.execute(found_rows, [i for i, _ in found])}
         return [_hit(rows[i], score) for i, score in found if i in rows]
+
+    def keyword_search(self, namespace: str, query: str, top_k: int) -> list[Hit]:
+        terms = re.findall(r"\w+", query.lower())
+        if not terms:
+            return []
+        # Each word quoted and ORed: the user's text is never read as FTS5 query syntax.
+        expression = " OR ".join(f'"{term}"' for term in terms)
+        ns = self._open(namespace, create=False)
+        with ns.lock:
+            rows = ns.db.execute(_KEYWORD_SEARCH, (expression, top_k)).fetchall()
+        return [_hit(row[:8], float(row[8])) for row in rows]
+
+    def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
+        candidates = max(top_k * 4, HYBRID_CANDIDATES)
+        return fuse(
+            self.search(namespace, vector, candidates), self.keyword_search(namespace, query, candidates), alpha, top_k
+        )
 
     def count(self, namespace: str, document_id: str | None = None) -> int:
         try:

@@ -1,22 +1,31 @@
-"""Weaviate backend: one multi-tenant collection, one tenant per namespace (tenants never see each other)."""
+"""Weaviate backend: one multi-tenant collection, one tenant per namespace (tenants never see each other).
+
+The client connects on first use and again after a failure, so a service starts while Weaviate is down and
+recovers when it returns; a Weaviate that does not answer is DependencyUnavailable("weaviate").
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import weaviate
-from weaviate.classes.config import Configure, DataType, Property, Tokenization
+from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 from weaviate.classes.data import DataObject
-from weaviate.classes.query import Filter, MetadataQuery
+from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
 from weaviate.collections import Collection
 
 from ragtrace.clients import weaviate_client
+from ragtrace.errors import DependencyUnavailable
 from ragtrace.settings import WeaviateSettings
 from ragtrace.vectorstore import Backend, DocumentChunks, Hit, UnknownNamespace
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _PROPERTIES = [
     Property(name="chunk_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
@@ -29,50 +38,79 @@ _PROPERTIES = [
     Property(name="metadata", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
 ]
 
+_UNREACHABLE = (
+    weaviate.exceptions.WeaviateConnectionError,
+    weaviate.exceptions.WeaviateTimeoutError,
+    weaviate.exceptions.WeaviateGRPCUnavailableError,
+    weaviate.exceptions.WeaviateStartUpError,
+)
+
 
 def object_uuid(namespace: str, chunk_id: str) -> str:
     """Deterministic: writing a chunk twice overwrites the same object."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ragtrace:{namespace}/{chunk_id}"))
 
 
+def _weaviate_call(method: Callable[Concatenate[WeaviateStore, P], R]) -> Callable[Concatenate[WeaviateStore, P], R]:
+    def wrapper(self: WeaviateStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except _UNREACHABLE as error:
+            self.reset()
+            raise DependencyUnavailable("weaviate", str(error).splitlines()[0][:300]) from error
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
 class WeaviateStore:
     backend = Backend.WEAVIATE
 
     def __init__(self, settings: WeaviateSettings, collection: str) -> None:
-        self.client = weaviate_client(settings)
+        self.settings = settings
         self.name = collection
         self._lock = threading.Lock()
-        self._collection: Collection | None = None
+        self._client: weaviate.WeaviateClient | None = None
+        self._collection: Collection[Any, Any] | None = None
 
-    def collection(self) -> Collection:
+    def reset(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client, self._collection = None, None
+
+    def collection(self) -> Collection[Any, Any]:
         with self._lock:
             if self._collection is None:
-                if not self.client.collections.exists(self.name):
-                    try:
-                        self.client.collections.create(
-                            self.name,
-                            vector_config=Configure.Vectors.self_provided(
-                                vector_index_config=Configure.VectorIndex.hnsw(
-                                    distance_metric=weaviate.classes.config.VectorDistances.COSINE
-                                )
-                            ),
-                            multi_tenancy_config=Configure.multi_tenancy(
-                                enabled=True, auto_tenant_creation=True, auto_tenant_activation=True
-                            ),
-                            properties=_PROPERTIES,
-                        )
-                    except weaviate.exceptions.UnexpectedStatusCodeError as error:
-                        if "already exists" not in str(error):  # another worker created it first
-                            raise
-                self._collection = self.client.collections.use(self.name)
+                client = self._client = self._client or weaviate_client(self.settings, timeout_s=2.0)
+                if not client.collections.exists(self.name):
+                    self._create(client)
+                self._collection = client.collections.use(self.name)
             return self._collection
 
-    def _tenant(self, namespace: str, must_exist: bool) -> Collection:
+    def _create(self, client: weaviate.WeaviateClient) -> None:
+        try:
+            client.collections.create(
+                self.name,
+                vector_config=Configure.Vectors.self_provided(
+                    vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)
+                ),
+                multi_tenancy_config=Configure.multi_tenancy(
+                    enabled=True, auto_tenant_creation=True, auto_tenant_activation=True
+                ),
+                properties=_PROPERTIES,
+            )
+        except weaviate.exceptions.UnexpectedStatusCodeError as error:
+            if "already exists" not in str(error):  # another worker created it first
+                raise
+
+    def _tenant(self, namespace: str, must_exist: bool) -> Collection[Any, Any]:
         collection = self.collection()
         if must_exist and not collection.tenants.exists(namespace):
             raise UnknownNamespace(namespace)
         return collection.with_tenant(namespace)
 
+    @_weaviate_call
     def write(self, namespace: str, upserts: Sequence[DocumentChunks], deletes: Sequence[str]) -> None:
         tenant = self._tenant(namespace, must_exist=False)
         replaced = [d.document_id for d in upserts] + list(deletes)
@@ -102,15 +140,34 @@ class WeaviateStore:
                 first = next(iter(result.errors.values()))
                 raise RuntimeError(f"Weaviate rejected {len(result.errors)} of {len(objects)} chunks: {first.message}")
 
+    @_weaviate_call
     def search(self, namespace: str, vector: Sequence[float], top_k: int) -> list[Hit]:
         result = self._tenant(namespace, must_exist=True).query.near_vector(
             list(vector), limit=top_k, return_metadata=MetadataQuery(distance=True)
         )
-        return [
-            _hit(o.properties, 1.0 - float(o.metadata.distance or 0.0))  # cosine distance → similarity
-            for o in result.objects
-        ]
+        # Cosine distance → similarity, the score the FAISS backend reports too.
+        return [_hit(o.properties, 1.0 - float(o.metadata.distance or 0.0)) for o in result.objects]
 
+    @_weaviate_call
+    def keyword_search(self, namespace: str, query: str, top_k: int) -> list[Hit]:
+        result = self._tenant(namespace, must_exist=True).query.bm25(
+            query, limit=top_k, return_metadata=MetadataQuery(score=True)
+        )
+        return [_hit(o.properties, float(o.metadata.score or 0.0)) for o in result.objects]
+
+    @_weaviate_call
+    def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
+        result = self._tenant(namespace, must_exist=True).query.hybrid(
+            query,
+            vector=list(vector),
+            alpha=alpha,
+            limit=top_k,
+            fusion_type=HybridFusion.RELATIVE_SCORE,
+            return_metadata=MetadataQuery(score=True),
+        )
+        return [_hit(o.properties, float(o.metadata.score or 0.0)) for o in result.objects]
+
+    @_weaviate_call
     def count(self, namespace: str, document_id: str | None = None) -> int:
         collection = self.collection()
         if not collection.tenants.exists(namespace):
@@ -120,7 +177,7 @@ class WeaviateStore:
         return int(tenant.aggregate.over_all(filters=where, total_count=True).total_count or 0)
 
     def close(self) -> None:
-        self.client.close()
+        self.reset()
 
 
 def _hit(properties: Mapping[str, Any], score: float) -> Hit:

@@ -1,0 +1,145 @@
+"""EmbeddingService over gRPC: the workers' engine, for query-time embedding.
+
+Concurrent `Embed` calls are gathered into one model batch (micro-batching): a call waits at most
+`micro_batch_wait_ms` for others to join it. Serves the gRPC health checking protocol.
+
+Run: `python -m embedding.server` (127.0.0.1:50062 by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+from prometheus_client import start_http_server
+
+from embedding.engine import EmbeddingEngine
+from embedding.settings import EmbeddingSettings
+from ragtrace.runtime import setup_logging, stop_on_signal
+from ragtrace.telemetry import setup_telemetry
+from ragtrace.v1 import embedding_pb2, embedding_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_TEXTS = 1024
+MAX_CHARS = 20_000
+
+
+class MicroBatcher:
+    """Gathers single texts from concurrent callers into one `engine.embed` call."""
+
+    def __init__(self, engine: EmbeddingEngine, wait_ms: float, max_batch: int) -> None:
+        self.engine = engine
+        self.wait_s = wait_ms / 1000
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] = asyncio.Queue()
+        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics
+
+    async def embed(self, text: str) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self.queue.put((text, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            deadline = asyncio.get_running_loop().time() + self.wait_s
+            while len(batch) < self.max_batch:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
+            self.batch_sizes = [*self.batch_sizes[-99:], len(batch)]
+            try:
+                vectors = await asyncio.to_thread(self.engine.embed, [text for text, _ in batch])
+            except Exception as error:  # every caller in the batch gets the engine's error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), vector in zip(batch, vectors, strict=True):
+                if not future.done():
+                    future.set_result(vector)
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    def __init__(self, engine: EmbeddingEngine, batcher: MicroBatcher) -> None:
+        self.engine = engine
+        self.batcher = batcher
+
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.EmbedResponse:
+        await _validate(context, [request.text])
+        vector = await self.batcher.embed(request.text)
+        return embedding_pb2.EmbedResponse(
+            vector=vector.tolist(), model=self.engine.model_name, dimension=self.engine.dimension
+        )
+
+    async def EmbedBatch(
+        self, request: embedding_pb2.EmbedBatchRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.EmbedBatchResponse:
+        texts = list(request.texts)
+        await _validate(context, texts)
+        vectors = await asyncio.to_thread(self.engine.embed, texts)
+        return embedding_pb2.EmbedBatchResponse(
+            embeddings=[embedding_pb2.Embedding(vector=v.tolist()) for v in vectors],
+            model=self.engine.model_name,
+            dimension=self.engine.dimension,
+        )
+
+
+async def _validate(context: grpc.aio.ServicerContext, texts: list[str]) -> None:
+    if not texts:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "texts: give at least one text")
+    if len(texts) > MAX_TEXTS:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"texts: at most {MAX_TEXTS} per call")
+    for position, text in enumerate(texts):
+        if not text.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"text {position}: empty or whitespace")
+        if len(text) > MAX_CHARS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"text {position}: over {MAX_CHARS} characters")
+
+
+async def serve(settings: EmbeddingSettings) -> None:
+    engine = EmbeddingEngine(settings)
+    batcher = MicroBatcher(engine, settings.micro_batch_wait_ms, engine.batch_size)
+    batching = asyncio.create_task(batcher.run())
+    server = grpc.aio.server()
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(engine, batcher), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    server.add_insecure_port(address)
+    await server.start()
+    for service in ("", "ragtrace.v1.EmbeddingService"):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    start_http_server(settings.service_metrics_port, addr=os.environ.get("RAGTRACE_METRICS_HOST", "127.0.0.1"))
+    stop_on_signal(server)
+    log.info("EmbeddingService on %s (%s on %s)", address, engine.model_name, engine.device)
+    try:
+        await server.wait_for_termination()
+    finally:
+        batching.cancel()
+
+
+def main() -> None:
+    setup_logging()
+    provider = setup_telemetry("embedding-service")
+    GrpcAioInstrumentorServer().instrument()
+    try:
+        asyncio.run(serve(EmbeddingSettings()))
+    finally:
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Answers: from an LLM behind an OpenAI-compatible API (vLLM), streamed, with numbered-source citations;
+extractive from the top sources when no LLM is configured or it fails; none when nothing was found."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from opentelemetry import context, trace
+
+from query.settings import LLMSettings
+from ragtrace.vectorstore import Hit
+
+tracer = trace.get_tracer("ragtrace.generation")
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered sources you are given. Cite every source you use with "
+    "its number in brackets, like [1] or [2][3]. If the sources do not contain the answer, say so plainly."
+)
+NO_DOCUMENTS = "No relevant documents were found in namespace '{namespace}'."
+CHARS_PER_TOKEN = 4  # budgeting estimate; the LLM's own tokenizer is not available to the search service
+
+
+class LLMUnavailable(RuntimeError):
+    """The LLM could not be reached or failed: the answer falls back to extractive."""
+
+
+@dataclass
+class Answer:
+    """What generation produced, filled in while it streams."""
+
+    generator: str = "none"  # "llm", "extractive" or "none"
+    reason: str = ""
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    time_to_first_token_ms: float = 0.0
+    generate_ms: float = 0.0
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN + 1
+
+
+def build_messages(query: str, hits: Sequence[Hit], max_context_tokens: int) -> list[dict[str, str]]:
+    """The chat prompt: sources numbered [1]..[n] in rank order, as many as fit the token budget."""
+    budget = max_context_tokens - estimate_tokens(SYSTEM_PROMPT + query)
+    sources = []
+    for number, hit in enumerate(hits, start=1):
+        title = hit.metadata.get("title", "")
+        block = f"[{number}] {title}\n{hit.content}".strip()
+        cost = estimate_tokens(block)
+        if cost > budget:
+            break
+        sources.append(block)
+        budget -= cost
+    user = "Sources:\n\n" + "\n\n".join(sources) + f"\n\nQuestion: {query}"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"\w+")
+
+
+def extractive_answer(query: str, hits: Sequence[Hit], max_sentences: int = 3) -> str:
+    """The sentences of the top sources that share the most words with the question, cited by number."""
+    terms = {w for w in _WORD.findall(query.lower()) if len(w) > 2}
+    scored: list[tuple[int, int, int, str]] = []
+    for number, hit in enumerate(hits[:3], start=1):
+        for position, sentence in enumerate(s.strip() for s in _SENTENCE.split(hit.content) if s.strip()):
+            overlap = len(terms & set(_WORD.findall(sentence.lower())))
+            scored.append((overlap, -number, -position, f"{sentence} [{number}]"))
+    best = sorted(scored, reverse=True)[:max_sentences]
+    # In source order, so the answer reads like the sources do.
+    return " ".join(text for _, _, _, text in sorted(best, key=lambda s: (-s[1], -s[2])))
+
+
+class Generator:
+    def __init__(self, settings: LLMSettings) -> None:
+        self.settings = settings
+        headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+        self.http = httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(settings.first_token_timeout_s, connect=settings.connect_timeout_s),
+        )
+        self._model = settings.model
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.settings.base_url)
+
+    async def answer(
+        self, query: str, namespace: str, hits: Sequence[Hit], max_tokens: int, answer: Answer
+    ) -> AsyncIterator[str]:
+        """Yield the answer's text as it is produced; `answer` holds the generator, usage and timings."""
+        started = time.perf_counter()
+        try:
+            if not hits:
+                answer.generator, answer.reason = "none", "no relevant documents"
+                text = NO_DOCUMENTS.format(namespace=namespace)
+                answer.parts.append(text)
+                yield text
+                return
+            if not self.configured:
+                answer.reason = "no LLM configured (RAGTRACE_LLM_BASE_URL is empty)"
+            else:
+                try:
+                    async for token in self._llm(query, hits, max_tokens, answer):
+                        yield token
+                    return
+                except LLMUnavailable as error:
+                    if answer.parts:  # part of the answer is out already: say it was cut off
+                        answer.reason = f"LLM failed mid-answer: {error}"
+                        return
+                    answer.reason = f"LLM unavailable: {error}"
+            answer.generator = "extractive"
+            text = extractive_answer(query, hits)
+            answer.parts.append(text)
+            yield text
+        finally:
+            answer.generate_ms = (time.perf_counter() - started) * 1000
+
+    async def _model_name(self) -> str:
+        if not self._model:
+            response = await self.http.get("/models")
+            response.raise_for_status()
+            self._model = response.json()["data"][0]["id"]
+        return self._model
+
+    async def _llm(self, query: str, hits: Sequence[Hit], max_tokens: int, answer: Answer) -> AsyncIterator[str]:
+        parent = context.get_current()
+        try:
+            model = await self._model_name()
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
+            raise LLMUnavailable(f"listing models failed: {error!r}") from error
+        messages = build_messages(query, hits, self.settings.max_context_tokens)
+        span = tracer.start_span(
+            f"chat {model}",
+            context=parent,
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": self.settings.provider,
+                "gen_ai.request.model": model,
+                "gen_ai.request.max_tokens": max_tokens,
+                "gen_ai.request.temperature": self.settings.temperature,
+                "server.address": self.http.base_url.host,
+                "server.port": self.http.base_url.port or 80,
+            },
+        )
+        started = time.perf_counter()
+        request = self.http.build_request(
+            "POST",
+            "/chat/completions",
+            json={
+                "model": model,
+                "messages": messages,
+                "max_tokens": max_tokens,
+                "temperature": self.settings.temperature,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
+        answer.model = model
+        answer.generator = "llm"
+        finish_reasons: list[str] = []
+        try:
+            # The HTTP client span is a child of the LLM span; no yield happens while it is current.
+            token = context.attach(trace.set_span_in_context(span, parent))
+            try:
+                response = await self.http.send(request, stream=True)
+            finally:
+                context.detach(token)
+            try:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise LLMUnavailable(f"HTTP {response.status_code}: {response.text[:200]}")
+                async for chunk in _server_sent_events(response, self.settings.timeout_s, started):
+                    usage = chunk.get("usage") or {}
+                    answer.input_tokens = usage.get("prompt_tokens", answer.input_tokens)
+                    answer.output_tokens = usage.get("completion_tokens", answer.output_tokens)
+                    for choice in chunk.get("choices", []):
+                        if choice.get("finish_reason"):
+                            finish_reasons.append(choice["finish_reason"])
+                        piece = (choice.get("delta") or {}).get("content") or ""
+                        if piece:
+                            if not answer.parts:
+                                answer.time_to_first_token_ms = (time.perf_counter() - started) * 1000
+                                span.add_event("gen_ai.first_chunk")
+                            answer.parts.append(piece)
+                            yield piece
+            finally:
+                await response.aclose()
+        except (httpx.HTTPError, TimeoutError, ValueError) as error:
+            span.record_exception(error)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, repr(error)))
+            raise LLMUnavailable(repr(error)) from error
+        except LLMUnavailable as error:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+            raise
+        finally:
+            span.set_attributes(
+                {
+                    "gen_ai.response.model": model,
+                    "gen_ai.usage.input_tokens": answer.input_tokens,
+                    "gen_ai.usage.output_tokens": answer.output_tokens,
+                    "gen_ai.response.finish_reasons": finish_reasons,
+                    "ragtrace.llm.time_to_first_chunk_ms": answer.time_to_first_token_ms,
+                }
+            )
+            span.end()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+async def _server_sent_events(response: httpx.Response, timeout_s: float, started: float) -> AsyncIterator[Any]:
+    """The JSON payloads of an OpenAI-style event stream, until `data: [DONE]`."""
+    async for line in response.aiter_lines():
+        if time.perf_counter() - started > timeout_s:
+            raise TimeoutError(f"the answer took longer than {timeout_s:.0f}s")
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)

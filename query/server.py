@@ -1,0 +1,135 @@
+"""SearchService over gRPC (with the health checking protocol).
+
+Errors keep their meaning: INVALID_ARGUMENT (bad request), NOT_FOUND (unknown namespace), UNAVAILABLE with
+the dependency named in the trailing metadata key `dependency`, DEADLINE_EXCEEDED.
+
+Run: `python -m query.server` (127.0.0.1:50061 by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from prometheus_client import start_http_server
+
+from query.generation import Generator
+from query.search import GrpcEmbedder, InvalidSearch, LocalEmbedder, QueryEmbedder, SearchService
+from query.settings import LLMSettings, SearchSettings
+from ragtrace.cache import SearchCache
+from ragtrace.clients import redis_client
+from ragtrace.errors import DependencyUnavailable
+from ragtrace.runtime import setup_logging, stop_on_signal
+from ragtrace.settings import RedisSettings, WeaviateSettings
+from ragtrace.telemetry import setup_telemetry
+from ragtrace.v1 import search_pb2, search_pb2_grpc
+from ragtrace.vectorstore import UnknownNamespace, VectorStoreSettings, open_vector_store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
+    if isinstance(error, InvalidSearch):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    if isinstance(error, UnknownNamespace):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"namespace '{error.args[0]}' has no documents")
+    if isinstance(error, DependencyUnavailable):
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, str(error), trailing_metadata=(("dependency", error.dependency),)
+        )
+    if isinstance(error, TimeoutError):
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the search took too long")
+    raise error
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+
+    async def Search(
+        self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.SearchResponse:
+        return await self._guarded(context, lambda: self.service.search(request))
+
+    async def SearchStream(
+        self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[search_pb2.SearchEvent]:
+        try:
+            async for event in self.service.stream(request):
+                yield event
+        except (InvalidSearch, UnknownNamespace, DependencyUnavailable, TimeoutError) as error:
+            await _abort(context, error)
+
+    async def _guarded(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (InvalidSearch, UnknownNamespace, DependencyUnavailable, TimeoutError) as error:
+            await _abort(context, error)
+
+
+def _embedder(settings: SearchSettings) -> QueryEmbedder:
+    from embedding.settings import EmbeddingSettings
+
+    embedding = EmbeddingSettings()
+    if settings.embedding_target:
+        return GrpcEmbedder(settings.embedding_target, settings.embedding_timeout_s, embedding.model)
+    from embedding.engine import EmbeddingEngine
+
+    return LocalEmbedder(EmbeddingEngine(embedding))
+
+
+async def serve(settings: SearchSettings) -> None:
+    store = open_vector_store(VectorStoreSettings(), WeaviateSettings())
+    cache = SearchCache(
+        redis_client(RedisSettings(), timeout_s=0.25), settings.cache_ttl_s, settings.embedding_cache_ttl_s
+    )
+    generator = Generator(LLMSettings())
+    service = SearchService(settings, store, _embedder(settings), cache, generator)
+    server = grpc.aio.server()
+    search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{settings.host}:{settings.port}"
+    server.add_insecure_port(address)
+    await server.start()
+    for name in ("", "ragtrace.v1.SearchService"):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    start_http_server(settings.metrics_port, addr=os.environ.get("RAGTRACE_METRICS_HOST", "127.0.0.1"))
+    stop_on_signal(server)
+    log.info(
+        "SearchService on %s (%s backend, LLM %s)",
+        address,
+        store.backend.value,
+        generator.settings.base_url or "none: extractive answers",
+    )
+    try:
+        await server.wait_for_termination()
+    finally:
+        await generator.close()
+        await asyncio.to_thread(store.close)
+
+
+def main() -> None:
+    setup_logging()
+    provider = setup_telemetry("search-service")
+    GrpcAioInstrumentorServer().instrument()
+    GrpcAioInstrumentorClient().instrument()
+    HTTPXClientInstrumentor().instrument()
+    RedisInstrumentor().instrument()
+    try:
+        asyncio.run(serve(SearchSettings()))
+    finally:
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()

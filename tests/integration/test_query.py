@@ -1,0 +1,267 @@
+"""POST /api/search → gRPC SearchService → query embedding → vector / keyword / hybrid → Redis → LLM."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from ragtrace.v1 import search_pb2, search_pb2_grpc
+from tests.conftest import LLMServer
+from tests.infra import Infra
+from tests.pipeline import TENANT_KEY, Pipeline
+
+CORPUS = {
+    "thermometer": (
+        "Thermometers",
+        "Daniel Gabriel Fahrenheit invented the mercury thermometer in 1714. Mercury expands evenly as it warms.",
+    ),
+    "volcano": ("Volcanoes", "A volcano erupts when magma rises through the crust. Basalt lava flows are runny."),
+    "bread": ("Bread", "Sourdough bread rises because wild yeast ferments the dough overnight."),
+    "rare": ("Minerals", "The fictional mineral zyxquorbium glows faintly under ultraviolet light."),
+}
+
+
+def _namespace() -> str:
+    return "q-" + uuid.uuid4().hex[:10]
+
+
+def _ingest_corpus(pipeline: Pipeline, namespace: str, corpus: dict[str, tuple[str, str]] = CORPUS) -> None:
+    for document_id, (title, text) in corpus.items():
+        pipeline.ingest(text, namespace, document_id, title=title, topic=document_id)
+    pipeline.wait_for(list(corpus), namespace)
+
+
+@pytest.fixture
+def corpus_namespace(pipeline: Pipeline) -> str:
+    namespace = _namespace()
+    _ingest_corpus(pipeline, namespace)
+    return namespace
+
+
+def _search(pipeline: Pipeline, namespace: str, query: str, **options: Any) -> dict[str, Any]:
+    response = pipeline.search(query=query, namespace=namespace, **options)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@pytest.mark.parametrize("mode", ["vector", "keyword", "hybrid"])
+def test_each_mode_finds_the_ingested_document(pipeline: Pipeline, corpus_namespace: str, mode: str) -> None:
+    body = _search(
+        pipeline, corpus_namespace, "who invented the mercury thermometer", mode=mode, top_k=3, generate=False
+    )
+    sources = body["sources"]
+    assert sources[0]["document_id"] == "thermometer"
+    assert sources[0]["id"] == "thermometer:0"
+    assert sources[0]["metadata"]["title"] == "Thermometers" and sources[0]["metadata"]["topic"] == "thermometer"
+    scores = [s["score"] for s in sources]
+    assert scores == sorted(scores, reverse=True) and len(sources) <= 3
+    assert body["metadata"]["mode"] == mode and body["metadata"]["num_sources"] == len(sources)
+    assert body["metadata"]["namespace"] == corpus_namespace and len(body["metadata"]["trace_id"]) == 32
+
+
+def test_an_exact_rare_token_ranks_its_chunk_first_in_keyword_mode(pipeline: Pipeline, corpus_namespace: str) -> None:
+    body = _search(pipeline, corpus_namespace, "zyxquorbium", mode="keyword", top_k=5, generate=False)
+    assert [s["document_id"] for s in body["sources"]] == ["rare"], "only the chunk with the token matches"
+
+
+def test_metadata_filters_keep_only_equal_values(faiss_pipeline: Pipeline) -> None:
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace)
+    body = _search(
+        faiss_pipeline, namespace, "what rises?", mode="hybrid", top_k=5, generate=False, filters={"topic": "bread"}
+    )
+    assert [s["document_id"] for s in body["sources"]] == ["bread"]
+
+
+def test_namespaces_never_see_each_other(pipeline: Pipeline) -> None:
+    a, b = _namespace(), _namespace()
+    _ingest_corpus(pipeline, a)
+    _ingest_corpus(pipeline, b, {"b-only": ("Tides", "The moon's gravity raises the tides twice a day.")})
+    for mode in ("vector", "keyword", "hybrid"):
+        for query in ("mercury thermometer", "zyxquorbium", "tides and the moon"):
+            sources = _search(pipeline, b, query, mode=mode, top_k=100, generate=False)["sources"]
+            assert {s["document_id"] for s in sources} <= {"b-only"}, (mode, query)
+
+
+def test_an_api_key_only_reaches_its_own_namespaces(faiss_pipeline: Pipeline) -> None:
+    namespace = _namespace()
+    faiss_pipeline.ingest("Tenant B's private note about tides.", namespace, "private")
+    faiss_pipeline.wait_for(["private"], namespace)
+    refused = faiss_pipeline.search(key=TENANT_KEY, query="tides", namespace=namespace)
+    assert refused.status_code == 403 and namespace in refused.json()["message"]
+    with httpx.Client(base_url=faiss_pipeline.base_url, headers={"X-API-Key": TENANT_KEY}) as client:
+        assert client.get(f"/ingest/private?namespace={namespace}").status_code == 403
+    assert faiss_pipeline.search(key="wrong", query="tides", namespace=namespace).status_code == 401
+
+
+def test_unknown_namespace_is_a_404(faiss_pipeline: Pipeline) -> None:
+    response = faiss_pipeline.search(query="anything", namespace="never-written-" + uuid.uuid4().hex[:6])
+    assert response.status_code == 404 and "no documents" in response.json()["message"]
+
+
+def test_repeating_a_search_hits_the_cache_and_ingesting_invalidates_it(pipeline: Pipeline) -> None:
+    namespace = _namespace()
+    _ingest_corpus(pipeline, namespace)
+    query = {"query": "Which bread uses wild yeast?", "mode": "hybrid", "top_k": 10, "generate": False}
+    first = _search(pipeline, namespace, **query)
+    second = _search(pipeline, namespace, **query)
+    assert first["metadata"]["cache_hit"] is False
+    assert second["metadata"]["cache_hit"] is True
+    assert second["sources"] == first["sources"]
+    assert second["metadata"]["trace_id"] != first["metadata"]["trace_id"], "a cached answer has its own trace"
+
+    pipeline.ingest("Rye bread also uses a sourdough starter with wild yeast.", namespace, "rye", title="Rye")
+    pipeline.wait_for(["rye"], namespace)
+    third = _search(pipeline, namespace, **query)
+    assert third["metadata"]["cache_hit"] is False, "a write to the namespace invalidates its cached results"
+    assert "rye" in {s["document_id"] for s in third["sources"]}
+
+
+def test_the_answer_comes_from_the_llm_with_token_counts(faiss_pipeline: Pipeline, llm_server: LLMServer) -> None:
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace)
+    body = _search(faiss_pipeline, namespace, "Who invented the mercury thermometer?", generate=True)
+    assert body["answer"] == "According to [1], Daniel Gabriel Fahrenheit invented the mercury thermometer in 1714."
+    metadata = body["metadata"]
+    assert metadata["generator"] == "llm" and metadata["model"] == "test-llm"
+    assert metadata["input_tokens"] > 20 and metadata["output_tokens"] == len(body["answer"].split(" "))
+    assert metadata["time_to_first_token_ms"] > 0 and metadata["timings_ms"]["generate"] > 0
+
+
+def _server_sent_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
+    for block in response.text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        yield fields["event"], json.loads(fields["data"])
+
+
+def test_streaming_works_end_to_end_over_sse(faiss_pipeline: Pipeline) -> None:
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace)
+    response = httpx.post(
+        f"{faiss_pipeline.search_url}/api/search/stream",
+        json={"query": "Why does sourdough rise?", "namespace": namespace},
+        headers={"X-API-Key": faiss_pipeline.http().headers["X-API-Key"]},
+        timeout=30,
+    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = list(_server_sent_events(response))
+    names = [name for name, _ in events]
+    assert names[0] == "sources" and names[-1] == "done" and names.count("token") > 3
+    assert events[0][1]["sources"][0]["document_id"] == "bread"
+    answer = "".join(data["text"] for name, data in events if name == "token")
+    assert answer.startswith("According to [1], Sourdough bread rises")
+    assert events[-1][1]["generator"] == "llm" and events[-1][1]["output_tokens"] == names.count("token")
+
+
+def test_with_the_llm_stopped_the_answer_is_extractive_fast_and_flagged(
+    faiss_pipeline: Pipeline, llm_server: LLMServer
+) -> None:
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace)
+    llm_server.supervisor.stop(llm_server.component)
+    try:
+        started = time.monotonic()
+        body = _search(faiss_pipeline, namespace, "Who invented the mercury thermometer?", generate=True)
+        elapsed = time.monotonic() - started
+    finally:
+        llm_server.supervisor.start(llm_server.component)
+    assert elapsed < 1.0, f"took {elapsed:.2f}s"
+    assert body["metadata"]["generator"] == "extractive"
+    assert "LLM unavailable" in body["metadata"]["generator_reason"]
+    assert "Fahrenheit invented the mercury thermometer in 1714. [1]" in body["answer"]
+
+
+def test_no_match_means_no_llm_call_and_a_clear_answer(faiss_pipeline: Pipeline, llm_server: LLMServer) -> None:
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace)
+    calls = llm_server.completions()
+    body = _search(faiss_pipeline, namespace, "qwertyuiopasdf", mode="keyword", generate=True)
+    assert body["sources"] == []
+    assert body["answer"] == f"No relevant documents were found in namespace '{namespace}'."
+    assert body["metadata"]["generator"] == "none"
+    assert llm_server.completions() == calls, "no LLM call without sources"
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"query": "   "}, "query"),
+        ({"query": "x", "top_k": 0}, "top_k"),
+        ({"query": "x", "top_k": 101}, "top_k"),
+        ({"query": "x", "mode": "semantic"}, "mode"),
+        ({"query": "x", "alpha": 1.5}, "alpha"),
+        ({"query": "x", "alpha": -0.1}, "alpha"),
+        ({"query": "x" * 2001}, "query"),
+        ({"query": "x", "namespace": "Bad NS"}, "namespace"),
+    ],
+    ids=["blank", "top_k-0", "top_k-101", "unknown-mode", "alpha-high", "alpha-low", "too-long", "bad-namespace"],
+)
+def test_bad_search_input_gets_a_422_with_the_reason(
+    faiss_pipeline: Pipeline, body: dict[str, Any], fragment: str
+) -> None:
+    response = faiss_pipeline.search(**body)
+    assert response.status_code == 422
+    assert fragment in response.json()["message"]
+
+
+def test_malformed_search_json_gets_a_422(faiss_pipeline: Pipeline) -> None:
+    response = httpx.post(
+        f"{faiss_pipeline.search_url}/api/search",
+        content=b'{"query": ',
+        headers={"X-API-Key": faiss_pipeline.http().headers["X-API-Key"], "content-type": "application/json"},
+    )
+    assert response.status_code == 422 and "not valid JSON" in response.json()["message"]
+
+
+def test_the_search_service_says_invalid_argument_over_grpc(faiss_pipeline: Pipeline) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{faiss_pipeline.services.ports.search_grpc}") as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Search(search_pb2.SearchRequest(query="x", top_k=500, alpha=2.0), timeout=5)
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "top_k" in error.value.details() and "alpha" in error.value.details()
+
+
+def test_weaviate_down_gives_a_fast_503_naming_it(weaviate_pipeline: Pipeline, infra: Infra) -> None:
+    if infra.stack is None:
+        pytest.skip("Weaviate was not started by this test session, so it is not ours to stop")
+    namespace = _namespace()
+    _ingest_corpus(weaviate_pipeline, namespace, {"one": ("One", "A single document about comets.")})
+    weaviate = next(c for c in infra.stack.components() if c.name == "weaviate")
+    infra.stack.supervisor.stop(weaviate)
+    try:
+        started = time.monotonic()
+        response = weaviate_pipeline.search(query="comets", namespace=namespace, mode="vector", generate=False)
+        elapsed = time.monotonic() - started
+    finally:
+        infra.stack.supervisor.start(weaviate)
+    assert response.status_code == 503, response.text
+    assert response.json()["dependency"] == "weaviate"
+    assert elapsed < 1.0, f"took {elapsed:.2f}s"
+    assert _search(weaviate_pipeline, namespace, "comets", mode="vector", generate=False)["sources"]
+
+
+def test_embedding_service_down_gives_a_fast_503_naming_it(faiss_pipeline: Pipeline) -> None:
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace, {"one": ("One", "A single document about auroras.")})
+    service = faiss_pipeline.component("embedding-service")
+    faiss_pipeline.supervisor.stop(service)
+    try:
+        started = time.monotonic()
+        query = "northern lights " + uuid.uuid4().hex  # not in the embedding cache
+        response = faiss_pipeline.search(query=query, namespace=namespace, mode="vector", generate=False)
+        elapsed = time.monotonic() - started
+        keyword = faiss_pipeline.search(query="auroras", namespace=namespace, mode="keyword", generate=False)
+    finally:
+        faiss_pipeline.supervisor.start(service)
+    assert response.status_code == 503 and response.json()["dependency"] == "embedding-service"
+    assert elapsed < 1.0, f"took {elapsed:.2f}s"
+    assert keyword.status_code == 200, "keyword search needs no embedding"
