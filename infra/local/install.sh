@@ -4,7 +4,8 @@
 #   MinIO          built from its Go module with `go install`
 #   Weaviate       built from its Go module with `go install` (cmd/weaviate-server)
 #   Redis          Debian's redis-server, installed with apt-get when missing
-# Usage: infra/local/install.sh [kafka|minio|weaviate|redis ...]   (no argument: all of them)
+#   Chromium       Debian's chromium, for the tests of the search page (headless)
+# Usage: infra/local/install.sh [kafka|minio|weaviate|redis|chromium ...]   (no argument: all of them)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,17 +42,19 @@ go_build() {
   rm -rf "$dest" && mv "$tmp" "$dest"
 }
 
-install_redis() {
-  command -v redis-server >/dev/null 2>&1 && return 0
-  need apt-get "redis-server is missing and apt-get is not available: install Redis 7 yourself"
+# apt_install COMMAND PACKAGE: install the Debian package unless COMMAND is already on PATH.
+apt_install() {
+  local command="$1" package="$2"
+  command -v "$command" >/dev/null 2>&1 && return 0
+  need apt-get "$command is missing and apt-get is not available: install $package yourself"
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  log "Redis: apt-get install redis-server"
+  log "$package: apt-get install $package"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$package" >/dev/null
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis)
+[ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis chromium)
 
 # One installer at a time per cache (make up and make test may run side by side).
 exec 9>"$cache/.install.lock"
@@ -61,7 +64,8 @@ for component in "${components[@]}"; do
     kafka) install_kafka ;;
     minio) go_build minio "$MINIO_MODULE" "$MINIO_VERSION" "$MINIO_MODULE" ;;
     weaviate) go_build weaviate-server "$WEAVIATE_MODULE" "$WEAVIATE_VERSION" "$WEAVIATE_MODULE/cmd/weaviate-server" ;;
-    redis) install_redis ;;
-    *) log "unknown component '$component' (expected kafka, minio, weaviate or redis)"; exit 2 ;;
+    redis) apt_install redis-server redis-server ;;
+    chromium) apt_install chromium chromium ;;
+    *) log "unknown component '$component' (expected kafka, minio, weaviate, redis or chromium)"; exit 2 ;;
   esac
 done

@@ -143,7 +143,12 @@ class LocalServers:
             config.write_text(self._kafka_properties(home / "data"))
             if not (home / "data" / "meta.properties").exists():
                 cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-                _run_java(java, libs, ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)])
+                # "--cluster-id=…" in one word: a base64 id may start with "-", which the tool would read as a flag.
+                _run_java(
+                    java,
+                    libs,
+                    ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config)],
+                )
 
         return Component(
             name="kafka",

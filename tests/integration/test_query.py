@@ -110,9 +110,10 @@ def test_unknown_namespace_is_a_404(faiss_pipeline: Pipeline) -> None:
 def test_repeating_a_search_hits_the_cache_and_ingesting_invalidates_it(pipeline: Pipeline) -> None:
     namespace = _namespace()
     _ingest_corpus(pipeline, namespace)
-    query = {"query": "Which bread uses wild yeast?", "mode": "hybrid", "top_k": 10, "generate": False}
-    first = _search(pipeline, namespace, **query)
-    second = _search(pipeline, namespace, **query)
+    query = "Which bread uses wild yeast?"
+    options: dict[str, Any] = {"mode": "hybrid", "top_k": 10, "generate": False}
+    first = _search(pipeline, namespace, query, **options)
+    second = _search(pipeline, namespace, query, **options)
     assert first["metadata"]["cache_hit"] is False
     assert second["metadata"]["cache_hit"] is True
     assert second["sources"] == first["sources"]
@@ -120,7 +121,7 @@ def test_repeating_a_search_hits_the_cache_and_ingesting_invalidates_it(pipeline
 
     pipeline.ingest("Rye bread also uses a sourdough starter with wild yeast.", namespace, "rye", title="Rye")
     pipeline.wait_for(["rye"], namespace)
-    third = _search(pipeline, namespace, **query)
+    third = _search(pipeline, namespace, query, **options)
     assert third["metadata"]["cache_hit"] is False, "a write to the namespace invalidates its cached results"
     assert "rye" in {s["document_id"] for s in third["sources"]}
 

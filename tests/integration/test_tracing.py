@@ -9,6 +9,18 @@ from ragtrace.traces import SpanView, fetch_trace
 from tests.pipeline import Pipeline, wait_until
 
 
+def _whole_tree(trace_url: str, trace_id: str, must_have: set[tuple[str, str]]) -> list[SpanView] | None:
+    """The trace once it holds the given (service, span name) pairs and every span's parent: spans reach the
+    store in batches, from several processes, so a trace is read again until it is whole."""
+    spans = fetch_trace(trace_url, trace_id) or []
+    ids = {s.span_id for s in spans}
+    if must_have <= {(s.service, s.name) for s in spans} and all(
+        s.parent_span_id in ids for s in spans if s.parent_span_id
+    ):
+        return spans
+    return None
+
+
 def _path_to_root(span: SpanView, by_id: dict[str, SpanView]) -> list[SpanView]:
     path = [span]
     while path[-1].parent_span_id:
@@ -22,13 +34,13 @@ def test_one_trace_follows_a_document_through_every_process(faiss_pipeline: Pipe
     faiss_pipeline.wait_for(["seismo"], namespace)
     kafka = faiss_pipeline.kafka
 
-    def complete() -> list[SpanView] | None:
-        spans = fetch_trace(trace_store.trace_url, accepted["trace_id"])
-        if spans and any(s.service == "indexer-worker" and s.name == "index write" for s in spans):
-            return spans
-        return None
-
-    spans: list[SpanView] = wait_until(complete, 20, 0.3, "the indexer's spans in the trace store")
+    wanted = {("ingest-api", "POST /ingest"), ("indexer-worker", "index write")}
+    spans: list[SpanView] = wait_until(
+        lambda: _whole_tree(trace_store.trace_url, accepted["trace_id"], wanted),
+        20,
+        0.3,
+        "the document's whole trace in the trace store",
+    )
     by_id = {s.span_id: s for s in spans}
 
     assert {s.trace_id for s in spans} == {accepted["trace_id"]}
@@ -71,3 +83,55 @@ def test_one_trace_follows_a_document_through_every_process(faiss_pipeline: Pipe
     assert embed.attributes["ragtrace.chunk.count"] == 1
     assert embed.attributes["ragtrace.embedding.model"] == "all-MiniLM-L6-v2"
     assert embed.attributes["ragtrace.embedding.dimension"] == 384
+
+
+def test_one_trace_follows_a_question_through_every_service(faiss_pipeline: Pipeline, trace_store: Services) -> None:
+    namespace = "trace-" + uuid.uuid4().hex[:8]
+    faiss_pipeline.ingest("Seismographs record the motion of the ground.", namespace, "seismo", title="Seismo")
+    faiss_pipeline.wait_for(["seismo"], namespace)
+    response = faiss_pipeline.search(
+        query=f"What do seismographs record? {uuid.uuid4().hex}", namespace=namespace, generate=True
+    )
+    assert response.status_code == 200, response.text
+    trace_id = response.json()["metadata"]["trace_id"]
+
+    wanted = {
+        ("search-gateway", "POST /api/search"),
+        ("search-service", "chat test-llm"),
+        ("embedding-service", "/ragtrace.v1.EmbeddingService/Embed"),
+    }
+    spans: list[SpanView] = wait_until(
+        lambda: _whole_tree(trace_store.trace_url, trace_id, wanted),
+        20,
+        0.3,
+        "the question's whole trace in the trace store",
+    )
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if not s.parent_span_id]
+    assert len(roots) == 1 and roots[0].service == "search-gateway" and roots[0].name == "POST /api/search"
+    orphans = [(s.service, s.name) for s in spans if s.parent_span_id and s.parent_span_id not in by_id]
+    assert not orphans, f"one tree: these spans' parents are missing: {orphans}"
+
+    def one(service: str, name: str) -> SpanView:
+        return next(s for s in spans if s.service == service and s.name == name)
+
+    grpc_server = one("search-service", "/ragtrace.v1.SearchService/Search")
+    assert grpc_server.kind == "server" and by_id[grpc_server.parent_span_id].service == "search-gateway"
+    embed = one("search-service", "embed query (grpc)")
+    embedding_server = one("embedding-service", "/ragtrace.v1.EmbeddingService/Embed")
+    assert _path_to_root(embedding_server, by_id)[2] == embed, "Embed server ← gRPC client ← embed query"
+    assert one("search-service", "cache lookup").attributes["ragtrace.cache.hit"] is False
+
+    retrieval = one("search-service", "retrieve hybrid")
+    assert retrieval.attributes["gen_ai.request.top_k"] == 5
+    assert retrieval.attributes["ragtrace.search.results"] == 1
+    assert retrieval.attributes["ragtrace.search.score.max"] >= retrieval.attributes["ragtrace.search.score.min"]
+
+    chat = one("search-service", "chat test-llm")
+    assert chat.kind == "client"
+    assert chat.attributes["gen_ai.operation.name"] == "chat"
+    assert chat.attributes["gen_ai.provider.name"] == "vllm"
+    assert chat.attributes["gen_ai.request.model"] == "test-llm"
+    assert chat.attributes["gen_ai.usage.input_tokens"] > 0 and chat.attributes["gen_ai.usage.output_tokens"] > 0
+    assert chat.attributes["ragtrace.llm.time_to_first_chunk_ms"] > 0
+    assert _path_to_root(chat, by_id)[-1] == roots[0]
