@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv proto infra up down status test lint clean
+.PHONY: help install venv proto infra up down status test lint clean eval
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ status: ## Each component: up/down, port, pid, log path
 test: install ## Run the whole test suite against real servers (pytest exit 5, no tests, is a failure)
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating that as a failure"; exit 1; fi; exit $$rc
+
+eval: install ## nDCG@10 of each search mode on ../shared/data/eval/msmarco-5k, through the running stack (make up)
+	$(RAGTRACE) eval
 
 lint: venv proto ## ruff and mypy over the whole tree
 	$(BIN)/ruff check .

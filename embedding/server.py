@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
-from prometheus_client import start_http_server
+from prometheus_client import Histogram
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
-from ragtrace.runtime import setup_logging, stop_on_signal
+from ragtrace.runtime import setup_logging, start_grpc_server
 from ragtrace.telemetry import setup_telemetry
 from ragtrace.v1 import embedding_pb2, embedding_pb2_grpc
 
@@ -28,6 +26,12 @@ log = logging.getLogger(__name__)
 
 MAX_TEXTS = 1024
 MAX_CHARS = 20_000
+
+BATCH_SIZE = Histogram(
+    "ragtrace_embedding_service_batch_size",
+    "Texts per model call of the EmbeddingService (micro-batches of Embed)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 
 
 class MicroBatcher:
@@ -38,7 +42,6 @@ class MicroBatcher:
         self.wait_s = wait_ms / 1000
         self.max_batch = max_batch
         self.queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] = asyncio.Queue()
-        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics
 
     async def embed(self, text: str) -> np.ndarray:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
@@ -57,7 +60,7 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except TimeoutError:
                     break
-            self.batch_sizes = [*self.batch_sizes[-99:], len(batch)]
+            BATCH_SIZE.observe(len(batch))
             try:
                 vectors = await asyncio.to_thread(self.engine.embed, [text for text, _ in batch])
             except Exception as error:  # every caller in the batch gets the engine's error
@@ -113,17 +116,13 @@ async def serve(settings: EmbeddingSettings) -> None:
     engine = EmbeddingEngine(settings)
     batcher = MicroBatcher(engine, settings.micro_batch_wait_ms, engine.batch_size)
     batching = asyncio.create_task(batcher.run())
-    server = grpc.aio.server()
-    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(engine, batcher), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
-    server.add_insecure_port(address)
-    await server.start()
-    for service in ("", "ragtrace.v1.EmbeddingService"):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    start_http_server(settings.service_metrics_port, addr=os.environ.get("RAGTRACE_METRICS_HOST", "127.0.0.1"))
-    stop_on_signal(server)
+    server = await start_grpc_server(
+        "ragtrace.v1.EmbeddingService",
+        address,
+        settings.service_metrics_port,
+        lambda s: embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(engine, batcher), s),
+    )
     log.info("EmbeddingService on %s (%s on %s)", address, engine.model_name, engine.device)
     try:
         await server.wait_for_termination()

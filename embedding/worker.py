@@ -15,9 +15,9 @@ from opentelemetry.trace import Link
 
 from embedding.engine import EmbeddingEngine, TextChunk
 from embedding.settings import EmbeddingSettings
-from ragtrace.errors import DependencyUnavailable, PoisonMessage
+from ragtrace.errors import DependencyUnavailable
 from ragtrace.messaging import Publisher
-from ragtrace.runtime import document_store, mark_failed, run_worker, worker_span
+from ragtrace.runtime import document_store, mark_failed, parse_message, run_worker, worker_span
 from ragtrace.schemas import (
     Chunk,
     ChunkBatch,
@@ -77,10 +77,7 @@ class EmbeddingHandler:
         return failures
 
     async def _prepare(self, index: int, record: Record, span: trace.Span) -> _Prepared | None:
-        try:
-            event = DocumentEvent.model_validate_json(record.value or b"")
-        except ValueError as error:
-            raise PoisonMessage(f"not a document event: {error}") from error
+        event = parse_message(record, DocumentEvent, "a document event")
         span.set_attributes(
             {
                 "document.id": event.document_id,

@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 
 from ragtrace.cache import bump_namespace
 from ragtrace.clients import redis_client
-from ragtrace.errors import DependencyUnavailable, PoisonMessage
-from ragtrace.runtime import document_store, mark_failed, run_worker, worker_span
+from ragtrace.errors import DependencyUnavailable
+from ragtrace.runtime import document_store, mark_failed, parse_message, run_worker, worker_span
 from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
 from ragtrace.settings import KafkaSettings, RedisSettings, WeaviateSettings
 from ragtrace.storage import DocumentStore
@@ -79,10 +79,7 @@ class IndexerHandler:
 
     async def _current(self, record: Record, span: trace.Span) -> ChunkBatch | None:
         """The message's chunk batch, or None when a newer request about its document supersedes it."""
-        try:
-            batch = ChunkBatch.model_validate_json(record.value or b"")
-        except ValueError as error:
-            raise PoisonMessage(f"not a chunk batch: {error}") from error
+        batch = parse_message(record, ChunkBatch, "a chunk batch")
         span.set_attributes(
             {
                 "document.id": batch.document_id,

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import uvicorn
 from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
@@ -29,7 +28,7 @@ from ragtrace.auth import Authenticated
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.http import create_service_app
 from ragtrace.messaging import Publisher
-from ragtrace.runtime import document_store, setup_logging
+from ragtrace.runtime import document_store, run_http_service
 from ragtrace.schemas import (
     DocumentEvent,
     DocumentId,
@@ -47,7 +46,7 @@ from ragtrace.schemas import (
 )
 from ragtrace.settings import KafkaSettings
 from ragtrace.storage import DocumentStore
-from ragtrace.telemetry import setup_telemetry, trace_id_hex
+from ragtrace.telemetry import trace_id_hex
 
 tracer = trace.get_tracer("ragtrace.ingest")
 
@@ -277,13 +276,8 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    setup_logging()
     settings = IngestSettings()
-    provider = setup_telemetry("ingest-api")
-    try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
-    finally:
-        provider.shutdown()
+    run_http_service("ingest-api", lambda: create_app(settings), settings.host, settings.port)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import grpc
-import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from google.protobuf import json_format
@@ -27,11 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from query.settings import MODE_NAMES, MODES, GatewaySettings
 from ragtrace.auth import Authenticated
+from ragtrace.clients import channel_ready, grpc_channel
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.http import create_service_app
-from ragtrace.runtime import setup_logging
+from ragtrace.runtime import run_http_service
 from ragtrace.schemas import Namespace
-from ragtrace.telemetry import setup_telemetry
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 
 STATIC = Path(__file__).parent / "static"
@@ -137,10 +136,11 @@ class SearchClient:
 
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            self._channel = grpc_channel(self.target)
         return self._channel
 
-    def stub(self) -> search_pb2_grpc.SearchServiceStub:
+    async def stub(self) -> search_pb2_grpc.SearchServiceStub:
+        await channel_ready(self.channel(), "search-service")
         return search_pb2_grpc.SearchServiceStub(self.channel())
 
     async def close(self) -> None:
@@ -179,7 +179,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         """Sources for the query and, with `generate`, an answer citing them."""
         principal.authorize(body.namespace)
         try:
-            response = await search_client.stub().Search(body.to_request(), timeout=settings.search_timeout_s)
+            response = await (await search_client.stub()).Search(body.to_request(), timeout=settings.search_timeout_s)
         except grpc.aio.AioRpcError as error:
             raise _http_error(error) from error
         return JSONResponse(response_json(response))
@@ -188,7 +188,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def search_stream(body: SearchBody, principal: Authenticated) -> StreamingResponse:
         """The same search as server-sent events: `sources`, then `token` events, then `done`."""
         principal.authorize(body.namespace)
-        call = search_client.stub().SearchStream(body.to_request(), timeout=settings.search_timeout_s)
+        call = (await search_client.stub()).SearchStream(body.to_request(), timeout=settings.search_timeout_s)
         try:
             first = await call.read()  # errors before the first event are answered with their HTTP status
         except grpc.aio.AioRpcError as error:
@@ -220,14 +220,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    setup_logging()
     settings = GatewaySettings()
-    provider = setup_telemetry("search-gateway")
     GrpcAioInstrumentorClient().instrument()
-    try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
-    finally:
-        provider.shutdown()
+    run_http_service("search-gateway", lambda: create_app(settings), settings.host, settings.port)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from opentelemetry import trace
 from query.generation import Answer, Generator
 from query.settings import MODE_NAMES, SearchSettings
 from ragtrace.cache import SearchCache, normalize_query
+from ragtrace.clients import channel_ready, grpc_channel
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.schemas import NAMESPACE_PATTERN
 from ragtrace.telemetry import trace_id_hex
@@ -47,12 +48,13 @@ class GrpcEmbedder:
     via = "grpc"
 
     def __init__(self, target: str, timeout_s: float, model: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target)
+        self.channel = grpc_channel(target)
         self.stub = embedding_pb2_grpc.EmbeddingServiceStub(self.channel)
         self.timeout_s = timeout_s
         self.model = model
 
     async def embed(self, text: str) -> np.ndarray:
+        await channel_ready(self.channel, "embedding-service")
         try:
             response = await self.stub.Embed(embedding_pb2.EmbedRequest(text=text), timeout=self.timeout_s)
         except grpc.aio.AioRpcError as error:

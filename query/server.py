@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
-from prometheus_client import start_http_server
 
 from query.generation import Generator
 from query.search import GrpcEmbedder, InvalidSearch, LocalEmbedder, QueryEmbedder, SearchService
@@ -27,7 +24,7 @@ from query.settings import LLMSettings, SearchSettings
 from ragtrace.cache import SearchCache
 from ragtrace.clients import redis_client
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.runtime import setup_logging, stop_on_signal
+from ragtrace.runtime import setup_logging, start_grpc_server
 from ragtrace.settings import RedisSettings, WeaviateSettings
 from ragtrace.telemetry import setup_telemetry
 from ragtrace.v1 import search_pb2, search_pb2_grpc
@@ -94,17 +91,13 @@ async def serve(settings: SearchSettings) -> None:
     )
     generator = Generator(LLMSettings())
     service = SearchService(settings, store, _embedder(settings), cache, generator)
-    server = grpc.aio.server()
-    search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(service), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.host}:{settings.port}"
-    server.add_insecure_port(address)
-    await server.start()
-    for name in ("", "ragtrace.v1.SearchService"):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    start_http_server(settings.metrics_port, addr=os.environ.get("RAGTRACE_METRICS_HOST", "127.0.0.1"))
-    stop_on_signal(server)
+    server = await start_grpc_server(
+        "ragtrace.v1.SearchService",
+        address,
+        settings.metrics_port,
+        lambda s: search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(service), s),
+    )
     log.info(
         "SearchService on %s (%s backend, LLM %s)",
         address,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtrace.devstack import LocalStack, StartError, State, Status
+from ragtrace.devstack import LocalStack, StartError, State, Status, default_state_dir
+from ragtrace.devstack.servers import REPO_ROOT
 
 app = typer.Typer(help="ragtrace: event-driven RAG with one trace per document and question.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack of real servers and ragtrace services.", no_args_is_help=True)
@@ -65,3 +67,42 @@ def status(
     _print_status(statuses)
     if check and any(s.state is not State.UP for s in statuses):
         raise typer.Exit(1)
+
+
+def _stack_setting(name: str) -> str:
+    """A setting from the environment, else from the local stack's .state/stack.env."""
+    if os.environ.get(name):
+        return os.environ[name]
+    env_file = default_state_dir() / "stack.env"
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines()) if env_file.exists() else {}
+    if name not in values:
+        raise typer.BadParameter(f"{name} is not set and {env_file} does not have it: run `make up` first")
+    return values[name]
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[Path, typer.Option(help="BEIR-format folder")] = REPO_ROOT.parent
+    / "shared"
+    / "data"
+    / "eval"
+    / "msmarco-5k",
+    namespace: Annotated[str, typer.Option(help="Namespace to ingest the corpus into")] = "eval-msmarco",
+    alphas: Annotated[str, typer.Option(help="Hybrid alphas to measure, comma-separated")] = "0.3,0.5,0.7,0.8",
+    output: Annotated[Path, typer.Option(help="Where to write the results")] = REPO_ROOT
+    / "bench"
+    / "results"
+    / "eval-msmarco-5k.json",
+) -> None:
+    """nDCG@10 of each search mode through the running system's HTTP API, next to BM25 and dense baselines."""
+    from ragtrace.evaluation import run
+
+    run(
+        data,
+        _stack_setting("RAGTRACE_INGEST_URL"),
+        _stack_setting("RAGTRACE_SEARCH_URL"),
+        _stack_setting("RAGTRACE_API_KEY"),
+        namespace,
+        [float(a) for a in alphas.split(",")],
+        output,
+    )

@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import redis.asyncio as aioredis
 import urllib3
 import weaviate
 from minio import Minio
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 
+from ragtrace.errors import DependencyUnavailable
 from ragtrace.settings import MinioSettings, RedisSettings, WeaviateSettings
+
+
+def grpc_channel(target: str) -> grpc.aio.Channel:
+    """A channel to one of our gRPC services; it redials a restarted peer within half a second (gRPC's default
+    backoff grows to minutes). Call `channel_ready` before each call."""
+    return grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ],
+    )
+
+
+async def channel_ready(channel: grpc.aio.Channel, dependency: str, timeout_s: float = 0.75) -> None:
+    """Wait (briefly) until the channel is connected: a peer that is back, or still being dialled, is used;
+    one that stays unreachable is DependencyUnavailable at once, not after the call's whole deadline."""
+    try:
+        await asyncio.wait_for(channel.channel_ready(), timeout_s)
+    except TimeoutError as error:
+        raise DependencyUnavailable(dependency, f"not reachable within {timeout_s:.2f}s") from error
 
 
 def minio_client(settings: MinioSettings, connect_timeout_s: float = 1.0, read_timeout_s: float = 30.0) -> Minio:

@@ -7,17 +7,24 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from prometheus_client import start_http_server
+from pydantic import BaseModel
 
 from ragtrace.clients import minio_client
+from ragtrace.errors import PoisonMessage
 from ragtrace.schemas import DocumentRef, DocumentState
 from ragtrace.settings import KafkaSettings, MinioSettings
 from ragtrace.storage import DocumentStore
 from ragtrace.telemetry import extract_context, messaging_attributes, setup_telemetry
 from ragtrace.worker import BatchHandler, KafkaWorker, Record, WorkerOptions
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def setup_logging() -> None:
@@ -60,6 +67,42 @@ def worker_span(tracer: trace.Tracer, record: Record, group: str) -> trace.Span:
             record.topic, "process", group=group, partition=record.partition, offset=record.offset, key=record.key
         ),
     )
+
+
+def parse_message(record: Record, model: type[ModelT], what: str) -> ModelT:
+    """The record's value as `model`; anything else is a PoisonMessage, which no retry can fix."""
+    try:
+        return model.model_validate_json(record.value or b"")
+    except ValueError as error:
+        raise PoisonMessage(f"not {what}: {error}") from error
+
+
+async def start_grpc_server(
+    name: str, address: str, metrics_port: int, add_servicer: Callable[[grpc.aio.Server], None]
+) -> grpc.aio.Server:
+    """A started gRPC server with its servicer, the health protocol answering SERVING for `name`, the
+    Prometheus endpoint, and a graceful stop on SIGTERM/SIGINT."""
+    server = grpc.aio.server()
+    add_servicer(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(address)
+    await server.start()
+    for service in ("", name):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    start_http_server(metrics_port, addr=os.environ.get("RAGTRACE_METRICS_HOST", "127.0.0.1"))
+    stop_on_signal(server)
+    return server
+
+
+def run_http_service(service: str, app: Callable[[], Any], host: str, port: int) -> None:
+    """Run a FastAPI service under uvicorn with this process's logging and telemetry."""
+    setup_logging()
+    provider = setup_telemetry(service)
+    try:
+        uvicorn.run(app(), host=host, port=port, log_level="info")
+    finally:
+        provider.shutdown()
 
 
 def stop_on_signal(server: grpc.aio.Server, grace_s: float = 5.0) -> None:

@@ -60,6 +60,7 @@ class LocalStack:
         if self.services:
             env |= {
                 "RAGTRACE_INGEST_URL": f"http://127.0.0.1:{self.services.ports.ingest}",
+                "RAGTRACE_SEARCH_URL": f"http://127.0.0.1:{self.services.ports.gateway}",
                 "RAGTRACE_TRACE_QUERY_URL": self.services.trace_url,
             }
         return env
@@ -77,6 +78,7 @@ class LocalStack:
             s = self.services.ports
             listed += [
                 ("Ingest API", f"http://127.0.0.1:{s.ingest}  (POST /ingest, OpenAPI at /docs)"),
+                ("Search page and API", f"http://127.0.0.1:{s.gateway}  (POST /api/search, /api/search/stream)"),
                 ("Trace store (OTLP + query)", self.services.trace_url),
                 (
                     "Worker metrics",

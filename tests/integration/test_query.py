@@ -266,3 +266,20 @@ def test_embedding_service_down_gives_a_fast_503_naming_it(faiss_pipeline: Pipel
     assert response.status_code == 503 and response.json()["dependency"] == "embedding-service"
     assert elapsed < 1.0, f"took {elapsed:.2f}s"
     assert keyword.status_code == 200, "keyword search needs no embedding"
+
+
+def test_redis_down_search_still_works_uncached(faiss_pipeline: Pipeline, infra: Infra) -> None:
+    if infra.stack is None:
+        pytest.skip("Redis was not started by this test session, so it is not ours to stop")
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace, {"one": ("One", "A single document about geysers.")})
+    redis = next(c for c in infra.stack.components() if c.name == "redis")
+    infra.stack.supervisor.stop(redis)
+    try:
+        started = time.monotonic()
+        bodies = [_search(faiss_pipeline, namespace, "geysers", generate=False) for _ in range(2)]
+        elapsed = time.monotonic() - started
+    finally:
+        infra.stack.supervisor.start(redis)
+    assert all(b["metadata"]["cache_hit"] is False and b["sources"][0]["document_id"] == "one" for b in bodies)
+    assert elapsed < 2.0, f"two uncached searches took {elapsed:.2f}s"

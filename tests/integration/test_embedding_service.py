@@ -1,0 +1,71 @@
+"""The EmbeddingService over gRPC: the workers' engine for query time, micro-batched, with health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from embedding.engine import EmbeddingEngine
+from ragtrace.v1 import embedding_pb2, embedding_pb2_grpc
+from tests.pipeline import Pipeline
+
+TEXTS = [f"Question {i}: how do glaciers {['move', 'melt', 'form', 'carve'][i % 4]}?" for i in range(24)]
+
+
+def _batches(pipeline: Pipeline) -> tuple[float, float]:
+    """(model calls, texts) the service has embedded through Embed, from its /metrics."""
+    metrics = httpx.get(f"http://127.0.0.1:{pipeline.services.ports.embedding_service_metrics}/metrics").text
+    count = re.search(r"^ragtrace_embedding_service_batch_size_count (\S+)$", metrics, re.MULTILINE)
+    total = re.search(r"^ragtrace_embedding_service_batch_size_sum (\S+)$", metrics, re.MULTILINE)
+    assert count and total
+    return float(count.group(1)), float(total.group(1))
+
+
+def test_concurrent_embeds_share_model_batches_and_match_embed_batch(
+    faiss_pipeline: Pipeline, engine: EmbeddingEngine
+) -> None:
+    target = f"127.0.0.1:{faiss_pipeline.services.ports.embedding_grpc}"
+    calls_before, texts_before = _batches(faiss_pipeline)
+
+    async def embed_all() -> tuple[list[embedding_pb2.EmbedResponse], embedding_pb2.EmbedBatchResponse]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+            singles = await asyncio.gather(*(stub.Embed(embedding_pb2.EmbedRequest(text=t), timeout=30) for t in TEXTS))
+            batch = await stub.EmbedBatch(embedding_pb2.EmbedBatchRequest(texts=TEXTS), timeout=30)
+            return list(singles), batch
+
+    singles, batch = asyncio.run(embed_all())
+    calls_after, texts_after = _batches(faiss_pipeline)
+    assert texts_after - texts_before == len(TEXTS)
+    assert calls_after - calls_before < len(TEXTS), "concurrent Embed calls were gathered into shared batches"
+
+    assert batch.model == "all-MiniLM-L6-v2" and batch.dimension == 384
+    one_by_one = np.array([s.vector for s in singles])
+    together = np.array([e.vector for e in batch.embeddings])
+    local = engine.embed(TEXTS)
+    assert np.allclose(one_by_one, together, atol=1e-5) and np.allclose(together, local, atol=1e-5)
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+
+
+def test_health_and_invalid_arguments(faiss_pipeline: Pipeline) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{faiss_pipeline.services.ports.embedding_grpc}") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="ragtrace.v1.EmbeddingService"), timeout=5
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        for request, call, fragment in [
+            (embedding_pb2.EmbedRequest(text="   "), stub.Embed, "empty"),
+            (embedding_pb2.EmbedBatchRequest(texts=[]), stub.EmbedBatch, "at least one"),
+            (embedding_pb2.EmbedBatchRequest(texts=["ok", "x" * 20_001]), stub.EmbedBatch, "text 1"),
+        ]:
+            with pytest.raises(grpc.RpcError) as error:
+                call(request, timeout=5)
+            assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert fragment in error.value.details()
