@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv proto infra up down status test lint clean eval
+.PHONY: help install venv proto infra up down status test lint clean eval bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test: install ## Run the whole test suite against real servers (pytest exit 5, n
 
 eval: install ## nDCG@10 of each search mode on ../shared/data/eval/msmarco-5k, through the running stack (make up)
 	$(RAGTRACE) eval
+
+bench: install ## Speed and memory of the running stack (make up): bench/results/<date>-<machine>.{json,md}
+	$(RAGTRACE) bench
 
 lint: venv proto ## ruff and mypy over the whole tree
 	$(BIN)/ruff check .

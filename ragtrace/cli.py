@@ -106,3 +106,30 @@ def evaluate(
         [float(a) for a in alphas.split(",")],
         output,
     )
+
+
+@app.command()
+def bench(
+    data: Annotated[Path, typer.Option(help="BEIR-format folder whose passages are ingested")] = REPO_ROOT.parent
+    / "shared"
+    / "data"
+    / "eval"
+    / "msmarco-5k",
+    documents: Annotated[int, typer.Option(help="Passages for the indexing measurement")] = 1000,
+    output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
+) -> None:
+    """Indexing throughput against the bare model, freshness, search latency and memory of the running stack."""
+    from ragtrace.bench import run
+
+    stack = LocalStack()
+    pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
+    run(
+        data,
+        _stack_setting("RAGTRACE_INGEST_URL"),
+        _stack_setting("RAGTRACE_SEARCH_URL"),
+        _stack_setting("RAGTRACE_API_KEY"),
+        pids,
+        stack.state_dir / "index",
+        documents,
+        output,
+    )

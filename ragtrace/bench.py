@@ -1,0 +1,359 @@
+"""`ragtrace bench` (`make bench`): speed of the running local stack, as ratios measured in one run.
+
+1. Indexing: N passages through POST /ingest, chunks/s from the first accept to the last indexed (server
+   timestamps), against the bare model encoding the same chunks on the same device (best batch size).
+2. Freshness: accepted → indexed, p50/p99, at steady ingest rates.
+3. Search without generation over HTTP, p50/p99 per mode and concurrency, on the cache-miss path (every
+   query unique), against the bare cost in this process (embed the query + search the same index).
+4. Peak RSS of each process of the stack during (1).
+Results: a table, and bench/results/<date>-<machine>.json and .md with the machine's description.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from ragtrace.evaluation import EvalSet
+
+console = Console()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = int(
+        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    )
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {
+            p: version(p) for p in ("ragtrace", "torch", "sentence-transformers", "faiss-cpu", "aiokafka", "grpcio")
+        },
+    }
+
+
+class RssSampler:
+    """Peak resident memory of the given processes, sampled every 0.2 s while running."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak_mib: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for name, pid in self.pids.items():
+                try:
+                    rss = next(
+                        int(line.split()[1])
+                        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                        if line.startswith("VmRSS")
+                    )
+                except (OSError, StopIteration):
+                    continue
+                self.peak_mib[name] = max(self.peak_mib[name], rss / 1024)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Bench:
+    ingest_url: str
+    search_url: str
+    api_key: str
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            headers={"X-API-Key": self.api_key}, timeout=60, limits=httpx.Limits(max_connections=64)
+        )
+
+    async def _ingest(self, http: httpx.AsyncClient, namespace: str, passages: dict[str, str]) -> None:
+        gate = asyncio.Semaphore(16)
+
+        async def post(document_id: str, text: str) -> None:
+            async with gate:
+                response = await http.post(
+                    f"{self.ingest_url}/ingest",
+                    json={
+                        "text": text,
+                        "namespace": namespace,
+                        "document_id": document_id,
+                        "metadata": {"title": f"bench {document_id}"},
+                    },
+                )
+                response.raise_for_status()
+
+        await asyncio.gather(*(post(d, t) for d, t in passages.items()))
+
+    async def _statuses(self, http: httpx.AsyncClient, namespace: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Each document's final status, polled in accept order (cheap for the system under test)."""
+        done: list[dict[str, Any]] = []
+        for document_id in ids:
+            while True:
+                status = (
+                    await http.get(f"{self.ingest_url}/ingest/{document_id}", params={"namespace": namespace})
+                ).json()
+                if status["status"] in ("indexed", "failed", "duplicate"):
+                    done.append(status)
+                    break
+                await asyncio.sleep(0.2)
+        return done
+
+    async def indexing(self, passages: dict[str, str]) -> dict[str, Any]:
+        namespace = f"bench-{uuid.uuid4().hex[:8]}"
+        async with self.client() as http:
+            await self._ingest(http, namespace, passages)
+            statuses = await self._statuses(http, namespace, list(passages))
+        first = min(datetime.fromisoformat(s["accepted_at"]) for s in statuses)
+        last = max(datetime.fromisoformat(s["indexed_at"]) for s in statuses)
+        chunks = sum(s["chunks"] for s in statuses)
+        seconds = (last - first).total_seconds()
+        return {
+            "namespace": namespace,
+            "documents": len(statuses),
+            "chunks": chunks,
+            "seconds": round(seconds, 2),
+            "chunks_per_s": round(chunks / seconds, 1),
+            "failed": sum(s["status"] != "indexed" for s in statuses),
+        }
+
+    async def freshness(self, passages: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
+        namespace = f"fresh-{uuid.uuid4().hex[:8]}"
+        ids = list(passages)[: int(rate * seconds)]
+        async with self.client() as http:
+            started = time.monotonic()
+            tasks = []
+            for number, document_id in enumerate(ids):
+                await asyncio.sleep(max(0.0, started + number / rate - time.monotonic()))
+                tasks.append(asyncio.create_task(self._ingest(http, namespace, {document_id: passages[document_id]})))
+            await asyncio.gather(*tasks)
+            statuses = await self._statuses(http, namespace, ids)
+        lags = [
+            (datetime.fromisoformat(s["indexed_at"]) - datetime.fromisoformat(s["accepted_at"])).total_seconds()
+            for s in statuses
+            if s["status"] == "indexed"
+        ]
+        return {
+            "rate_docs_per_s": rate,
+            "documents": len(lags),
+            "p50_s": round(percentile(lags, 50), 3),
+            "p99_s": round(percentile(lags, 99), 3),
+            "max_s": round(max(lags), 3),
+        }
+
+    async def search_latency(
+        self, namespace: str, queries: Sequence[str], mode: str, concurrency: int, requests: int
+    ) -> dict[str, Any]:
+        latencies: list[float] = []
+        gate = asyncio.Semaphore(concurrency)
+        async with self.client() as http:
+
+            async def one(number: int) -> None:
+                # A unique word: the result cache and the query-embedding cache both miss.
+                query = f"{queries[number % len(queries)]} {uuid.uuid4().hex[:6]}"
+                async with gate:
+                    started = time.perf_counter()
+                    response = await http.post(
+                        f"{self.search_url}/api/search",
+                        json={"query": query, "namespace": namespace, "mode": mode, "top_k": 10, "generate": False},
+                    )
+                    latencies.append((time.perf_counter() - started) * 1000)
+                response.raise_for_status()
+
+            await asyncio.gather(*(one(n) for n in range(requests)))
+        return {
+            "mode": mode,
+            "concurrency": concurrency,
+            "requests": requests,
+            "p50_ms": round(percentile(latencies, 50), 1),
+            "p99_ms": round(percentile(latencies, 99), 1),
+        }
+
+
+def bare_embedding(texts: list[str]) -> dict[str, Any]:
+    """The bare model on the same chunks: chunks/s at its best batch size."""
+    from embedding.engine import EmbeddingEngine
+    from embedding.settings import EmbeddingSettings
+
+    best: dict[str, Any] = {}
+    for batch_size in (32, 64, 128):
+        engine = EmbeddingEngine(EmbeddingSettings(batch_size=batch_size))
+        engine.embed(texts[:64])  # warm-up
+        started = time.perf_counter()
+        engine.embed(texts)
+        rate = len(texts) / (time.perf_counter() - started)
+        if rate > best.get("chunks_per_s", 0):
+            best = {"batch_size": batch_size, "chunks_per_s": round(rate, 1), "device": engine.device}
+    return best
+
+
+def bare_search(data_dir: Path, namespace: str, queries: Sequence[str], mode: str) -> dict[str, Any]:
+    """Embed the query and search the same index in this process: what the HTTP path adds shows against it."""
+    from embedding.engine import EmbeddingEngine
+    from embedding.settings import EmbeddingSettings
+    from ragtrace.vectorstore.faiss_store import FaissStore
+
+    engine, store = EmbeddingEngine(EmbeddingSettings()), FaissStore(data_dir)
+    timings = []
+    for number in range(200):
+        query = f"{queries[number % len(queries)]} {uuid.uuid4().hex[:6]}"
+        started = time.perf_counter()
+        if mode == "keyword":
+            store.keyword_search(namespace, query, 10)
+        else:
+            vector = engine.embed([query])[0].tolist()
+            if mode == "vector":
+                store.search(namespace, vector, 10)
+            else:
+                store.hybrid_search(namespace, query, vector, 10, 0.7)
+        timings.append((time.perf_counter() - started) * 1000)
+    store.close()
+    return {"mode": mode, "p50_ms": round(percentile(timings, 50), 2), "p99_ms": round(percentile(timings, 99), 2)}
+
+
+def run(
+    data: Path,
+    ingest_url: str,
+    search_url: str,
+    api_key: str,
+    pids: dict[str, int],
+    index_dir: Path,
+    documents: int,
+    output_dir: Path,
+) -> dict[str, Any]:
+    eval_set = EvalSet.load(data)
+    ids = list(eval_set.corpus)
+    bench = Bench(ingest_url, search_url, api_key)
+    tag = uuid.uuid4().hex[:6]
+    take = {f"{tag}-{i}": eval_set.corpus[i]["text"] for i in ids[:documents]}
+
+    console.print(f"[bold]1. indexing[/] {len(take)} passages through POST /ingest")
+    with RssSampler(pids) as rss:
+        indexing = asyncio.run(bench.indexing(take))
+    from embedding.engine import EmbeddingEngine
+    from embedding.settings import EmbeddingSettings
+
+    chunker = EmbeddingEngine(EmbeddingSettings())
+    chunk_texts = [c.text for text in take.values() for c in chunker.chunk(text)]
+    bare = bare_embedding(chunk_texts)
+    indexing["bare_model"] = bare
+    indexing["ratio_pipeline_over_bare"] = round(indexing["chunks_per_s"] / bare["chunks_per_s"], 3)
+
+    console.print("[bold]2. freshness[/] at steady rates")
+    fresh_ids = ids[documents:]
+    freshness = [
+        asyncio.run(bench.freshness({f"{tag}-{rate}-{i}": eval_set.corpus[i]["text"] for i in fresh_ids}, rate, 20))
+        for rate in (5.0, 20.0)
+    ]
+
+    console.print("[bold]3. search latency[/] (no generation, cache-miss path)")
+    queries = list(eval_set.queries.values())
+    search = [
+        asyncio.run(bench.search_latency(indexing["namespace"], queries, mode, concurrency, 200))
+        for mode in ("vector", "keyword", "hybrid")
+        for concurrency in (1, 8, 32)
+    ]
+    bare_costs = {
+        mode: bare_search(index_dir, indexing["namespace"], queries, mode) for mode in ("vector", "keyword", "hybrid")
+    }
+    for row in search:
+        row["ratio_p50_over_bare"] = round(row["p50_ms"] / max(bare_costs[row["mode"]]["p50_ms"], 0.01), 1)
+
+    results = {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": machine(),
+        "indexing": indexing,
+        "freshness": freshness,
+        "search": search,
+        "bare_search": list(bare_costs.values()),
+        "peak_rss_mib_during_indexing": {k: round(v) for k, v in rss.peak_mib.items()},
+    }
+    _report(results, output_dir)
+    return results
+
+
+def _report(results: dict[str, Any], output_dir: Path) -> None:
+    indexing = results["indexing"]
+    lines = [
+        f"# ragtrace bench, {results['date'][:19]}Z",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items() if k != "versions"),
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in results["machine"]["versions"].items()),
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| indexing, pipeline | {indexing['chunks_per_s']} chunks/s ({indexing['chunks']} chunks, "
+        f"{indexing['seconds']} s) | |",
+        f"| indexing, bare model (batch {indexing['bare_model']['batch_size']}, "
+        f"{indexing['bare_model']['device']}) | {indexing['bare_model']['chunks_per_s']} chunks/s | |",
+        f"| ratio pipeline / bare | **{indexing['ratio_pipeline_over_bare']}** | ≥ 0.8 on CPU |",
+    ]
+    for row in results["freshness"]:
+        lines.append(
+            f"| freshness at {row['rate_docs_per_s']:g} docs/s | p50 {row['p50_s']} s, p99 **{row['p99_s']} s**"
+            f" | p99 < 2 s at 20 docs/s |"
+        )
+    for row in results["search"]:
+        lines.append(
+            f"| search {row['mode']}, concurrency {row['concurrency']} | p50 {row['p50_ms']} ms, "
+            f"p99 **{row['p99_ms']} ms** ({row['ratio_p50_over_bare']}x bare p50) | p99 < 50 ms at 8 |"
+        )
+    for row in results["bare_search"]:
+        lines.append(f"| bare search {row['mode']} (in-process) | p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms | |")
+    for name, mib in results["peak_rss_mib_during_indexing"].items():
+        lines.append(f"| peak RSS during indexing: {name} | {mib} MiB | |")
+    markdown = "\n".join(lines) + "\n"
+    table = Table("measure", "value", "target", title="ragtrace bench")
+    for line in lines[6:]:
+        table.add_row(*[cell.strip() for cell in line.strip("|").split("|")])
+    console.print(table)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{results['date'][:10]}-{platform.node() or 'machine'}"
+    (output_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (output_dir / f"{stem}.md").write_text(markdown)
+    (output_dir / "latest.md").write_text(markdown)
+    console.print(f"written to {output_dir / stem}.json and .md")
