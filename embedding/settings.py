@@ -18,7 +18,7 @@ class EmbeddingSettings(BaseSettings):
     model: str = BUNDLED_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fp16: bool = True  # on CUDA only
-    batch_size: int = 0  # 0: 256 on CUDA, 64 on CPU
+    batch_size: int = 0  # 0: 256 on CUDA, 32 on CPU
     chunk_tokens: int = 200
     chunk_overlap_tokens: int = 40
     # Worker: how many document events one GPU/CPU batch may gather across documents.

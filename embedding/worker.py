@@ -15,9 +15,16 @@ from opentelemetry.trace import Link
 
 from embedding.engine import EmbeddingEngine, TextChunk
 from embedding.settings import EmbeddingSettings
-from ragtrace.errors import DependencyUnavailable
+from ragtrace.errors import DependencyUnavailable, PoisonMessage
 from ragtrace.messaging import Publisher
-from ragtrace.runtime import document_store, mark_failed, parse_message, run_worker, worker_span
+from ragtrace.runtime import (
+    document_store,
+    last_per_document,
+    mark_failed,
+    parse_message,
+    run_worker,
+    worker_span,
+)
 from ragtrace.schemas import (
     Chunk,
     ChunkBatch,
@@ -54,30 +61,41 @@ class EmbeddingHandler:
 
     async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
         failures: dict[int, Exception] = {}
-        prepared: list[_Prepared] = []
-        spans: list[trace.Span] = []
+        spans = [worker_span(tracer, record, self.group) for record in records]
         try:
-            for index, record in enumerate(records):
-                span = worker_span(tracer, record, self.group)
-                spans.append(span)
+            events: dict[int, DocumentEvent] = {}
+            for index, (record, span) in enumerate(zip(records, spans, strict=True)):
                 try:
-                    with trace.use_span(span, end_on_exit=False):
-                        item = await self._prepare(index, record, span)
-                except DependencyUnavailable:
-                    raise
-                except Exception as error:  # this message's own failure: retried, then dead-lettered
+                    events[index] = parse_message(record, DocumentEvent, "a document event")
+                except PoisonMessage as error:
                     failures[index] = span_failed(span, error)
-                    continue
-                if item is not None:
-                    prepared.append(item)
+            current = last_per_document(events)
+            for index in set(events) - current:
+                skip_message(spans[index], "superseded by a later event in the same batch")
+            # The documents of a batch are prepared concurrently: mostly waiting on MinIO.
+            outcomes = await asyncio.gather(
+                *(self._prepare_traced(index, events[index], spans[index]) for index in sorted(current)),
+                return_exceptions=True,
+            )
+            prepared: list[_Prepared] = []
+            for index, outcome in zip(sorted(current), outcomes, strict=True):
+                if isinstance(outcome, DependencyUnavailable):
+                    raise outcome
+                if isinstance(outcome, Exception):  # this message's own failure: retried, then dead-lettered
+                    failures[index] = span_failed(spans[index], outcome)
+                elif isinstance(outcome, _Prepared):
+                    prepared.append(outcome)
             await self._embed_and_publish(prepared, failures)
         finally:
             for span in spans:
                 span.end()
         return failures
 
-    async def _prepare(self, index: int, record: Record, span: trace.Span) -> _Prepared | None:
-        event = parse_message(record, DocumentEvent, "a document event")
+    async def _prepare_traced(self, index: int, event: DocumentEvent, span: trace.Span) -> _Prepared | None:
+        with trace.use_span(span, end_on_exit=False):
+            return await self._prepare(index, event, span)
+
+    async def _prepare(self, index: int, event: DocumentEvent, span: trace.Span) -> _Prepared | None:
         span.set_attributes(
             {
                 "document.id": event.document_id,

@@ -19,8 +19,15 @@ from redis.asyncio import Redis
 
 from ragtrace.cache import bump_namespace
 from ragtrace.clients import redis_client
-from ragtrace.errors import DependencyUnavailable
-from ragtrace.runtime import document_store, mark_failed, parse_message, run_worker, worker_span
+from ragtrace.errors import DependencyUnavailable, PoisonMessage
+from ragtrace.runtime import (
+    document_store,
+    last_per_document,
+    mark_failed,
+    parse_message,
+    run_worker,
+    worker_span,
+)
 from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
 from ragtrace.settings import KafkaSettings, RedisSettings, WeaviateSettings
 from ragtrace.storage import DocumentStore
@@ -54,22 +61,28 @@ class IndexerHandler:
 
     async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
         failures: dict[int, Exception] = {}
-        spans: list[trace.Span] = []
-        by_namespace: dict[str, list[_Item]] = defaultdict(list)
+        spans = [worker_span(tracer, record, self.group) for record in records]
         try:
-            for index, record in enumerate(records):
-                span = worker_span(tracer, record, self.group)
-                spans.append(span)
+            batches: dict[int, ChunkBatch] = {}
+            for index, (record, span) in enumerate(zip(records, spans, strict=True)):
                 try:
-                    with trace.use_span(span, end_on_exit=False):
-                        batch = await self._current(record, span)
-                except DependencyUnavailable:
-                    raise
-                except Exception as error:
+                    batches[index] = parse_message(record, ChunkBatch, "a chunk batch")
+                except PoisonMessage as error:
                     failures[index] = span_failed(span, error)
-                    continue
-                if batch is not None:
-                    by_namespace[batch.namespace].append(_Item(index, batch, span))
+            current = sorted(last_per_document(batches))
+            for index in set(batches) - set(current):
+                skip_message(spans[index], "superseded by a later event in the same batch")
+            checks = await asyncio.gather(
+                *(self._current(batches[i], spans[i]) for i in current), return_exceptions=True
+            )
+            by_namespace: dict[str, list[_Item]] = defaultdict(list)
+            for index, check in zip(current, checks, strict=True):
+                if isinstance(check, DependencyUnavailable):
+                    raise check
+                if isinstance(check, Exception):
+                    failures[index] = span_failed(spans[index], check)
+                elif isinstance(check, ChunkBatch):
+                    by_namespace[check.namespace].append(_Item(index, check, spans[index]))
             for namespace, items in by_namespace.items():
                 await self._write(namespace, items, failures)
         finally:
@@ -77,9 +90,8 @@ class IndexerHandler:
                 span.end()
         return failures
 
-    async def _current(self, record: Record, span: trace.Span) -> ChunkBatch | None:
-        """The message's chunk batch, or None when a newer request about its document supersedes it."""
-        batch = parse_message(record, ChunkBatch, "a chunk batch")
+    async def _current(self, batch: ChunkBatch, span: trace.Span) -> ChunkBatch | None:
+        """The batch, or None when a newer request about its document supersedes it."""
         span.set_attributes(
             {
                 "document.id": batch.document_id,
@@ -134,7 +146,7 @@ class IndexerHandler:
                 end_ns,
                 {"db.system.name": self.index.backend.value, "ragtrace.chunk.count": len(item.batch.chunks)},
             )
-            await self._record_outcome(item.batch)
+        await asyncio.gather(*(self._record_outcome(item.batch) for item in items))
 
     async def _record_outcome(self, batch: ChunkBatch) -> None:
         if batch.type is EventType.UPSERT:

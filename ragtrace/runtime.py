@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -75,6 +75,16 @@ def parse_message(record: Record, model: type[ModelT], what: str) -> ModelT:
         return model.model_validate_json(record.value or b"")
     except ValueError as error:
         raise PoisonMessage(f"not {what}: {error}") from error
+
+
+def last_per_document(events: Mapping[int, DocumentRef]) -> set[int]:
+    """Of the parsed events of a batch (by record index), the indexes of each document's last one. A document's
+    events arrive in order (same key, same partition), so its last event in a batch is the one that counts;
+    acting on the earlier ones too, concurrently, could apply them out of order."""
+    last: dict[tuple[str, str], int] = {}
+    for index, event in sorted(events.items()):
+        last[(event.namespace, event.document_id)] = index
+    return set(last.values())
 
 
 async def start_grpc_server(

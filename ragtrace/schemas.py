@@ -114,24 +114,6 @@ class StoredDocument(BaseModel):
     ingest_id: str  # the request that stored this version; events of other requests are stale
 
 
-class EventType(StrEnum):
-    UPSERT = "upsert"
-    DELETE = "delete"
-
-
-class DocumentEvent(BaseModel):
-    """On the documents topic, keyed by `{namespace}/{document_id}` so one document's events stay ordered."""
-
-    type: EventType
-    document_id: str
-    namespace: str
-    ingest_id: str
-    content_hash: str | None = None
-    bucket: str | None = None
-    key: str | None = None
-    accepted_at: datetime
-
-
 class DocumentRef(BaseModel):
     """What every pipeline event has: which request, about which document."""
 
@@ -140,6 +122,21 @@ class DocumentRef(BaseModel):
     document_id: str
     namespace: str
     ingest_id: str
+
+
+class EventType(StrEnum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+class DocumentEvent(DocumentRef):
+    """On the documents topic, keyed by `{namespace}/{document_id}` so one document's events stay ordered."""
+
+    type: EventType
+    content_hash: str | None = None
+    bucket: str | None = None
+    key: str | None = None
+    accepted_at: datetime
 
 
 class Chunk(BaseModel):
@@ -151,13 +148,10 @@ class Chunk(BaseModel):
     vector: list[float]
 
 
-class ChunkBatch(BaseModel):
+class ChunkBatch(DocumentRef):
     """On the chunks topic: one document's chunks and vectors, or its deletion (no chunks)."""
 
     type: EventType
-    document_id: str
-    namespace: str
-    ingest_id: str
     content_hash: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None

@@ -17,7 +17,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ragtrace.devstack.servers import free_port
+from ragtrace.devstack.servers import free_ports
 from ragtrace.devstack.services import ServicePorts, Services
 from ragtrace.devstack.supervisor import Component, Supervisor
 from ragtrace.settings import KafkaSettings
@@ -183,9 +183,8 @@ def start_pipeline(
         "RAGTRACE_INDEX_WEAVIATE_COLLECTION": f"Chunks{suffix}",
         "RAGTRACE_INDEXER_MAX_BATCH": "64",
     }
-    ports = ServicePorts(
-        **{**{name: free_port() for name in ServicePorts.__dataclass_fields__}, "trace_store": trace_store_port}
-    )
+    names = [name for name in ServicePorts.__dataclass_fields__ if name != "trace_store"]
+    ports = ServicePorts(**dict(zip(names, free_ports(len(names)), strict=True)), trace_store=trace_store_port)
     services = Services(state_dir, ports, env)
     supervisor = Supervisor(state_dir)
     with _environment(env):

@@ -40,9 +40,16 @@ def pinned_versions() -> dict[str, str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: every socket stays bound until all are chosen, so none is handed out twice."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def port_in_use(port: int) -> bool:
@@ -66,7 +73,8 @@ class StackPorts:
 
     @classmethod
     def free(cls) -> StackPorts:
-        return cls(**{f.name: free_port() for f in fields(cls)})
+        names = [f.name for f in fields(cls)]
+        return cls(**dict(zip(names, free_ports(len(names)), strict=True)))
 
 
 @dataclass(frozen=True)
