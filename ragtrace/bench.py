@@ -5,7 +5,7 @@
 2. Freshness: accepted → indexed, p50/p99, at steady ingest rates.
 3. Search without generation over HTTP, p50/p99 per mode and concurrency, on the cache-miss path (every
    query unique), against the bare cost in this process (embed the query + search the same index).
-4. Peak RSS of each process of the stack during (1).
+4. Peak RSS and CPU seconds of each process of the stack during (1): where the time goes.
 Results: a table, and bench/results/<date>-<machine>.json and .md with the machine's description.
 """
 
@@ -67,12 +67,21 @@ def machine() -> dict[str, Any]:
     }
 
 
-class RssSampler:
-    """Peak resident memory of the given processes, sampled every 0.2 s while running."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ProcessSampler:
+    """Peak resident memory (sampled every 0.2 s) and CPU seconds of the given processes while running: where
+    the machine's time goes."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.peak_mib: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self.cpu_s: dict[str, float] = {}
+        self._start_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -89,13 +98,15 @@ class RssSampler:
                     continue
                 self.peak_mib[name] = max(self.peak_mib[name], rss / 1024)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> ProcessSampler:
+        self._start_cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu_s = {name: round(cpu_seconds(pid) - self._start_cpu[name], 1) for name, pid in self.pids.items()}
 
 
 @dataclass
@@ -271,7 +282,7 @@ def run(
     take = {f"{tag}-{i}": eval_set.corpus[i]["text"] for i in ids[:documents]}
 
     console.print(f"[bold]1. indexing[/] {len(take)} passages through POST /ingest")
-    with RssSampler(pids) as rss:
+    with ProcessSampler(pids) as processes:
         indexing = asyncio.run(bench.indexing(take))
     from embedding.engine import EmbeddingEngine
     from embedding.settings import EmbeddingSettings
@@ -309,7 +320,8 @@ def run(
         "freshness": freshness,
         "search": search,
         "bare_search": list(bare_costs.values()),
-        "peak_rss_mib_during_indexing": {k: round(v) for k, v in rss.peak_mib.items()},
+        "peak_rss_mib_during_indexing": {k: round(v) for k, v in processes.peak_mib.items()},
+        "cpu_s_during_indexing": processes.cpu_s,
     }
     _report(results, output_dir)
     return results
@@ -344,8 +356,9 @@ def _report(results: dict[str, Any], output_dir: Path) -> None:
         )
     for row in results["bare_search"]:
         lines.append(f"| bare search {row['mode']} (in-process) | p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms | |")
+    cpu = results["cpu_s_during_indexing"]
     for name, mib in results["peak_rss_mib_during_indexing"].items():
-        lines.append(f"| peak RSS during indexing: {name} | {mib} MiB | |")
+        lines.append(f"| during indexing: {name} | peak RSS {mib} MiB, CPU {cpu.get(name, 0)} s | |")
     markdown = "\n".join(lines) + "\n"
     table = Table("measure", "value", "target", title="ragtrace bench")
     for line in lines[6:]:
