@@ -15,13 +15,12 @@ from opentelemetry.trace import Link
 
 from embedding.engine import EmbeddingEngine, TextChunk
 from embedding.settings import EmbeddingSettings
-from ragtrace.errors import DependencyUnavailable, PoisonMessage
+from ragtrace.errors import DependencyUnavailable
 from ragtrace.messaging import Publisher
 from ragtrace.runtime import (
+    current_events,
     document_store,
-    last_per_document,
     mark_failed,
-    parse_message,
     run_worker,
     worker_span,
 )
@@ -63,22 +62,14 @@ class EmbeddingHandler:
         failures: dict[int, Exception] = {}
         spans = [worker_span(tracer, record, self.group) for record in records]
         try:
-            events: dict[int, DocumentEvent] = {}
-            for index, (record, span) in enumerate(zip(records, spans, strict=True)):
-                try:
-                    events[index] = parse_message(record, DocumentEvent, "a document event")
-                except PoisonMessage as error:
-                    failures[index] = span_failed(span, error)
-            current = last_per_document(events)
-            for index in set(events) - current:
-                skip_message(spans[index], "superseded by a later event in the same batch")
+            events = current_events(records, spans, DocumentEvent, "a document event", failures)
             # The documents of a batch are prepared concurrently: mostly waiting on MinIO.
             outcomes = await asyncio.gather(
-                *(self._prepare_traced(index, events[index], spans[index]) for index in sorted(current)),
+                *(self._prepare_traced(index, event, spans[index]) for index, event in events.items()),
                 return_exceptions=True,
             )
             prepared: list[_Prepared] = []
-            for index, outcome in zip(sorted(current), outcomes, strict=True):
+            for index, outcome in zip(events, outcomes, strict=True):
                 if isinstance(outcome, DependencyUnavailable):
                     raise outcome
                 if isinstance(outcome, Exception):  # this message's own failure: retried, then dead-lettered

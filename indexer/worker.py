@@ -19,12 +19,11 @@ from redis.asyncio import Redis
 
 from ragtrace.cache import bump_namespace
 from ragtrace.clients import redis_client
-from ragtrace.errors import DependencyUnavailable, PoisonMessage
+from ragtrace.errors import DependencyUnavailable
 from ragtrace.runtime import (
+    current_events,
     document_store,
-    last_per_document,
     mark_failed,
-    parse_message,
     run_worker,
     worker_span,
 )
@@ -63,20 +62,12 @@ class IndexerHandler:
         failures: dict[int, Exception] = {}
         spans = [worker_span(tracer, record, self.group) for record in records]
         try:
-            batches: dict[int, ChunkBatch] = {}
-            for index, (record, span) in enumerate(zip(records, spans, strict=True)):
-                try:
-                    batches[index] = parse_message(record, ChunkBatch, "a chunk batch")
-                except PoisonMessage as error:
-                    failures[index] = span_failed(span, error)
-            current = sorted(last_per_document(batches))
-            for index in set(batches) - set(current):
-                skip_message(spans[index], "superseded by a later event in the same batch")
+            batches = current_events(records, spans, ChunkBatch, "a chunk batch", failures)
             checks = await asyncio.gather(
-                *(self._current(batches[i], spans[i]) for i in current), return_exceptions=True
+                *(self._current(batch, spans[index]) for index, batch in batches.items()), return_exceptions=True
             )
             by_namespace: dict[str, list[_Item]] = defaultdict(list)
-            for index, check in zip(current, checks, strict=True):
+            for index, check in zip(batches, checks, strict=True):
                 if isinstance(check, DependencyUnavailable):
                     raise check
                 if isinstance(check, Exception):

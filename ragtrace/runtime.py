@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -21,7 +21,7 @@ from ragtrace.errors import PoisonMessage
 from ragtrace.schemas import DocumentRef, DocumentState
 from ragtrace.settings import KafkaSettings, MinioSettings
 from ragtrace.storage import DocumentStore
-from ragtrace.telemetry import extract_context, messaging_attributes, setup_telemetry
+from ragtrace.telemetry import extract_context, messaging_attributes, setup_telemetry, skip_message, span_failed
 from ragtrace.worker import BatchHandler, KafkaWorker, Record, WorkerOptions
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -85,6 +85,30 @@ def last_per_document(events: Mapping[int, DocumentRef]) -> set[int]:
     for index, event in sorted(events.items()):
         last[(event.namespace, event.document_id)] = index
     return set(last.values())
+
+
+EventT = TypeVar("EventT", bound=DocumentRef)
+
+
+def current_events(
+    records: Sequence[Record],
+    spans: Sequence[trace.Span],
+    model: type[EventT],
+    what: str,
+    failures: dict[int, Exception],
+) -> dict[int, EventT]:
+    """The events of a batch to act on, by record index: each document's last one. Undecodable records go to
+    `failures` as poison; earlier events of a document are acknowledged as superseded."""
+    events: dict[int, EventT] = {}
+    for index, (record, span) in enumerate(zip(records, spans, strict=True)):
+        try:
+            events[index] = parse_message(record, model, what)
+        except PoisonMessage as error:
+            failures[index] = span_failed(span, error)
+    current = last_per_document(events)
+    for index in set(events) - current:
+        skip_message(spans[index], "superseded by a later event in the same batch")
+    return {index: events[index] for index in sorted(current)}
 
 
 async def start_grpc_server(
