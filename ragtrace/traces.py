@@ -23,10 +23,6 @@ class SpanView:
     status: str
     attributes: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def duration_ms(self) -> float:
-        return (self.end_ns - self.start_ns) / 1e6
-
 
 def _hex_id(value: str) -> str:
     """Tempo encodes ids as base64 (protobuf's JSON mapping of bytes); OTLP JSON as hex. Accept both."""

@@ -101,11 +101,6 @@ class FaissStore:
                 self._namespaces[namespace] = _Namespace(db, threading.Lock())
             return self._namespaces[namespace]
 
-    def connection(self, namespace: str) -> tuple[sqlite3.Connection, threading.Lock]:
-        """The namespace's SQLite connection and its lock (for the keyword index)."""
-        ns = self._open(namespace, create=False)
-        return ns.db, ns.lock
-
     def write(self, namespace: str, upserts: Sequence[DocumentChunks], deletes: Sequence[str]) -> None:
         ns = self._open(namespace, create=True)
         replaced = [d.document_id for d in upserts] + list(deletes)
