@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,6 +50,7 @@ from ragtrace.storage import DocumentStore
 from ragtrace.telemetry import trace_id_hex
 
 tracer = trace.get_tracer("ragtrace.ingest")
+log = logging.getLogger(__name__)
 
 # A document that is on its way or done needs no new work when posted again with the same content.
 _LIVE = (DocumentState.ACCEPTED, DocumentState.PROCESSING, DocumentState.INDEXED, DocumentState.DUPLICATE)
@@ -126,6 +128,7 @@ class Ingestion:
             accepted_at=now,
         )
         await self._publish(event)
+        log.info("accepted document %s in namespace %s (%d characters)", document_id, namespace, len(text))
         return self._accepted(DocumentState.ACCEPTED, namespace, document_id, key, digest)
 
     async def delete(self, namespace: str, document_id: str) -> DocumentStatus:

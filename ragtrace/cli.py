@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from ragtrace.devstack import LocalStack, StartError, State, Status, default_state_dir
 from ragtrace.devstack.servers import REPO_ROOT
+from ragtrace.traces import SpanView
 
 app = typer.Typer(help="ragtrace: event-driven RAG with one trace per document and question.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack of real servers and ragtrace services.", no_args_is_help=True)
@@ -133,3 +135,71 @@ def bench(
         documents,
         output,
     )
+
+
+_KEY_ATTRIBUTES = (
+    "document.id",
+    "ragtrace.namespace",
+    "messaging.destination.name",
+    "messaging.kafka.offset",
+    "ragtrace.chunk.count",
+    "gen_ai.request.model",
+    "gen_ai.usage.output_tokens",
+    "ragtrace.search.results",
+    "ragtrace.cache.hit",
+    "http.response.status_code",
+    "ragtrace.skipped",
+)
+
+
+@app.command("trace")
+def show_trace(
+    trace_id: Annotated[str, typer.Argument(help="32 hex digits, as in the trace_id of any API response")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the spans as JSON")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Tempo (or the local trace store); default: $RAGTRACE_TRACE_QUERY_URL or the local stack's"),
+    ] = None,
+) -> None:
+    """A trace as a waterfall in the terminal: service, span, start offset, duration, key attributes."""
+    from dataclasses import asdict
+
+    from ragtrace.traces import fetch_trace
+
+    spans = fetch_trace(url or _stack_setting("RAGTRACE_TRACE_QUERY_URL"), trace_id)
+    if spans is None:
+        console.print(f"[red]trace {trace_id} not found[/] (spans reach the store a moment after a request ends)")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps([asdict(s) for s in spans], indent=2))
+        return
+    children: dict[str, list[SpanView]] = {}
+    for span in spans:
+        children.setdefault(span.parent_span_id, []).append(span)
+    known = {s.span_id for s in spans}
+    roots = [s for s in spans if not s.parent_span_id or s.parent_span_id not in known]
+    start, end = min(s.start_ns for s in spans), max(s.end_ns for s in spans)
+    width = 30
+    table = Table("service", "span", "start ms", "duration", "", "attributes", box=None)
+
+    def add(span: SpanView, depth: int) -> None:
+        offset = (span.start_ns - start) / (end - start or 1)
+        length = max((span.end_ns - span.start_ns) / (end - start or 1), 1 / width)
+        bar = " " * int(offset * width) + "█" * max(1, round(length * width))
+        attributes = ", ".join(f"{k}={span.attributes[k]}" for k in _KEY_ATTRIBUTES if k in span.attributes)
+        style = "red" if span.status == "error" else "cyan"
+        table.add_row(
+            span.service,
+            "  " * depth + span.name,
+            f"{(span.start_ns - start) / 1e6:.1f}",
+            f"{(span.end_ns - span.start_ns) / 1e6:.1f} ms",
+            f"[{style}]{bar[:width]}[/]",
+            attributes,
+        )
+        for child in sorted(children.get(span.span_id, []), key=lambda s: s.start_ns):
+            add(child, depth + 1)
+
+    for root in roots:
+        add(root, 0)
+    console.print(f"trace {trace_id}: {len(spans)} spans, {(end - start) / 1e6:.1f} ms")
+    console.print(table)

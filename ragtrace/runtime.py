@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -27,11 +29,31 @@ from ragtrace.worker import BatchHandler, KafkaWorker, Record, WorkerOptions
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line; inside a span it carries the span's trace_id and span_id, so a log line
+    leads to its trace and a trace to its log lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": os.environ.get("OTEL_SERVICE_NAME", ""),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry["trace_id"] = format(context.trace_id, "032x")
+            entry["span_id"] = format(context.span_id, "016x")
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("RAGTRACE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    logging.basicConfig(level=os.environ.get("RAGTRACE_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
@@ -134,7 +156,7 @@ def run_http_service(service: str, app: Callable[[], Any], host: str, port: int)
     setup_logging()
     provider = setup_telemetry(service)
     try:
-        uvicorn.run(app(), host=host, port=port, log_level="info")
+        uvicorn.run(app(), host=host, port=port, log_config=None)  # uvicorn logs through our JSON handler
     finally:
         provider.shutdown()
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
+from typer.testing import CliRunner
+
+from ragtrace.cli import app
 from ragtrace.devstack.services import Services
 from ragtrace.traces import SpanView, fetch_trace
 from tests.pipeline import Pipeline, wait_until
@@ -135,3 +139,40 @@ def test_one_trace_follows_a_question_through_every_service(faiss_pipeline: Pipe
     assert chat.attributes["gen_ai.usage.input_tokens"] > 0 and chat.attributes["gen_ai.usage.output_tokens"] > 0
     assert chat.attributes["ragtrace.llm.time_to_first_chunk_ms"] > 0
     assert _path_to_root(chat, by_id)[-1] == roots[0]
+
+
+def test_ragtrace_trace_shows_the_tree_and_logs_carry_the_trace_id(
+    faiss_pipeline: Pipeline, trace_store: Services
+) -> None:
+    namespace = "cli-" + uuid.uuid4().hex[:8]
+    accepted = faiss_pipeline.ingest("Barometers measure air pressure.", namespace, "barometer")
+    faiss_pipeline.wait_for(["barometer"], namespace)
+    trace_id = accepted["trace_id"]
+    wanted = {("ingest-api", "POST /ingest"), ("indexer-worker", "index write")}
+    wait_until(lambda: _whole_tree(trace_store.trace_url, trace_id, wanted), 20, 0.3, "the whole trace")
+
+    runner = CliRunner()
+    as_json = runner.invoke(app, ["trace", trace_id, "--json", "--url", trace_store.trace_url])
+    assert as_json.exit_code == 0, as_json.output
+    spans = json.loads(as_json.output)
+    ids = {s["span_id"] for s in spans}
+    assert {s["service"] for s in spans} >= {"ingest-api", "embedding-worker", "indexer-worker"}
+    assert {s["trace_id"] for s in spans} == {trace_id}
+    assert [s for s in spans if not s["parent_span_id"]] == [next(s for s in spans if s["name"] == "POST /ingest")]
+    assert all(s["parent_span_id"] in ids for s in spans if s["parent_span_id"]), "one tree"
+
+    waterfall = runner.invoke(app, ["trace", trace_id, "--url", trace_store.trace_url], env={"COLUMNS": "220"})
+    assert waterfall.exit_code == 0
+    assert f"trace {trace_id}: {len(spans)} spans" in waterfall.output
+    assert "POST /ingest" in waterfall.output and "index write" in waterfall.output and "█" in waterfall.output
+    missing = runner.invoke(app, ["trace", "0" * 32, "--url", trace_store.trace_url])
+    assert missing.exit_code == 1 and "not found" in missing.output
+
+    log_lines = [
+        json.loads(line)
+        for line in faiss_pipeline.supervisor.log_path("ingest-api").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    [accepted_line] = [entry for entry in log_lines if "accepted document barometer" in entry["message"]]
+    assert accepted_line["trace_id"] == trace_id and len(accepted_line["span_id"]) == 16
+    assert accepted_line["service"] == "ingest-api" and accepted_line["level"] == "INFO"
