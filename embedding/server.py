@@ -18,8 +18,7 @@ from prometheus_client import Histogram
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
-from ragtrace.runtime import setup_logging, start_grpc_server
-from ragtrace.telemetry import setup_telemetry
+from ragtrace.runtime import run_async_service, start_grpc_server
 from ragtrace.v1 import embedding_pb2, embedding_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -131,13 +130,8 @@ async def serve(settings: EmbeddingSettings) -> None:
 
 
 def main() -> None:
-    setup_logging()
-    provider = setup_telemetry("embedding-service")
     GrpcAioInstrumentorServer().instrument()
-    try:
-        asyncio.run(serve(EmbeddingSettings()))
-    finally:
-        provider.shutdown()
+    run_async_service("embedding-service", lambda: serve(EmbeddingSettings()))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Run: `python -m ingest.app` (127.0.0.1:8082 by default).
 
 Order of effects for POST /ingest: raw document to MinIO → status `accepted` → event to Kafka (keyed by
 namespace/document_id, idempotent producer, acks=all). If the event cannot be published the answer is 503
-naming Kafka and the status becomes `failed`: the producer drops an undeliverable message before the API
-answers, so no event follows a reported failure, and no document is reported accepted without its event.
+naming Kafka and the status becomes `failed`. A refused request owns neither the stored version nor the status
+record, and the workers act only on the request that owns them, so an event the producer still delivers after
+the 503 has no effect; and no document is reported accepted without its event.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class IngestSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8082
     max_body_bytes: int = 10 * 1024 * 1024
+
+
+def _not_found(namespace: str, document_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no document '{document_id}' in namespace '{namespace}'")
 
 
 class Ingestion:
@@ -134,7 +139,7 @@ class Ingestion:
     async def delete(self, namespace: str, document_id: str) -> DocumentStatus:
         current: DocumentStatus | None = await self._call(self.store.get_status, namespace, document_id)
         if current is None or current.status is DocumentState.DELETED:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no document '{document_id}' in namespace '{namespace}'")
+            raise _not_found(namespace, document_id)
         now, ingest_id = utcnow(), uuid.uuid4().hex
         deleting = current.model_copy(
             update={"status": DocumentState.DELETING, "ingest_id": ingest_id, "updated_at": now, "error": None}
@@ -180,7 +185,7 @@ class Ingestion:
     async def status_of(self, namespace: str, document_id: str) -> DocumentStatus:
         current: DocumentStatus | None = await self._call(self.store.get_status, namespace, document_id)
         if current is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no document '{document_id}' in namespace '{namespace}'")
+            raise _not_found(namespace, document_id)
         return current
 
     def _accepted(self, state: DocumentState, namespace: str, document_id: str, key: str, digest: str) -> JSONResponse:

@@ -133,6 +133,7 @@ class SearchClient:
     def __init__(self, target: str) -> None:
         self.target = target
         self._channel: grpc.aio.Channel | None = None
+        self._stub: search_pb2_grpc.SearchServiceStub | None = None
 
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
@@ -141,7 +142,8 @@ class SearchClient:
 
     async def stub(self) -> search_pb2_grpc.SearchServiceStub:
         await channel_ready(self.channel(), "search-service")
-        return search_pb2_grpc.SearchServiceStub(self.channel())
+        self._stub = self._stub or search_pb2_grpc.SearchServiceStub(self.channel())
+        return self._stub
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2
 from opentelemetry import trace
 
 from query.generation import Answer, Generator
-from query.settings import MODE_NAMES, SearchSettings
+from query.settings import MODE_NAMES, MODES, SearchSettings
 from ragtrace.cache import SearchCache, normalize_query
 from ragtrace.clients import channel_ready, grpc_channel
 from ragtrace.errors import DependencyUnavailable
@@ -102,7 +102,7 @@ class Query:
         }
 
 
-def validate(request: search_pb2.SearchRequest, settings: SearchSettings) -> Query:
+def validate(request: search_pb2.SearchRequest, settings: SearchSettings, default_max_tokens: int) -> Query:
     problems = []
     text = request.query.strip()
     if not text:
@@ -115,13 +115,13 @@ def validate(request: search_pb2.SearchRequest, settings: SearchSettings) -> Que
     top_k = request.top_k or settings.default_top_k
     if not 1 <= top_k <= MAX_TOP_K:
         problems.append(f"top_k: must be between 1 and {MAX_TOP_K} (got {top_k})")
-    mode = request.mode or search_pb2.SEARCH_MODE_HYBRID
+    mode = request.mode or MODES[settings.default_mode]
     if mode not in MODE_NAMES:
         problems.append(f"mode: unknown mode {request.mode}")
     alpha = request.alpha if request.HasField("alpha") else settings.default_alpha
     if not 0.0 <= alpha <= 1.0:
         problems.append(f"alpha: must be between 0 and 1 (got {alpha})")
-    max_tokens = request.max_tokens or 256
+    max_tokens = request.max_tokens or default_max_tokens
     if not 1 <= max_tokens <= MAX_GENERATED_TOKENS:
         problems.append(f"max_tokens: must be between 1 and {MAX_GENERATED_TOKENS}")
     if any(not key for key in request.filters):
@@ -170,7 +170,7 @@ class SearchService:
     async def stream(self, request: search_pb2.SearchRequest) -> AsyncIterator[search_pb2.SearchEvent]:
         """Sources first, then answer tokens, then the final metadata."""
         started = time.perf_counter()
-        query = validate(request, self.settings)
+        query = validate(request, self.settings, self.generator.settings.default_max_tokens)
         key = await self._cache_key(query)
         with tracer.start_as_current_span("cache lookup", attributes={"ragtrace.namespace": query.namespace}) as span:
             cached = await self.cache.get(key)

@@ -24,9 +24,8 @@ from query.settings import LLMSettings, SearchSettings
 from ragtrace.cache import SearchCache
 from ragtrace.clients import redis_client
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.runtime import setup_logging, start_grpc_server
+from ragtrace.runtime import run_async_service, start_grpc_server
 from ragtrace.settings import RedisSettings, WeaviateSettings
-from ragtrace.telemetry import setup_telemetry
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 from ragtrace.vectorstore import UnknownNamespace, VectorStoreSettings, open_vector_store
 
@@ -112,16 +111,11 @@ async def serve(settings: SearchSettings) -> None:
 
 
 def main() -> None:
-    setup_logging()
-    provider = setup_telemetry("search-service")
     GrpcAioInstrumentorServer().instrument()
     GrpcAioInstrumentorClient().instrument()
     HTTPXClientInstrumentor().instrument()
     RedisInstrumentor().instrument()
-    try:
-        asyncio.run(serve(SearchSettings()))
-    finally:
-        provider.shutdown()
+    run_async_service("search-service", lambda: serve(SearchSettings()))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ HTTP gateway (RAGTRACE_GATEWAY_*)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,7 +27,7 @@ class SearchSettings(BaseSettings):
     embedding_target: str = "127.0.0.1:50062"
     embedding_timeout_s: float = 2.0
     default_top_k: int = 5
-    default_mode: str = "hybrid"
+    default_mode: Literal["vector", "keyword", "hybrid"] = "hybrid"
     default_alpha: float = 0.7  # chosen by `make eval` (README, Evaluation)
     max_query_chars: int = 2000
     cache_ttl_s: int = 300

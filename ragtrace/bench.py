@@ -29,6 +29,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from embedding.engine import EmbeddingEngine
+from embedding.settings import EmbeddingSettings
 from ragtrace.evaluation import EvalSet
 
 console = Console()
@@ -224,30 +226,29 @@ class Bench:
         }
 
 
-def bare_embedding(texts: list[str]) -> dict[str, Any]:
+def bare_embedding(engine: EmbeddingEngine, texts: list[str]) -> dict[str, Any]:
     """The bare model on the same chunks: chunks/s at its best batch size."""
-    from embedding.engine import EmbeddingEngine
-    from embedding.settings import EmbeddingSettings
-
     best: dict[str, Any] = {}
+    chosen = engine.batch_size
+    engine.embed(texts[:64])  # warm-up
     for batch_size in (32, 64, 128):
-        engine = EmbeddingEngine(EmbeddingSettings(batch_size=batch_size))
-        engine.embed(texts[:64])  # warm-up
+        engine.batch_size = batch_size
         started = time.perf_counter()
         engine.embed(texts)
         rate = len(texts) / (time.perf_counter() - started)
         if rate > best.get("chunks_per_s", 0):
             best = {"batch_size": batch_size, "chunks_per_s": round(rate, 1), "device": engine.device}
+    engine.batch_size = chosen
     return best
 
 
-def bare_search(data_dir: Path, namespace: str, queries: Sequence[str], mode: str) -> dict[str, Any]:
+def bare_search(
+    engine: EmbeddingEngine, data_dir: Path, namespace: str, queries: Sequence[str], mode: str
+) -> dict[str, Any]:
     """Embed the query and search the same index in this process: what the HTTP path adds shows against it."""
-    from embedding.engine import EmbeddingEngine
-    from embedding.settings import EmbeddingSettings
     from ragtrace.vectorstore.faiss_store import FaissStore
 
-    engine, store = EmbeddingEngine(EmbeddingSettings()), FaissStore(data_dir)
+    store = FaissStore(data_dir)
     timings = []
     for number in range(200):
         query = f"{queries[number % len(queries)]} {uuid.uuid4().hex[:6]}"
@@ -284,12 +285,9 @@ def run(
     console.print(f"[bold]1. indexing[/] {len(take)} passages through POST /ingest")
     with ProcessSampler(pids) as processes:
         indexing = asyncio.run(bench.indexing(take))
-    from embedding.engine import EmbeddingEngine
-    from embedding.settings import EmbeddingSettings
-
-    chunker = EmbeddingEngine(EmbeddingSettings())
-    chunk_texts = [c.text for text in take.values() for c in chunker.chunk(text)]
-    bare = bare_embedding(chunk_texts)
+    engine = EmbeddingEngine(EmbeddingSettings())  # the bare model, for chunking and every bare measurement
+    chunk_texts = [c.text for text in take.values() for c in engine.chunk(text)]
+    bare = bare_embedding(engine, chunk_texts)
     indexing["bare_model"] = bare
     indexing["ratio_pipeline_over_bare"] = round(indexing["chunks_per_s"] / bare["chunks_per_s"], 3)
 
@@ -308,7 +306,8 @@ def run(
         for concurrency in (1, 8, 32)
     ]
     bare_costs = {
-        mode: bare_search(index_dir, indexing["namespace"], queries, mode) for mode in ("vector", "keyword", "hybrid")
+        mode: bare_search(engine, index_dir, indexing["namespace"], queries, mode)
+        for mode in ("vector", "keyword", "hybrid")
     }
     for row in search:
         row["ratio_p50_over_bare"] = round(row["p50_ms"] / max(bare_costs[row["mode"]]["p50_ms"], 0.01), 1)

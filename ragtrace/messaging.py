@@ -63,8 +63,9 @@ def new_producer(settings: KafkaSettings, request_timeout_ms: int = 30_000) -> A
 
 class Publisher:
     """Publishes Pydantic events with trace context in the headers; each publish succeeds or raises
-    DependencyUnavailable("kafka") within `publish_timeout_s`. Its producer's messages expire before that
-    deadline, so a publish reported as failed is never delivered later. Starts (and restarts) its producer
+    DependencyUnavailable("kafka") within `publish_timeout_s`. Its producer gives up on a message soon after
+    that deadline, but a message may still be delivered after a reported failure: consumers must not act on a
+    request the caller was told failed (see ingest/app.py). Starts (and restarts) its producer
     lazily, so a service can start while Kafka is down and recover when it returns."""
 
     def __init__(self, settings: KafkaSettings) -> None:

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -153,12 +153,12 @@ async def start_grpc_server(
 
 def run_http_service(service: str, app: Callable[[], Any], host: str, port: int) -> None:
     """Run a FastAPI service under uvicorn with this process's logging and telemetry."""
-    setup_logging()
-    provider = setup_telemetry(service)
-    try:
-        uvicorn.run(app(), host=host, port=port, log_config=None)  # uvicorn logs through our JSON handler
-    finally:
-        provider.shutdown()
+
+    async def main() -> None:
+        config = uvicorn.Config(app(), host=host, port=port, log_config=None)  # logs through our JSON handler
+        await uvicorn.Server(config).serve()
+
+    run_async_service(service, main)
 
 
 def stop_on_signal(server: grpc.aio.Server, grace_s: float = 5.0) -> None:
@@ -176,8 +176,6 @@ def run_worker(
     metrics_port: int,
 ) -> None:
     """Run one worker process until SIGTERM/SIGINT, then finish the batch in flight, commit and exit."""
-    setup_logging()
-    provider = setup_telemetry(service)
 
     async def main() -> None:
         handler = handler_factory()  # loads models, opens stores: /metrics answers once this is done
@@ -186,6 +184,13 @@ def run_worker(
         worker.install_signal_handlers()
         await worker.run()
 
+    run_async_service(service, main)
+
+
+def run_async_service(service: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run an asyncio service process with this project's logging and telemetry; spans are flushed on exit."""
+    setup_logging()
+    provider = setup_telemetry(service)
     try:
         asyncio.run(main())
     finally:

@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -23,6 +24,8 @@ from ragtrace.devstack.supervisor import Component, Supervisor
 from ragtrace.settings import KafkaSettings
 from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open_vector_store
 from tests.infra import Infra, _environment
+
+T = TypeVar("T")
 
 API_KEY = "test-" + uuid.uuid4().hex
 TENANT_KEY = "tenant-" + uuid.uuid4().hex  # may use namespace "tenant-a" only
@@ -39,6 +42,30 @@ def wait_until(condition: Callable[[], Any], timeout_s: float = 60.0, interval_s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what or condition}")
         time.sleep(interval_s)
+
+
+def session_server(infra: Infra, name: str) -> tuple[Supervisor, Component]:
+    """The session's own server `name`, to stop and start; the test is skipped where the servers are not ours."""
+    if infra.stack is None:
+        pytest.skip(f"{name} was not started by this test session, so it is not ours to stop")
+    return infra.stack.supervisor, next(c for c in infra.stack.components() if c.name == name)
+
+
+@contextlib.contextmanager
+def stopped(supervisor: Supervisor, component: Component) -> Iterator[None]:
+    """The component is down inside the block and running again after it, whatever happened inside."""
+    supervisor.stop(component)
+    try:
+        yield
+    finally:
+        supervisor.start(component)
+
+
+def timed(call: Callable[[], T]) -> tuple[T, float]:
+    """The call's result and how many seconds it took."""
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
 
 
 @dataclass

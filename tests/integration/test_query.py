@@ -15,7 +15,7 @@ import pytest
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 from tests.conftest import LLMServer
 from tests.infra import Infra
-from tests.pipeline import TENANT_KEY, Pipeline
+from tests.pipeline import TENANT_KEY, Pipeline, session_server, stopped, timed
 
 CORPUS = {
     "thermometer": (
@@ -232,18 +232,13 @@ def test_the_search_service_says_invalid_argument_over_grpc(faiss_pipeline: Pipe
 
 
 def test_weaviate_down_gives_a_fast_503_naming_it(weaviate_pipeline: Pipeline, infra: Infra) -> None:
-    if infra.stack is None:
-        pytest.skip("Weaviate was not started by this test session, so it is not ours to stop")
+    supervisor, weaviate = session_server(infra, "weaviate")
     namespace = _namespace()
     _ingest_corpus(weaviate_pipeline, namespace, {"one": ("One", "A single document about comets.")})
-    weaviate = next(c for c in infra.stack.components() if c.name == "weaviate")
-    infra.stack.supervisor.stop(weaviate)
-    try:
-        started = time.monotonic()
-        response = weaviate_pipeline.search(query="comets", namespace=namespace, mode="vector", generate=False)
-        elapsed = time.monotonic() - started
-    finally:
-        infra.stack.supervisor.start(weaviate)
+    with stopped(supervisor, weaviate):
+        response, elapsed = timed(
+            lambda: weaviate_pipeline.search(query="comets", namespace=namespace, mode="vector", generate=False)
+        )
     assert response.status_code == 503, response.text
     assert response.json()["dependency"] == "weaviate"
     assert elapsed < 1.0, f"took {elapsed:.2f}s"
@@ -253,33 +248,24 @@ def test_weaviate_down_gives_a_fast_503_naming_it(weaviate_pipeline: Pipeline, i
 def test_embedding_service_down_gives_a_fast_503_naming_it(faiss_pipeline: Pipeline) -> None:
     namespace = _namespace()
     _ingest_corpus(faiss_pipeline, namespace, {"one": ("One", "A single document about auroras.")})
-    service = faiss_pipeline.component("embedding-service")
-    faiss_pipeline.supervisor.stop(service)
-    try:
-        started = time.monotonic()
-        query = "northern lights " + uuid.uuid4().hex  # not in the embedding cache
-        response = faiss_pipeline.search(query=query, namespace=namespace, mode="vector", generate=False)
-        elapsed = time.monotonic() - started
+    query = "northern lights " + uuid.uuid4().hex  # not in the embedding cache
+    with stopped(faiss_pipeline.supervisor, faiss_pipeline.component("embedding-service")):
+        response, elapsed = timed(
+            lambda: faiss_pipeline.search(query=query, namespace=namespace, mode="vector", generate=False)
+        )
         keyword = faiss_pipeline.search(query="auroras", namespace=namespace, mode="keyword", generate=False)
-    finally:
-        faiss_pipeline.supervisor.start(service)
     assert response.status_code == 503 and response.json()["dependency"] == "embedding-service"
     assert elapsed < 1.0, f"took {elapsed:.2f}s"
     assert keyword.status_code == 200, "keyword search needs no embedding"
 
 
 def test_redis_down_search_still_works_uncached(faiss_pipeline: Pipeline, infra: Infra) -> None:
-    if infra.stack is None:
-        pytest.skip("Redis was not started by this test session, so it is not ours to stop")
+    supervisor, redis = session_server(infra, "redis")
     namespace = _namespace()
     _ingest_corpus(faiss_pipeline, namespace, {"one": ("One", "A single document about geysers.")})
-    redis = next(c for c in infra.stack.components() if c.name == "redis")
-    infra.stack.supervisor.stop(redis)
-    try:
-        started = time.monotonic()
-        bodies = [_search(faiss_pipeline, namespace, "geysers", generate=False) for _ in range(2)]
-        elapsed = time.monotonic() - started
-    finally:
-        infra.stack.supervisor.start(redis)
+    with stopped(supervisor, redis):
+        bodies, elapsed = timed(
+            lambda: [_search(faiss_pipeline, namespace, "geysers", generate=False) for _ in range(2)]
+        )
     assert all(b["metadata"]["cache_hit"] is False and b["sources"][0]["document_id"] == "one" for b in bodies)
     assert elapsed < 2.0, f"two uncached searches took {elapsed:.2f}s"
