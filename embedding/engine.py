@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from prometheus_client import Counter, Gauge, Histogram
 from sentence_transformers import SentenceTransformer
 
 from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
+from ragtrace.metrics import observe
 
 log = logging.getLogger(__name__)
+
+BATCH_SIZE = Histogram(
+    "ragtrace_embedding_batch_size",
+    "Texts per model call (workers: chunks of a batch; service: a micro-batch or an EmbedBatch)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+)
+BATCH_DURATION = Histogram(
+    "ragtrace_embedding_batch_duration_seconds",
+    "Time of one model call",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+TEXTS = Counter("ragtrace_embedding_texts", "Texts embedded (its rate is the embedding throughput)")
+DEVICE = Gauge("ragtrace_embedding_device_info", "The model and where it runs (value 1)", ["model", "device", "dtype"])
+# Declared on every process; they have series only on CUDA.
+GPU_MEMORY_USED = Gauge("ragtrace_gpu_memory_used_bytes", "GPU memory in use on the device", ["device"])
+GPU_MEMORY_TOTAL = Gauge("ragtrace_gpu_memory_total_bytes", "GPU memory of the device", ["device"])
 
 
 def resolve_device(requested: str) -> str:
@@ -50,6 +69,8 @@ class EmbeddingEngine:
         # CPU: 32 was the bare model's best in `make bench` on 2 cores (less padding per batch).
         self.batch_size = settings.batch_size or (256 if self.device.startswith("cuda") else 32)
         self.dimension = int(self.model.get_embedding_dimension() or 0)
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        DEVICE.labels(self.model_name, self.device, self.dtype).set(1)
         self.tokenizer: Any = self.model.tokenizer
         # The model truncates longer inputs, so a chunk never exceeds what it reads (less [CLS] and [SEP]).
         self.chunk_tokens = min(settings.chunk_tokens, (self.model.max_seq_length or 256) - 2)
@@ -66,6 +87,7 @@ class EmbeddingEngine:
         """Normalized float32 vectors, one row per text."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        started = time.perf_counter()
         with torch.inference_mode():
             vectors = self.model.encode(
                 texts,
@@ -74,7 +96,17 @@ class EmbeddingEngine:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+        observe(BATCH_DURATION, time.perf_counter() - started)
+        BATCH_SIZE.observe(len(texts))
+        TEXTS.inc(len(texts))
+        if self.device.startswith("cuda"):
+            self._record_gpu_memory()
         return np.asarray(vectors, dtype=np.float32)
+
+    def _record_gpu_memory(self) -> None:
+        free, total = torch.cuda.mem_get_info(torch.device(self.device))
+        GPU_MEMORY_USED.labels(self.device).set(total - free)
+        GPU_MEMORY_TOTAL.labels(self.device).set(total)
 
     def chunk(self, text: str) -> list[TextChunk]:
         """Token-aware windows of at most `chunk_tokens` tokens, overlapping by about `overlap_tokens`, cut at

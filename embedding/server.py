@@ -14,7 +14,6 @@ import logging
 import grpc
 import numpy as np
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
-from prometheus_client import Histogram
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
@@ -25,12 +24,6 @@ log = logging.getLogger(__name__)
 
 MAX_TEXTS = 1024
 MAX_CHARS = 20_000
-
-BATCH_SIZE = Histogram(
-    "ragtrace_embedding_service_batch_size",
-    "Texts per model call of the EmbeddingService (micro-batches of Embed)",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
 
 
 class MicroBatcher:
@@ -59,7 +52,6 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except TimeoutError:
                     break
-            BATCH_SIZE.observe(len(batch))
             try:
                 vectors = await asyncio.to_thread(self.engine.embed, [text for text, _ in batch])
             except Exception as error:  # every caller in the batch gets the engine's error

@@ -17,6 +17,7 @@ from embedding.engine import EmbeddingEngine, TextChunk
 from embedding.settings import EmbeddingSettings
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.messaging import Publisher
+from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED
 from ragtrace.runtime import (
     current_events,
     document_store,
@@ -154,6 +155,9 @@ class EmbeddingHandler:
                 raise
             except Exception as error:
                 failures[item.index] = span_failed(item.span, error)
+                continue
+            DOCUMENTS_PROCESSED.labels("embedding", batch.type.value).inc()
+            CHUNKS_PROCESSED.labels("embedding").inc(len(batch.chunks))
 
     def _chunk_batch(self, item: _Prepared, vectors: list[list[float]], start_ns: int, end_ns: int) -> ChunkBatch:
         event = item.event

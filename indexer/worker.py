@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.trace import Link
+from prometheus_client import Gauge, Histogram
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 
 from ragtrace.cache import bump_namespace
 from ragtrace.clients import redis_client
 from ragtrace.errors import DependencyUnavailable
+from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED, observe
 from ragtrace.runtime import (
     current_events,
     document_store,
@@ -35,6 +37,13 @@ from ragtrace.vectorstore import DocumentChunks, IndexedChunk, VectorStore, Vect
 from ragtrace.worker import Record, WorkerOptions
 
 tracer = trace.get_tracer("ragtrace.indexer")
+
+FRESHNESS = Histogram(
+    "ragtrace_ingest_freshness_seconds",
+    "From a document's acceptance by the ingest API to its chunks being searchable",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+)
+INDEX_CHUNKS = Gauge("ragtrace_index_chunks", "Chunks in the index, per namespace", ["namespace", "backend"])
 
 
 class IndexerSettings(BaseSettings):
@@ -128,6 +137,8 @@ class IndexerHandler:
             return
         end_ns = time.time_ns()
         await bump_namespace(self.cache, namespace)  # cached results of this namespace are stale now
+        size = await asyncio.to_thread(self.index.count, namespace)
+        INDEX_CHUNKS.labels(namespace, self.index.backend.value).set(size)
         for item in items:
             record_batch_share(
                 tracer,
@@ -137,10 +148,14 @@ class IndexerHandler:
                 end_ns,
                 {"db.system.name": self.index.backend.value, "ragtrace.chunk.count": len(item.batch.chunks)},
             )
-        await asyncio.gather(*(self._record_outcome(item.batch) for item in items))
+        await asyncio.gather(*(self._record_outcome(item) for item in items))
 
-    async def _record_outcome(self, batch: ChunkBatch) -> None:
+    async def _record_outcome(self, item: _Item) -> None:
+        batch = item.batch
+        DOCUMENTS_PROCESSED.labels("indexer", batch.type.value).inc()
+        CHUNKS_PROCESSED.labels("indexer").inc(len(batch.chunks))
         if batch.type is EventType.UPSERT:
+            indexed_at = utcnow()
             await asyncio.to_thread(
                 self.store.update_status,
                 batch.namespace,
@@ -149,8 +164,9 @@ class IndexerHandler:
                 status=DocumentState.INDEXED,
                 chunks=len(batch.chunks),
                 error=None,
-                indexed_at=utcnow(),
+                indexed_at=indexed_at,
             )
+            observe(FRESHNESS, (indexed_at - batch.accepted_at).total_seconds(), item.span)
             return
         status = await asyncio.to_thread(self.store.get_status, batch.namespace, batch.document_id)
         if status is None or status.status is not DocumentState.DELETING or status.ingest_id != batch.ingest_id:

@@ -12,11 +12,23 @@ from typing import Any
 
 import httpx
 from opentelemetry import context, trace
+from prometheus_client import Counter, Histogram
 
 from query.settings import LLMSettings
+from ragtrace.metrics import observe
 from ragtrace.vectorstore import Hit
 
 tracer = trace.get_tracer("ragtrace.generation")
+
+TIME_TO_FIRST_TOKEN = Histogram(
+    "ragtrace_llm_time_to_first_token_seconds",
+    "From sending the chat request to the first streamed token",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
+LLM_TOKENS = Counter("ragtrace_llm_tokens", "Tokens the LLM reported (input, output)", ["model", "direction"])
+LLM_REQUESTS = Counter("ragtrace_llm_requests", "Chat requests to the LLM by outcome (ok, error)", ["model", "outcome"])
+ANSWERS = Counter("ragtrace_answers", "Answers given, by generator (llm, extractive, none)", ["generator"])
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered sources you are given. Cite every source you use with "
@@ -130,6 +142,7 @@ class Generator:
             yield text
         finally:
             answer.generate_ms = (time.perf_counter() - started) * 1000
+            ANSWERS.labels(answer.generator).inc()
 
     async def _model_name(self) -> str:
         if not self._model:
@@ -143,6 +156,7 @@ class Generator:
         try:
             model = await self._model_name()
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
+            LLM_REQUESTS.labels("unknown", "error").inc()
             raise LLMUnavailable(f"listing models failed: {error!r}") from error
         messages = build_messages(query, hits, self.settings.max_context_tokens)
         span = tracer.start_span(
@@ -198,6 +212,7 @@ class Generator:
                             if not answer.parts:
                                 answer.time_to_first_token_ms = (time.perf_counter() - started) * 1000
                                 span.add_event("gen_ai.first_chunk")
+                                observe(TIME_TO_FIRST_TOKEN.labels(model), answer.time_to_first_token_ms / 1000, span)
                             answer.parts.append(piece)
                             yield piece
             finally:
@@ -205,11 +220,17 @@ class Generator:
         except (httpx.HTTPError, TimeoutError, ValueError) as error:
             span.record_exception(error)
             span.set_status(trace.Status(trace.StatusCode.ERROR, repr(error)))
+            LLM_REQUESTS.labels(model, "error").inc()
             raise LLMUnavailable(repr(error)) from error
         except LLMUnavailable as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+            LLM_REQUESTS.labels(model, "error").inc()
             raise
+        else:
+            LLM_REQUESTS.labels(model, "ok").inc()
         finally:
+            LLM_TOKENS.labels(model, "input").inc(answer.input_tokens)
+            LLM_TOKENS.labels(model, "output").inc(answer.output_tokens)
             span.set_attributes(
                 {
                     "gen_ai.response.model": model,

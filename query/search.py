@@ -14,18 +14,27 @@ import grpc
 import numpy as np
 from google.protobuf import struct_pb2
 from opentelemetry import trace
+from prometheus_client import Histogram
 
 from query.generation import Answer, Generator
 from query.settings import MODE_NAMES, MODES, SearchSettings
 from ragtrace.cache import SearchCache, normalize_query
 from ragtrace.clients import channel_ready, grpc_channel
 from ragtrace.errors import DependencyUnavailable
+from ragtrace.metrics import LATENCY_BUCKETS, observe
 from ragtrace.schemas import NAMESPACE_PATTERN
 from ragtrace.telemetry import trace_id_hex
 from ragtrace.v1 import embedding_pb2, embedding_pb2_grpc, search_pb2
 from ragtrace.vectorstore import Hit, VectorStore
 
 tracer = trace.get_tracer("ragtrace.search")
+
+SEARCH_DURATION = Histogram(
+    "ragtrace_search_duration_seconds",
+    "From request to sources (cache, query embedding, retrieval; generation not included), by mode and cache",
+    ["mode", "cache"],
+    buckets=LATENCY_BUCKETS,
+)
 
 MAX_TOP_K = 100
 MAX_GENERATED_TOKENS = 4096
@@ -182,6 +191,7 @@ class SearchService:
             response.metadata.timings_ms.total = (time.perf_counter() - started) * 1000
             cached_answer = response.answer
             response.answer = ""
+            observe(SEARCH_DURATION.labels(MODE_NAMES[query.mode], "hit"), time.perf_counter() - started)
             yield search_pb2.SearchEvent(sources=response)
             if cached_answer:
                 yield search_pb2.SearchEvent(token=cached_answer)
@@ -194,6 +204,7 @@ class SearchService:
         hits = await self._retrieve(query, metadata)
         metadata.num_sources = len(hits)
         sources = [_source(hit) for hit in hits]
+        observe(SEARCH_DURATION.labels(MODE_NAMES[query.mode], "miss"), time.perf_counter() - started)
         yield search_pb2.SearchEvent(sources=search_pb2.SearchResponse(sources=sources, metadata=metadata))
 
         answer = Answer()

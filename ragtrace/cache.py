@@ -14,9 +14,16 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
+
+LOOKUPS = Counter(
+    "ragtrace_cache_lookups",
+    "Cache lookups by cache (result, embedding) and result (hit, miss, error: Redis unreachable)",
+    ["cache", "result"],
+)
 
 _CACHE_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -58,14 +65,18 @@ class SearchCache:
             return None
         return f"ragtrace:search:{namespace}:{version}:{_digest(parameters)}"
 
-    async def get(self, key: str | None) -> bytes | None:
+    async def get(self, key: str | None, cache: str = "result") -> bytes | None:
         if key is None:
+            LOOKUPS.labels(cache, "error").inc()  # the key needed Redis too
             return None
         try:
-            return await self.client.get(key)
+            value = await self.client.get(key)
         except _CACHE_ERRORS as error:
             log.warning("cache unavailable: %r", error)
+            LOOKUPS.labels(cache, "error").inc()
             return None
+        LOOKUPS.labels(cache, "miss" if value is None else "hit").inc()
+        return value
 
     async def put(self, key: str | None, value: bytes) -> None:
         if key is None:
@@ -80,7 +91,7 @@ class SearchCache:
         return f"ragtrace:embedding:{model}:{_digest(normalize_query(query))}"
 
     async def get_embedding(self, model: str, query: str) -> np.ndarray | None:
-        cached = await self.get(self.embedding_key(model, query))
+        cached = await self.get(self.embedding_key(model, query), cache="embedding")
         return None if cached is None else np.frombuffer(cached, dtype=np.float32)
 
     async def put_embedding(self, model: str, query: str, vector: np.ndarray) -> None:

@@ -8,13 +8,15 @@ from typing import Any, cast
 
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from prometheus_client import make_asgi_app
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragtrace.auth import AuthSettings
 from ragtrace.errors import DependencyUnavailable
+from ragtrace.metrics import HttpMetrics
 from ragtrace.schemas import ErrorBody
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -115,12 +117,18 @@ def create_service_app(
     app.add_exception_handler(DependencyUnavailable, _dependency_down)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-    app.mount("/metrics", make_asgi_app())
+    app.add_middleware(HttpMetrics)  # outside the body limit, so a 413 is counted too
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
         """The process is alive (dependencies are not checked: see /readyz)."""
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics; OpenMetrics (with exemplars) when the Accept header asks for it."""
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(REGISTRY), media_type=content_type)
 
     @app.get("/readyz", tags=["operations"])
     async def readyz() -> JSONResponse:

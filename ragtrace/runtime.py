@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from ragtrace.clients import minio_client
 from ragtrace.errors import PoisonMessage
+from ragtrace.metrics import GrpcMetrics
 from ragtrace.schemas import DocumentRef, DocumentState
 from ragtrace.settings import KafkaSettings, MinioSettings
 from ragtrace.storage import DocumentStore
@@ -136,9 +137,9 @@ def current_events(
 async def start_grpc_server(
     name: str, address: str, metrics_port: int, add_servicer: Callable[[grpc.aio.Server], None]
 ) -> grpc.aio.Server:
-    """A started gRPC server with its servicer, the health protocol answering SERVING for `name`, the
-    Prometheus endpoint, and a graceful stop on SIGTERM/SIGINT."""
-    server = grpc.aio.server()
+    """A started gRPC server with its servicer, request metrics, the health protocol answering SERVING for
+    `name`, the Prometheus endpoint, and a graceful stop on SIGTERM/SIGINT."""
+    server = grpc.aio.server(interceptors=[GrpcMetrics()])
     add_servicer(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
@@ -25,6 +26,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from ragtrace.errors import DependencyUnavailable, PoisonMessage
 from ragtrace.messaging import ensure_topics, new_producer
+from ragtrace.metrics import CONSUMER_LAG, DEAD_LETTERS, WORKER_BATCH_DURATION, WORKER_BATCH_SIZE, WORKER_MESSAGES
 from ragtrace.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class KafkaWorker:
         self.handler = handler
         self.stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
+        self._lag_reported: set[TopicPartition] = set()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,15 +97,35 @@ class KafkaWorker:
                     timeout_ms=self.options.fetch_timeout_ms, max_records=self.options.max_batch
                 )
                 records = [record for partition_records in batches.values() for record in partition_records]
-                if not records:
-                    continue
-                await self._process(records, dead_letters)
-                await self._commit(consumer, _next_offsets(records))
+                if records:
+                    started = time.perf_counter()
+                    await self._process(records, dead_letters)
+                    await self._commit(consumer, _next_offsets(records))
+                    WORKER_BATCH_SIZE.labels(self.options.topic).observe(len(records))
+                    WORKER_BATCH_DURATION.labels(self.options.topic).observe(time.perf_counter() - started)
+                await self._record_lag(consumer)
         finally:
             await dead_letters.stop()
             await consumer.stop()  # leaves the group: its partitions move to the other members at once
             await self.handler.close()
             log.info("stopped consuming %s", self.options.topic)
+
+    async def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Per assigned partition: its end (as last fetched) less this consumer's position. Partitions that
+        moved to another member in a rebalance drop out, so lag is reported once per partition."""
+        assigned = consumer.assignment()
+        for tp in assigned:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue  # nothing fetched from it yet
+            try:
+                position = await consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked meanwhile
+            CONSUMER_LAG.labels(tp.topic, str(tp.partition), self.options.group).set(max(highwater - position, 0))
+        for tp in self._lag_reported - assigned:
+            CONSUMER_LAG.remove(tp.topic, str(tp.partition), self.options.group)
+        self._lag_reported = set(assigned)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         """Commit, waiting out a broker or coordinator that is away. After a rebalance the commit is dropped:
@@ -135,6 +158,7 @@ class KafkaWorker:
                 outage_backoff = min(outage_backoff * 2, self.options.max_backoff_s)
                 continue
             retry: list[int] = []
+            WORKER_MESSAGES.labels(self.options.topic, "processed").inc(len(pending) - len(failures))
             for position, error in failures.items():
                 index = pending[position]
                 attempts[index] += 1
@@ -142,6 +166,7 @@ class KafkaWorker:
                     await self._dead_letter(records[index], error, attempts[index], dead_letters)
                 else:
                     retry.append(index)
+            WORKER_MESSAGES.labels(self.options.topic, "retried").inc(len(retry))
             if retry:
                 delay = min(
                     self.options.backoff_s * 2 ** (max(attempts[i] for i in retry) - 1), self.options.max_backoff_s
@@ -163,6 +188,8 @@ class KafkaWorker:
             ("ragtrace.consumer.group", self.options.group.encode()),
         ]
         await producer.send_and_wait(topic, record.value, key=record.key, headers=headers)
+        WORKER_MESSAGES.labels(record.topic, "dead_lettered").inc()
+        DEAD_LETTERS.labels(record.topic, type(error).__name__).inc()
         log.error(
             "dead-lettered %s[%d]@%d after %d attempt(s): %r",
             record.topic,

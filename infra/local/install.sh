@@ -5,7 +5,11 @@
 #   Weaviate       built from its Go module with `go install` (cmd/weaviate-server)
 #   Redis          Debian's redis-server, installed with apt-get when missing
 #   Chromium       Debian's chromium, for the tests of the search page (headless)
-# Usage: infra/local/install.sh [kafka|minio|weaviate|redis|chromium ...]   (no argument: all of them)
+#   promtool       Debian's prometheus package: checks and unit-tests monitoring/'s config and rules
+#   redis-exporter Debian's prometheus-redis-exporter: the tests check the names monitoring/ queries
+#   kustomize      built from its Go module: renders infra/kind's overlays for validation
+# Usage: infra/local/install.sh [kafka|minio|weaviate|redis|chromium|promtool|redis-exporter|kustomize ...]
+#        (no argument: all of them)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,7 +58,7 @@ apt_install() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis chromium)
+[ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis chromium promtool redis-exporter kustomize)
 
 # One installer at a time per cache (make up and make test may run side by side).
 exec 9>"$cache/.install.lock"
@@ -66,6 +70,9 @@ for component in "${components[@]}"; do
     weaviate) go_build weaviate-server "$WEAVIATE_MODULE" "$WEAVIATE_VERSION" "$WEAVIATE_MODULE/cmd/weaviate-server" ;;
     redis) apt_install redis-server redis-server ;;
     chromium) apt_install chromium chromium ;;
-    *) log "unknown component '$component' (expected kafka, minio, weaviate, redis or chromium)"; exit 2 ;;
+    promtool) apt_install promtool prometheus ;;
+    redis-exporter) apt_install prometheus-redis-exporter prometheus-redis-exporter ;;
+    kustomize) go_build kustomize "$KUSTOMIZE_MODULE" "$KUSTOMIZE_VERSION" "$KUSTOMIZE_MODULE" ;;
+    *) log "unknown component '$component' (see the usage line at the top of this script)"; exit 2 ;;
   esac
 done

@@ -222,6 +222,8 @@ class LocalServers:
                 "MINIO_ROOT_USER": self.secrets.minio_access_key,
                 "MINIO_ROOT_PASSWORD": self.secrets.minio_secret_key,
                 "MINIO_UPDATE": "off",
+                # Its metrics endpoint answers without a token, as Prometheus scrapes it in the cluster.
+                "MINIO_PROMETHEUS_AUTH_TYPE": "public",
             },
             ready=lambda: httpx.get(f"{base}/minio/health/ready", timeout=1).status_code == 200,
         )

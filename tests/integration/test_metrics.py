@@ -1,0 +1,255 @@
+"""Every process's /metrics against the README's table, values that follow from the traffic a test made, and
+the names monitoring/ queries against what the running processes and exporters expose."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from ragtrace.devstack.servers import free_port
+from ragtrace.devstack.supervisor import Component, Supervisor
+from tests.infra import Infra
+from tests.metrics import (
+    documented_metrics,
+    exemplar_trace_ids,
+    exposed_names,
+    queried_names,
+    recorded_names,
+    samples,
+    value,
+)
+from tests.pipeline import Pipeline, topic_partitions, wait_until
+
+OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
+GPU_ONLY = {"ragtrace_gpu_memory_used_bytes", "ragtrace_gpu_memory_total_bytes"}
+# kafka-exporter (danielqsj/kafka_exporter) cannot run here: neither the Go module proxy nor Debian has it.
+# These are the names its documentation lists for what the Infrastructure dashboard shows.
+KAFKA_EXPORTER_NAMES = {"kafka_brokers", "kafka_topic_partition_current_offset", "kafka_consumergroup_lag"}
+# Series Prometheus makes itself for every target.
+PROMETHEUS_NAMES = {"up"}
+
+
+def _metrics_urls(pipeline: Pipeline) -> dict[str, str]:
+    ports = pipeline.services.ports
+    return {
+        "ingest-api": f"{pipeline.base_url}/metrics",
+        "search-gateway": f"{pipeline.search_url}/metrics",
+        "embedding-worker": f"http://127.0.0.1:{ports.embedding_metrics}/metrics",
+        "indexer-worker": f"http://127.0.0.1:{ports.indexer_metrics}/metrics",
+        "embedding-service": f"http://127.0.0.1:{ports.embedding_service_metrics}/metrics",
+        "search-service": f"http://127.0.0.1:{ports.search_metrics}/metrics",
+        "trace-store": f"http://127.0.0.1:{ports.trace_store}/metrics",
+    }
+
+
+def scrape(pipeline: Pipeline, service: str, openmetrics: bool = False) -> str:
+    response = httpx.get(_metrics_urls(pipeline)[service], headers=OPENMETRICS if openmetrics else {}, timeout=10)
+    assert response.status_code == 200, f"{service}: {response.status_code}"
+    return response.text
+
+
+@dataclass(frozen=True)
+class Traffic:
+    namespace: str
+    ingest_trace_ids: list[str]
+    search_trace_id: str
+
+
+async def _send_poison(pipeline: Pipeline, namespace: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=pipeline.kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        for topic in (pipeline.kafka.documents_topic, pipeline.kafka.chunks_topic):
+            await producer.send_and_wait(topic, b"\x00poison", key=f"{namespace}/poison".encode())
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture(scope="module")
+def traffic(faiss_pipeline: Pipeline) -> Traffic:
+    """One round of everything the metrics count: two documents, poison on both topics, searches with a
+    generated answer (LLM), a repeat (cache hit) and a keyword search."""
+    namespace = "metrics-" + uuid.uuid4().hex[:8]
+    accepted = [
+        faiss_pipeline.ingest(f"Document {i}: lighthouses guide ships with rotating beams.", namespace, f"doc-{i}")
+        for i in range(2)
+    ]
+    faiss_pipeline.wait_for([a["document_id"] for a in accepted], namespace)
+    asyncio.run(_send_poison(faiss_pipeline, namespace))
+    wait_until(
+        lambda: all(
+            value(scrape(faiss_pipeline, worker), "ragtrace_dead_letter_messages_total") > 0
+            for worker in ("embedding-worker", "indexer-worker")
+        ),
+        what="both workers to count their dead letters",
+    )
+    question: dict[str, Any] = {"query": "how do lighthouses guide ships?", "namespace": namespace, "generate": True}
+    first = faiss_pipeline.search(**question)
+    assert first.status_code == 200, first.text
+    assert faiss_pipeline.search(**question).json()["metadata"]["cache_hit"] is True
+    keyword = faiss_pipeline.search(query="rotating beams", namespace=namespace, mode="keyword")
+    assert keyword.status_code == 200, keyword.text
+    return Traffic(namespace, [a["trace_id"] for a in accepted], keyword.json()["metadata"]["trace_id"])
+
+
+def test_every_documented_metric_is_exposed_by_each_service_it_names(
+    faiss_pipeline: Pipeline, traffic: Traffic
+) -> None:
+    documented = documented_metrics()
+    assert len(documented) >= 20, "the README's metrics table was not found"
+    expositions = {service: scrape(faiss_pipeline, service) for service in _metrics_urls(faiss_pipeline)}
+    missing = []
+    for metric in documented:
+        for service in metric.services:
+            exposition = expositions[service]
+            if metric.name in GPU_ONLY:  # declared everywhere, series only on CUDA
+                if metric.name not in exposed_names(exposition):
+                    missing.append(f"{metric.name} not declared by {service}")
+                continue
+            labelled = [s for s in samples(exposition) if s.name == metric.sample_name]
+            if not any(metric.labels <= set(s.labels) for s in labelled):
+                missing.append(f"{metric.name}{sorted(metric.labels)} has no series on {service}")
+    assert not missing, "\n".join(missing)
+
+
+def test_requests_are_counted_by_route_template_and_status(faiss_pipeline: Pipeline, traffic: Traffic) -> None:
+    def ingest_count(status: str) -> float:
+        exposition = scrape(faiss_pipeline, "ingest-api")
+        return value(exposition, "ragtrace_requests_total", endpoint="POST /ingest", status=status)
+
+    def status_count() -> float:
+        return value(
+            scrape(faiss_pipeline, "ingest-api"),
+            "ragtrace_requests_total",
+            endpoint="GET /ingest/{document_id}",
+            status="200",
+        )
+
+    def search_calls(code: str) -> float:
+        return value(
+            scrape(faiss_pipeline, "search-service"),
+            "ragtrace_requests_total",
+            protocol="grpc",
+            endpoint="/ragtrace.v1.SearchService/Search",
+            status=code,
+        )
+
+    rejected, looked_up, invalid = ingest_count("422"), status_count(), search_calls("INVALID_ARGUMENT")
+    with faiss_pipeline.http() as client:
+        assert client.post("/ingest", json={"text": " ", "metadata": {"title": "t"}}).status_code == 422
+        assert client.get("/ingest/doc-0", params={"namespace": traffic.namespace}).status_code == 200
+    # Valid at the gateway, refused by the search service: INVALID_ARGUMENT, which the gateway answers with 422.
+    assert faiss_pipeline.search(query="q", namespace=traffic.namespace, filters={"": "x"}).status_code == 422
+    assert ingest_count("422") == rejected + 1
+    assert status_count() == looked_up + 1  # one series for every document id
+    assert search_calls("INVALID_ARGUMENT") == invalid + 1
+
+
+def test_latency_histograms_carry_trace_ids_as_exemplars(faiss_pipeline: Pipeline, traffic: Traffic) -> None:
+    gateway = scrape(faiss_pipeline, "search-gateway", openmetrics=True)
+    assert traffic.search_trace_id in exemplar_trace_ids(gateway, "ragtrace_request_duration_seconds_bucket")
+    search = scrape(faiss_pipeline, "search-service", openmetrics=True)
+    assert traffic.search_trace_id in exemplar_trace_ids(search, "ragtrace_search_duration_seconds_bucket")
+    indexer = scrape(faiss_pipeline, "indexer-worker", openmetrics=True)
+    assert exemplar_trace_ids(indexer, "ragtrace_ingest_freshness_seconds_bucket") & set(traffic.ingest_trace_ids)
+
+
+def test_worker_metrics_follow_the_pipeline(faiss_pipeline: Pipeline, traffic: Traffic) -> None:
+    faiss_pipeline.wait_drained()
+    kafka = faiss_pipeline.kafka
+    partitions = asyncio.run(topic_partitions(kafka.bootstrap_servers, kafka.documents_topic))
+
+    def lag_series() -> dict[str, float]:
+        return {
+            s.labels["partition"]: s.value
+            for s in samples(scrape(faiss_pipeline, "embedding-worker"))
+            if s.name == "ragtrace_consumer_lag" and s.labels["topic"] == kafka.documents_topic
+        }
+
+    lag = wait_until(lambda: (series := lag_series()) and len(series) == len(partitions) and series, what="lag")
+    assert set(lag) == {str(p) for p in partitions} and set(lag.values()) == {0.0}
+
+    indexer = scrape(faiss_pipeline, "indexer-worker")
+    with faiss_pipeline.vector_store() as store:
+        chunks = store.count(traffic.namespace)
+    assert value(indexer, "ragtrace_index_chunks", namespace=traffic.namespace, backend="faiss") == chunks == 2
+    assert value(indexer, "ragtrace_ingest_freshness_seconds_count") >= 2
+    assert value(indexer, "ragtrace_dead_letter_messages_total", topic=kafka.chunks_topic, error="PoisonMessage") >= 1
+    embedding = scrape(faiss_pipeline, "embedding-worker")
+    assert value(embedding, "ragtrace_embedding_device_info", device="cpu", dtype="float32") == 1
+    assert value(embedding, "ragtrace_embedding_texts_total") >= value(
+        embedding, "ragtrace_chunks_processed_total", stage="embedding"
+    )
+
+
+def test_cache_and_llm_metrics_count_each_search(faiss_pipeline: Pipeline, traffic: Traffic) -> None:
+    def read() -> dict[str, float]:
+        exposition = scrape(faiss_pipeline, "search-service")
+        return {
+            "miss": value(exposition, "ragtrace_cache_lookups_total", cache="result", result="miss"),
+            "hit": value(exposition, "ragtrace_cache_lookups_total", cache="result", result="hit"),
+            "ok": value(exposition, "ragtrace_llm_requests_total", outcome="ok"),
+            "first_tokens": value(exposition, "ragtrace_llm_time_to_first_token_seconds_count"),
+            "output_tokens": value(exposition, "ragtrace_llm_tokens_total", direction="output"),
+            "llm_answers": value(exposition, "ragtrace_answers_total", generator="llm"),
+        }
+
+    before = read()
+    question: dict[str, Any] = {"query": f"beams {uuid.uuid4().hex}", "namespace": traffic.namespace, "generate": True}
+    assert faiss_pipeline.search(**question).json()["metadata"]["generator"] == "llm"
+    assert faiss_pipeline.search(**question).json()["metadata"]["cache_hit"] is True
+    after = read()
+    assert after["miss"] == before["miss"] + 1 and after["hit"] == before["hit"] + 1
+    assert after["ok"] == before["ok"] + 1 and after["first_tokens"] == before["first_tokens"] + 1
+    assert after["llm_answers"] == before["llm_answers"] + 1
+    assert after["output_tokens"] > before["output_tokens"]
+
+
+# monitoring/ queries only what exists ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_exporter(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's prometheus-redis-exporter against the session's Redis; its metrics URL."""
+    port = free_port()
+    redis = urlsplit(infra.redis.url.get_secret_value())
+    component = Component(
+        name="redis-exporter",
+        port=port,
+        argv=["prometheus-redis-exporter", "-web.listen-address", f"127.0.0.1:{port}"],
+        env={"REDIS_ADDR": f"redis://{redis.hostname}:{redis.port}", "REDIS_PASSWORD": redis.password or ""},
+        ready=lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200,
+    )
+    supervisor = Supervisor(tmp_path_factory.mktemp("redis-exporter"))
+    supervisor.start(component)
+    yield f"http://127.0.0.1:{port}/metrics"
+    supervisor.stop(component)
+
+
+def test_every_metric_monitoring_queries_is_exposed(
+    faiss_pipeline: Pipeline, infra: Infra, traffic: Traffic, redis_exporter: str
+) -> None:
+    exposed = set(KAFKA_EXPORTER_NAMES | PROMETHEUS_NAMES | recorded_names())
+    for service in _metrics_urls(faiss_pipeline):
+        exposed |= exposed_names(scrape(faiss_pipeline, service))
+    redis = httpx.get(redis_exporter, timeout=10).text
+    assert value(redis, "redis_up") == 1, "the exporter reaches Redis"
+    exposed |= exposed_names(redis)
+    minio = infra.minio
+    scheme = "https" if minio.secure else "http"
+    response = httpx.get(f"{scheme}://{minio.endpoint}/minio/v2/metrics/cluster", timeout=10)
+    assert response.status_code == 200, "MinIO's metrics need MINIO_PROMETHEUS_AUTH_TYPE=public"
+    exposed |= exposed_names(response.text)
+
+    queried = queried_names()
+    assert {"ragtrace_requests_total", "kafka_consumergroup_lag", "redis_up"} <= set(queried)
+    unknown = {name: sorted(where) for name, where in queried.items() if name not in exposed}
+    assert not unknown, f"queried in monitoring/ but exposed by nothing: {unknown}"
