@@ -11,10 +11,11 @@ PYTEST_ARGS ?=
 PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv proto infra up down status test lint clean eval bench
+.PHONY: help install venv proto infra up down status test lint clean eval bench load-gen \
+	cluster-start cluster-stop cluster-status cluster-logs
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 install: venv proto infra ## Python deps into .venv, gRPC code from proto/, servers into ~/.cache/ragtrace (idempotent)
 
@@ -53,6 +54,24 @@ eval: install ## nDCG@10 of each search mode on ../shared/data/eval/msmarco-5k, 
 
 bench: install ## Speed and memory of the running stack (make up): bench/results/<date>-<machine>.{json,md}
 	$(RAGTRACE) bench
+
+LOAD_ARGS ?=
+TARGET ?= local
+load-gen: install ## Locust against the running stack (make up; TARGET=kind for make cluster-start): bench/load/<time>/
+	$(RAGTRACE) load-gen --target $(TARGET) $(LOAD_ARGS)
+
+OVERLAY ?= cpu
+cluster-start: ## Kind: create the cluster if missing, build and load the image, apply OVERLAY (cpu|gpu), wait
+	OVERLAY=$(OVERLAY) infra/kind/cluster.sh start
+
+cluster-stop: ## Kind: delete the cluster
+	infra/kind/cluster.sh stop
+
+cluster-status: ## Kind: nodes, pods, autoscalers
+	infra/kind/cluster.sh status
+
+cluster-logs: ## Kind: follow one service's logs (SERVICE=embedding-worker)
+	infra/kind/cluster.sh logs $(SERVICE)
 
 lint: venv proto ## ruff and mypy over the whole tree
 	$(BIN)/ruff check .

@@ -137,6 +137,60 @@ def bench(
     )
 
 
+def _kind_setting(name: str) -> str:
+    """A value from infra/kind/secrets/rag-system.env, which `make cluster-start` creates."""
+    env_file = REPO_ROOT / "infra" / "kind" / "secrets" / "rag-system.env"
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line and line[0] != "#")
+    return values[name]
+
+
+@app.command("load-gen")
+def load_gen(
+    target: Annotated[str, typer.Option(help="local (make up) or kind (make cluster-start)")] = "local",
+    users: Annotated[int, typer.Option(help="Concurrent simulated users")] = 4,
+    spawn_rate: Annotated[float, typer.Option(help="Users started per second")] = 2.0,
+    duration: Annotated[int, typer.Option(help="Seconds of load (the run stops by itself)")] = 60,
+    ingest_weight: Annotated[int, typer.Option(help="Relative weight of ingests in the mix")] = 1,
+    search_weight: Annotated[int, typer.Option(help="Relative weight of searches (vector, keyword, hybrid)")] = 4,
+    generate: Annotated[bool, typer.Option(help="Ask for generated answers too")] = False,
+    ingest_url: Annotated[str | None, typer.Option(help="Ingest API (default: the target's)")] = None,
+    search_url: Annotated[str | None, typer.Option(help="Search gateway (default: the target's)")] = None,
+    allow_remote: Annotated[bool, typer.Option(help="Allow targets that are not on this machine")] = False,
+    output: Annotated[Path, typer.Option(help="Folder for the runs")] = REPO_ROOT / "bench" / "load",
+) -> None:
+    """Load the ingest and search APIs with Locust; report latency, failures, freshness; write CSV and PNG."""
+    from ragtrace.loadgen import LoadGenError, LoadOptions, run
+
+    defaults: tuple[str, ...]
+    if target == "kind":
+        defaults = ("http://localhost:8082", "http://localhost:8080", _kind_setting("RAGTRACE_API_KEY"))
+    elif target == "local":
+        defaults = tuple(_stack_setting(n) for n in ("RAGTRACE_INGEST_URL", "RAGTRACE_SEARCH_URL", "RAGTRACE_API_KEY"))
+    else:
+        raise typer.BadParameter("--target: local or kind")
+    options = LoadOptions(
+        ingest_url=ingest_url or defaults[0],
+        search_url=search_url or defaults[1],
+        api_key=defaults[2],
+        users=users,
+        spawn_rate=spawn_rate,
+        duration_s=duration,
+        ingest_weight=ingest_weight,
+        search_weight=search_weight,
+        generate=generate,
+        allow_remote=allow_remote,
+    )
+    try:
+        summary = run(options, output, console)
+    except LoadGenError as error:
+        console.print(f"[red]load-gen:[/] {error}")
+        raise typer.Exit(2) from error
+    failures = sum(r["failures"] for r in summary["requests"] if r["name"] == "Aggregated")
+    lost = summary["freshness"]["failed"] + summary["freshness"]["not_indexed_in_time"]
+    if failures or lost:
+        raise typer.Exit(1)
+
+
 _KEY_ATTRIBUTES = (
     "document.id",
     "ragtrace.namespace",

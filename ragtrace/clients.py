@@ -17,13 +17,16 @@ from ragtrace.settings import MinioSettings, RedisSettings, WeaviateSettings
 
 def grpc_channel(target: str) -> grpc.aio.Channel:
     """A channel to one of our gRPC services; it redials a restarted peer within half a second (gRPC's default
-    backoff grows to minutes). Call `channel_ready` before each call."""
+    backoff grows to minutes) and spreads calls over every address the target resolves to (in Kubernetes,
+    `dns:///<headless service>:<port>`: one per pod), since one HTTP/2 connection would pin every call to one
+    replica. Call `channel_ready` before each call."""
     return grpc.aio.insecure_channel(
         target,
         options=[
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 500),
+            ("grpc.lb_policy_name", "round_robin"),
         ],
     )
 
