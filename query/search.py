@@ -50,6 +50,10 @@ class QueryEmbedder(Protocol):
 
     async def embed(self, text: str) -> np.ndarray: ...
 
+    async def check(self) -> None:
+        """Raise DependencyUnavailable when embedding cannot work now (readiness)."""
+        ...
+
 
 class GrpcEmbedder:
     """Query embeddings from the EmbeddingService."""
@@ -61,6 +65,9 @@ class GrpcEmbedder:
         self.stub = embedding_pb2_grpc.EmbeddingServiceStub(self.channel)
         self.timeout_s = timeout_s
         self.model = model
+
+    async def check(self) -> None:
+        await channel_ready(self.channel, "embedding-service")
 
     async def embed(self, text: str) -> np.ndarray:
         await channel_ready(self.channel, "embedding-service")
@@ -79,6 +86,9 @@ class LocalEmbedder:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.model = engine.model_name
+
+    async def check(self) -> None:
+        """In this process: ready once the model is loaded, as it is by now."""
 
     async def embed(self, text: str) -> np.ndarray:
         vectors = await asyncio.to_thread(self.engine.embed, [text])

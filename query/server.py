@@ -96,6 +96,7 @@ async def serve(settings: SearchSettings) -> None:
         address,
         settings.metrics_port,
         lambda s: search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(service), s),
+        readiness={"index": lambda: asyncio.to_thread(store.check), "embedding": service.embedder.check},
     )
     log.info(
         "SearchService on %s (%s backend, LLM %s)",

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from ragtrace.clients import minio_client
 from ragtrace.errors import PoisonMessage
+from ragtrace.http import ReadinessCheck
 from ragtrace.metrics import GrpcMetrics
 from ragtrace.schemas import DocumentRef, DocumentState
 from ragtrace.settings import KafkaSettings, MinioSettings
@@ -28,6 +29,7 @@ from ragtrace.telemetry import extract_context, messaging_attributes, setup_tele
 from ragtrace.worker import BatchHandler, KafkaWorker, Record, WorkerOptions
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -135,21 +137,55 @@ def current_events(
 
 
 async def start_grpc_server(
-    name: str, address: str, metrics_port: int, add_servicer: Callable[[grpc.aio.Server], None]
+    name: str,
+    address: str,
+    metrics_port: int,
+    add_servicer: Callable[[grpc.aio.Server], None],
+    readiness: Mapping[str, ReadinessCheck] | None = None,
 ) -> grpc.aio.Server:
-    """A started gRPC server with its servicer, request metrics, the health protocol answering SERVING for
-    `name`, the Prometheus endpoint, and a graceful stop on SIGTERM/SIGINT."""
+    """A started gRPC server with its servicer, request metrics, the health protocol, the Prometheus endpoint,
+    and a graceful stop on SIGTERM/SIGINT. Health: the server ("") is SERVING while the process runs (for
+    liveness); `name` is SERVING only while every `readiness` check passes (for readiness)."""
     server = grpc.aio.server(interceptors=[GrpcMetrics()])
     add_servicer(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(address)
     await server.start()
-    for service in ("", name):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await _update_readiness(health_servicer, name, readiness or {})
+    watcher = asyncio.get_running_loop().create_task(_watch_readiness(health_servicer, name, readiness or {}))
+    _background.add(watcher)  # keeps the task referenced for the life of the process
     start_http_server(metrics_port, addr=os.environ.get("RAGTRACE_METRICS_HOST", "127.0.0.1"))
     stop_on_signal(server)
     return server
+
+
+_background: set[asyncio.Task[None]] = set()
+READINESS_INTERVAL_S = 5.0
+
+
+async def _update_readiness(
+    health_servicer: health.aio.HealthServicer, name: str, checks: Mapping[str, ReadinessCheck]
+) -> None:
+    down = []
+    for dependency, check in checks.items():
+        try:
+            await check()
+        except Exception as error:
+            down.append(f"{dependency} ({error})")
+    if down:
+        log.warning("%s not ready: %s unavailable", name, ", ".join(down))
+    serving = health_pb2.HealthCheckResponse.NOT_SERVING if down else health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set(name, serving)
+
+
+async def _watch_readiness(
+    health_servicer: health.aio.HealthServicer, name: str, checks: Mapping[str, ReadinessCheck]
+) -> None:
+    while checks:
+        await asyncio.sleep(READINESS_INTERVAL_S)
+        await _update_readiness(health_servicer, name, checks)
 
 
 def run_http_service(service: str, app: Callable[[], Any], host: str, port: int) -> None:

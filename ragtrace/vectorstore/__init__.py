@@ -86,6 +86,10 @@ class VectorStore(Protocol):
         """Chunks in the namespace, or of one document."""
         ...
 
+    def check(self) -> None:
+        """Raise DependencyUnavailable when the store cannot be used now (readiness)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ragtrace.errors import DependencyUnavailable
 from ragtrace.vectorstore import HYBRID_CANDIDATES, Backend, DocumentChunks, Hit, UnknownNamespace, fuse
 
 _SCHEMA = """
@@ -216,6 +217,11 @@ class FaissStore:
             if document_id is None:
                 return int(ns.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
             return int(ns.db.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (document_id,)).fetchone()[0])
+
+    def check(self) -> None:
+        """Embedded: usable whenever its folder is."""
+        if not self.data_dir.is_dir():
+            raise DependencyUnavailable("index", f"{self.data_dir} is missing")
 
     def close(self) -> None:
         with self._lock:

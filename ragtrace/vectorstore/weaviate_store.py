@@ -111,6 +111,13 @@ class WeaviateStore:
         return collection.with_tenant(namespace)
 
     @_weaviate_call
+    def check(self) -> None:
+        self.collection()  # connects, and creates the collection on first use
+        if self._client is None or not self._client.is_ready():
+            self.reset()
+            raise DependencyUnavailable("weaviate", "not ready")
+
+    @_weaviate_call
     def write(self, namespace: str, upserts: Sequence[DocumentChunks], deletes: Sequence[str]) -> None:
         tenant = self._tenant(namespace, must_exist=False)
         replaced = [d.document_id for d in upserts] + list(deletes)

@@ -11,12 +11,14 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 from tests.conftest import LLMServer
 from tests.infra import Infra
-from tests.pipeline import TENANT_KEY, Pipeline, session_server, stopped, timed
+from tests.pipeline import TENANT_KEY, Pipeline, session_server, stopped, timed, wait_until
 
+SEARCH_SERVICE = "ragtrace.v1.SearchService"
 CORPUS = {
     "thermometer": (
         "Thermometers",
@@ -231,18 +233,30 @@ def test_the_search_service_says_invalid_argument_over_grpc(faiss_pipeline: Pipe
     assert "top_k" in error.value.details() and "alpha" in error.value.details()
 
 
+def _health(pipeline: Pipeline, service: str) -> int:
+    """The search service's gRPC health status for `service` ("" is the server itself)."""
+    with grpc.insecure_channel(f"127.0.0.1:{pipeline.services.ports.search_grpc}") as channel:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=2).status)
+
+
 def test_weaviate_down_gives_a_fast_503_naming_it(weaviate_pipeline: Pipeline, infra: Infra) -> None:
     supervisor, weaviate = session_server(infra, "weaviate")
     namespace = _namespace()
     _ingest_corpus(weaviate_pipeline, namespace, {"one": ("One", "A single document about comets.")})
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     with stopped(supervisor, weaviate):
         response, elapsed = timed(
             lambda: weaviate_pipeline.search(query="comets", namespace=namespace, mode="vector", generate=False)
         )
+        # Readiness (the named service) follows the dependency; liveness (the server) does not.
+        wait_until(lambda: _health(weaviate_pipeline, SEARCH_SERVICE) == not_serving, 15, 0.5, "not ready")
+        assert _health(weaviate_pipeline, "") == serving
     assert response.status_code == 503, response.text
     assert response.json()["dependency"] == "weaviate"
     assert elapsed < 1.0, f"took {elapsed:.2f}s"
     assert _search(weaviate_pipeline, namespace, "comets", mode="vector", generate=False)["sources"]
+    wait_until(lambda: _health(weaviate_pipeline, SEARCH_SERVICE) == serving, 15, 0.5, "ready again")
 
 
 def test_embedding_service_down_gives_a_fast_503_naming_it(faiss_pipeline: Pipeline) -> None:
