@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv proto infra up down status test lint clean eval bench load-gen \
+.PHONY: help install venv proto infra up down status test lint clean eval bench bench-device load-gen \
 	cluster-start cluster-stop cluster-status cluster-logs
 
 help: ## List the targets
@@ -54,6 +54,9 @@ eval: install ## nDCG@10 of each search mode on ../shared/data/eval/msmarco-5k, 
 
 bench: install ## Speed and memory of the running stack (make up): bench/results/<date>-<machine>.{json,md}
 	$(RAGTRACE) bench
+
+bench-device: install ## Embedding (MiniLM, bge-m3-sized) and index search in-process on the best device (CUDA when present)
+	$(RAGTRACE) bench-device
 
 LOAD_ARGS ?=
 TARGET ?= local

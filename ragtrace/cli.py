@@ -191,6 +191,25 @@ def load_gen(
         raise typer.Exit(1)
 
 
+@app.command("bench-device")
+def bench_device(
+    data: Annotated[Path, typer.Option(help="BEIR-format folder whose passages are embedded")] = REPO_ROOT.parent
+    / "shared"
+    / "data"
+    / "eval"
+    / "msmarco-5k",
+    passages: Annotated[int | None, typer.Option(help="Passages to embed (default: 5000 on a GPU, 500 on CPU)")] = None,
+    batch_sizes: Annotated[str | None, typer.Option(help="Comma-separated (default: by device)")] = None,
+    large: Annotated[bool | None, typer.Option(help="Also the bge-m3-sized configuration (default: on a GPU)")] = None,
+    output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
+) -> None:
+    """Embedding chunks/s by model and batch size, and exact index search, in-process on the best device."""
+    from ragtrace.devicebench import run
+
+    sizes = [int(size) for size in batch_sizes.split(",")] if batch_sizes else None
+    run(data, passages, sizes, large, output)
+
+
 _KEY_ATTRIBUTES = (
     "document.id",
     "ragtrace.namespace",
