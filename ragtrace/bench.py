@@ -328,15 +328,7 @@ def run(
 
 def _report(results: dict[str, Any], output_dir: Path) -> None:
     indexing = results["indexing"]
-    lines = [
-        f"# ragtrace bench, {results['date'][:19]}Z",
-        "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items() if k != "versions"),
-        "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in results["machine"]["versions"].items()),
-        "",
-        "| measure | value | target |",
-        "|---|---|---|",
+    rows = [
         f"| indexing, pipeline | {indexing['chunks_per_s']} chunks/s ({indexing['chunks']} chunks, "
         f"{indexing['seconds']} s) | |",
         f"| indexing, bare model (batch {indexing['bare_model']['batch_size']}, "
@@ -344,28 +336,58 @@ def _report(results: dict[str, Any], output_dir: Path) -> None:
         f"| ratio pipeline / bare | **{indexing['ratio_pipeline_over_bare']}** | ≥ 0.8 on CPU |",
     ]
     for row in results["freshness"]:
-        lines.append(
+        rows.append(
             f"| freshness at {row['rate_docs_per_s']:g} docs/s | p50 {row['p50_s']} s, p99 **{row['p99_s']} s**"
             f" | p99 < 2 s at 20 docs/s |"
         )
     for row in results["search"]:
-        lines.append(
+        rows.append(
             f"| search {row['mode']}, concurrency {row['concurrency']} | p50 {row['p50_ms']} ms, "
             f"p99 **{row['p99_ms']} ms** ({row['ratio_p50_over_bare']}x bare p50) | p99 < 50 ms at 8 |"
         )
     for row in results["bare_search"]:
-        lines.append(f"| bare search {row['mode']} (in-process) | p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms | |")
+        rows.append(f"| bare search {row['mode']} (in-process) | p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms | |")
     cpu = results["cpu_s_during_indexing"]
     for name, mib in results["peak_rss_mib_during_indexing"].items():
-        lines.append(f"| during indexing: {name} | peak RSS {mib} MiB, CPU {cpu.get(name, 0)} s | |")
-    markdown = "\n".join(lines) + "\n"
-    table = Table("measure", "value", "target", title="ragtrace bench")
-    for line in lines[6:]:
-        table.add_row(*[cell.strip() for cell in line.strip("|").split("|")])
+        rows.append(f"| during indexing: {name} | peak RSS {mib} MiB, CPU {cpu.get(name, 0)} s | |")
+    write_results(results, "ragtrace bench", ("measure", "value", "target"), rows, output_dir, latest=True)
+
+
+def write_results(
+    results: dict[str, Any],
+    title: str,
+    columns: tuple[str, ...],
+    rows: list[str],
+    output_dir: Path,
+    suffix: str = "",
+    latest: bool = False,
+) -> None:
+    """Print the Markdown table rows as a terminal table; write <date>-<machine><suffix>.json and .md (the
+    machine described at the top), and the Markdown to latest.md too when asked."""
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*[cell.strip() for cell in row.strip("|").split("|")])
     console.print(table)
+    markdown = (
+        "\n".join(
+            [
+                f"# {title}, {results['date'][:19]}Z",
+                "",
+                "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items() if k != "versions"),
+                "",
+                "Versions: " + ", ".join(f"{k} {v}" for k, v in results["machine"].get("versions", {}).items()),
+                "",
+                "| " + " | ".join(columns) + " |",
+                "|" + "---|" * len(columns),
+                *rows,
+            ]
+        )
+        + "\n"
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date'][:10]}-{platform.node() or 'machine'}"
+    stem = f"{results['date'][:10]}-{platform.node() or 'machine'}{suffix}"
     (output_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
     (output_dir / f"{stem}.md").write_text(markdown)
-    (output_dir / "latest.md").write_text(markdown)
+    if latest:
+        (output_dir / "latest.md").write_text(markdown)
     console.print(f"written to {output_dir / stem}.json and .md")

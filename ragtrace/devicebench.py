@@ -11,8 +11,6 @@ Absolute numbers for the machine named in the results (a GPU's mean something; a
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -23,12 +21,11 @@ import faiss
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
-from ragtrace.bench import machine
+from ragtrace.bench import machine, write_results
 from ragtrace.evaluation import EvalSet
 
 console = Console()
@@ -170,30 +167,15 @@ def run(
 
 
 def _report(results: dict[str, Any], output_dir: Path) -> None:
-    lines = [
-        f"# ragtrace bench-device, {results['date'][:19]}Z",
-        "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items() if k != "versions"),
-        "",
-        "| stage | configuration | throughput |",
-        "|---|---|---|",
+    rows = [
+        f"| embedding | {row['model']}, {row['device']} {row['dtype']}, batch {row['batch_size']}"
+        f" | {row['chunks_per_s']} chunks/s |"
+        for row in results["embedding"]
     ]
-    for row in results["embedding"]:
-        lines.append(
-            f"| embedding | {row['model']}, {row['device']} {row['dtype']}, batch {row['batch_size']}"
-            f" | {row['chunks_per_s']} chunks/s |"
-        )
-    for row in results["index_search"]:
-        lines.append(
-            f"| exact top-{TOP_K} search | {row['implementation']}, {row['vectors']} vectors"
-            f" | {row['queries_per_s']} queries/s |"
-        )
-    table = Table("stage", "configuration", "throughput", title="ragtrace bench-device")
-    for line in lines[6:]:
-        table.add_row(*[cell.strip() for cell in line.strip("|").split("|")])
-    console.print(table)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date'][:10]}-{platform.node() or 'machine'}-device"
-    (output_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    (output_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    console.print(f"written to {output_dir / stem}.json and .md")
+    rows += [
+        f"| exact top-{TOP_K} search | {row['implementation']}, {row['vectors']} vectors"
+        f" | {row['queries_per_s']} queries/s |"
+        for row in results["index_search"]
+    ]
+    columns = ("stage", "configuration", "throughput")
+    write_results(results, "ragtrace bench-device", columns, rows, output_dir, suffix="-device")
