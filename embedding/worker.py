@@ -23,6 +23,7 @@ from ragtrace.runtime import (
     document_store,
     mark_failed,
     run_worker,
+    set_status,
     worker_span,
 )
 from ragtrace.schemas import (
@@ -107,11 +108,11 @@ class EmbeddingHandler:
         if document is None or document.ingest_id != event.ingest_id:
             skip_message(span, "superseded by a newer version of the document")
             return None
-        await self._set_status(event, DocumentState.PROCESSING)
+        await set_status(self.store, event, DocumentState.PROCESSING)
         owner = await asyncio.to_thread(self.store.hash_owner, event.namespace, document.content_hash)
         if owner and owner != event.document_id and await self._owns_content(event.namespace, owner, document):
             span.set_attribute("ragtrace.duplicate_of", owner)
-            await self._set_status(event, DocumentState.DUPLICATE, duplicate_of=owner)
+            await set_status(self.store, event, DocumentState.DUPLICATE, duplicate_of=owner)
             # Remove chunks of any earlier version of this document; its status stays "duplicate".
             return _Prepared(index, event.model_copy(update={"type": EventType.DELETE}), span)
         if owner != event.document_id:
@@ -203,11 +204,6 @@ class EmbeddingHandler:
                 )
                 for c, v in zip(item.chunks, vectors, strict=True)
             ],
-        )
-
-    async def _set_status(self, event: DocumentEvent, state: DocumentState, **fields: object) -> None:
-        await asyncio.to_thread(
-            self.store.update_status, event.namespace, event.document_id, event.ingest_id, status=state, **fields
         )
 
     async def dead_lettered(self, record: Record, error: Exception) -> None:

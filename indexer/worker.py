@@ -27,6 +27,7 @@ from ragtrace.runtime import (
     document_store,
     mark_failed,
     run_worker,
+    set_status,
     worker_span,
 )
 from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
@@ -156,15 +157,8 @@ class IndexerHandler:
         CHUNKS_PROCESSED.labels("indexer").inc(len(batch.chunks))
         if batch.type is EventType.UPSERT:
             indexed_at = utcnow()
-            await asyncio.to_thread(
-                self.store.update_status,
-                batch.namespace,
-                batch.document_id,
-                batch.ingest_id,
-                status=DocumentState.INDEXED,
-                chunks=len(batch.chunks),
-                error=None,
-                indexed_at=indexed_at,
+            await set_status(
+                self.store, batch, DocumentState.INDEXED, chunks=len(batch.chunks), error=None, indexed_at=indexed_at
             )
             observe(FRESHNESS, (indexed_at - batch.accepted_at).total_seconds(), item.span)
             return
@@ -175,14 +169,7 @@ class IndexerHandler:
         if document is not None:
             await asyncio.to_thread(self.store.release_hash, batch.namespace, document.content_hash, batch.document_id)
             await asyncio.to_thread(self.store.delete_document, batch.namespace, batch.document_id)
-        await asyncio.to_thread(
-            self.store.update_status,
-            batch.namespace,
-            batch.document_id,
-            batch.ingest_id,
-            status=DocumentState.DELETED,
-            chunks=0,
-        )
+        await set_status(self.store, batch, DocumentState.DELETED, chunks=0)
 
     async def dead_lettered(self, record: Record, error: Exception) -> None:
         await mark_failed(self.store, record, error)

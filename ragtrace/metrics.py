@@ -20,8 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ragtrace.telemetry import trace_id_hex
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Health checks and scrapes are not traffic: counting them would drown the requests that matter.
-UNMEASURED = ("/metrics", "/healthz", "/readyz", "/grpc.health.v1.Health/")
+# Health checks and scrapes are not traffic: neither counted nor traced, or they would drown the requests that
+# matter (ragtrace/http.py passes the same paths to the FastAPI instrumentation).
+OPERATIONS_PATHS = ("/metrics", "/healthz", "/readyz")
+GRPC_HEALTH = "/grpc.health.v1.Health/"
 
 REQUESTS = Counter(
     "ragtrace_requests", "Requests served, by protocol, endpoint and status", ["protocol", "endpoint", "status"]
@@ -84,7 +86,7 @@ class HttpMetrics:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(UNMEASURED):
+        if scope["type"] != "http" or scope["path"].startswith(OPERATIONS_PATHS):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -112,29 +114,36 @@ def _status(context: grpc.aio.ServicerContext, failed: bool) -> str:
 
 
 class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc.aio ships no stubs
-    """Server interceptor: count and time each call by method and status code (unary and server-streaming)."""
+    """Server interceptor: count and time each call by method and status code (unary and server-streaming).
+    Each method's timed handler is built on its first call and reused."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(UNMEASURED):
+        if method in self._handlers:
+            return self._handlers[method]
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(GRPC_HEALTH):
             return handler
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
+            handler = grpc.unary_unary_rpc_method_handler(
                 _timed_unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
+        elif handler.unary_stream:
+            handler = grpc.unary_stream_rpc_method_handler(
                 _timed_stream(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        self._handlers[method] = handler
         return handler
 
 

@@ -72,13 +72,13 @@ async def mark_failed(store: DocumentStore, record: Record, error: Exception) ->
         event = DocumentRef.model_validate_json(record.value or b"")
     except ValueError:
         return  # undecodable: no document to mark
-    await asyncio.to_thread(
-        store.update_status,
-        event.namespace,
-        event.document_id,
-        event.ingest_id,
-        status=DocumentState.FAILED,
-        error=f"{type(error).__name__}: {error}",
+    await set_status(store, event, DocumentState.FAILED, error=f"{type(error).__name__}: {error}")
+
+
+async def set_status(store: DocumentStore, ref: DocumentRef, state: DocumentState, **fields: object) -> bool:
+    """Update the status record of the event's document, if the event's request still owns it."""
+    return await asyncio.to_thread(
+        store.update_status, ref.namespace, ref.document_id, ref.ingest_id, status=state, **fields
     )
 
 

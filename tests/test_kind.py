@@ -5,6 +5,7 @@ credentials); the environment the code reads; the monitoring files mounted; the 
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from ragtrace.devstack.servers import cache_dir, pinned_versions
 from tests.metrics import MONITORING, ROOT
 
 KIND = ROOT / "infra" / "kind"
@@ -32,13 +34,15 @@ LOCAL_ONLY = (
     *("ragtrace/devstack", "ragtrace/cli.py", "ragtrace/bench.py", "ragtrace/evaluation.py", "ragtrace/loadgen"),
     *("ragtrace/tracestore.py", "ragtrace/traces.py"),
 )
+SETTINGS_MODULES = (
+    *("ragtrace.settings", "ragtrace.auth", "ragtrace.vectorstore", "ingest.app"),
+    *("embedding.settings", "indexer.worker", "query.settings"),
+)
 Objects = list[dict[str, Any]]
 
 
 def _kustomize() -> str:
-    version = re.search(r"^KUSTOMIZE_VERSION=(\S+)", (ROOT / "infra/local/versions.env").read_text(), re.M)
-    assert version
-    cached = Path.home() / ".cache" / "ragtrace" / f"kustomize-{version.group(1)}" / "kustomize"
+    cached = cache_dir() / f"kustomize-{pinned_versions()['KUSTOMIZE_VERSION']}" / "kustomize"
     binary = str(cached) if cached.exists() else shutil.which("kustomize")
     assert binary, "kustomize is missing: `make install` builds it (infra/local/install.sh kustomize)"
     return binary
@@ -197,15 +201,9 @@ def _service_sources() -> list[Path]:
 
 
 def _settings_classes() -> list[type[BaseSettings]]:
-    import embedding.settings
-    import indexer.worker
-    import ingest.app
-    import query.settings
-    import ragtrace.auth
-    import ragtrace.settings
-    import ragtrace.vectorstore
-
-    del embedding, indexer, ingest, query, ragtrace  # imported for their settings classes
+    """Every settings class of the deployed processes (their modules imported so that the classes exist)."""
+    for module in SETTINGS_MODULES:
+        importlib.import_module(module)
     found, pending = [], list(BaseSettings.__subclasses__())
     while pending:
         cls = pending.pop()

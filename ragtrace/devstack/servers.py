@@ -34,9 +34,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAGTRACE_CACHE_DIR", Path.home() / ".cache" / "ragtrace"))
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (blank lines and # comments skipped); a missing file is empty."""
+    if not path.exists():
+        return {}
+    lines = (line.strip() for line in path.read_text().splitlines())
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 def pinned_versions() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (LOCAL_INFRA / "versions.env").read_text().splitlines())
-    return {key.strip(): value.strip() for key, value in (p for p in pairs if len(p) == 2 and not p[0].startswith("#"))}
+    return read_env_file(LOCAL_INFRA / "versions.env")
 
 
 def free_port() -> int:
@@ -89,9 +97,7 @@ class StackSecrets:
 
     @classmethod
     def load_or_create(cls, path: Path) -> StackSecrets:
-        stored: dict[str, str] = {}
-        if path.exists():
-            stored = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        stored = read_env_file(path)
         values = {
             f.name: os.environ.get(f"RAGTRACE_{f.name.upper()}") or stored.get(f.name) or secrets.token_urlsafe(24)
             for f in fields(cls)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 import grpc
 import httpx
@@ -13,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from embedding.engine import EmbeddingEngine
 from ragtrace.v1 import embedding_pb2, embedding_pb2_grpc
+from tests.metrics import value
 from tests.pipeline import Pipeline
 
 TEXTS = [f"Question {i}: how do glaciers {['move', 'melt', 'form', 'carve'][i % 4]}?" for i in range(24)]
@@ -21,10 +21,7 @@ TEXTS = [f"Question {i}: how do glaciers {['move', 'melt', 'form', 'carve'][i % 
 def _batches(pipeline: Pipeline) -> tuple[float, float]:
     """(model calls, texts) of the service so far, from its /metrics."""
     metrics = httpx.get(f"http://127.0.0.1:{pipeline.services.ports.embedding_service_metrics}/metrics").text
-    count = re.search(r"^ragtrace_embedding_batch_size_count (\S+)$", metrics, re.MULTILINE)
-    total = re.search(r"^ragtrace_embedding_batch_size_sum (\S+)$", metrics, re.MULTILINE)
-    assert count and total
-    return float(count.group(1)), float(total.group(1))
+    return value(metrics, "ragtrace_embedding_batch_size_count"), value(metrics, "ragtrace_embedding_batch_size_sum")
 
 
 def test_concurrent_embeds_share_model_batches_and_match_embed_batch(
