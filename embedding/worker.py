@@ -22,9 +22,9 @@ from ragtrace.runtime import (
     current_events,
     document_store,
     mark_failed,
+    processing_spans,
     run_worker,
     set_status,
-    worker_span,
 )
 from ragtrace.schemas import (
     Chunk,
@@ -62,8 +62,7 @@ class EmbeddingHandler:
 
     async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
         failures: dict[int, Exception] = {}
-        spans = [worker_span(tracer, record, self.group) for record in records]
-        try:
+        with processing_spans(tracer, records, self.group) as spans:
             events = current_events(records, spans, DocumentEvent, "a document event", failures)
             # The documents of a batch are prepared concurrently: mostly waiting on MinIO.
             outcomes = await asyncio.gather(
@@ -79,9 +78,6 @@ class EmbeddingHandler:
                 elif isinstance(outcome, _Prepared):
                     prepared.append(outcome)
             await self._embed_and_publish(prepared, failures)
-        finally:
-            for span in spans:
-                span.end()
         return failures
 
     async def _prepare_traced(self, index: int, event: DocumentEvent, span: trace.Span) -> _Prepared | None:

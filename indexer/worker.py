@@ -26,9 +26,9 @@ from ragtrace.runtime import (
     current_events,
     document_store,
     mark_failed,
+    processing_spans,
     run_worker,
     set_status,
-    worker_span,
 )
 from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
 from ragtrace.settings import KafkaSettings, RedisSettings, WeaviateSettings
@@ -70,8 +70,7 @@ class IndexerHandler:
 
     async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
         failures: dict[int, Exception] = {}
-        spans = [worker_span(tracer, record, self.group) for record in records]
-        try:
+        with processing_spans(tracer, records, self.group) as spans:
             batches = current_events(records, spans, ChunkBatch, "a chunk batch", failures)
             checks = await asyncio.gather(
                 *(self._current(batch, spans[index]) for index, batch in batches.items()), return_exceptions=True
@@ -86,9 +85,6 @@ class IndexerHandler:
                     by_namespace[check.namespace].append(_Item(index, check, spans[index]))
             for namespace, items in by_namespace.items():
                 await self._write(namespace, items, failures)
-        finally:
-            for span in spans:
-                span.end()
         return failures
 
     async def _current(self, batch: ChunkBatch, span: trace.Span) -> ChunkBatch | None:

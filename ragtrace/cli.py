@@ -71,15 +71,16 @@ def status(
         raise typer.Exit(1)
 
 
-def _stack_setting(name: str) -> str:
-    """A setting from the environment, else from the local stack's .state/stack.env."""
-    if os.environ.get(name):
-        return os.environ[name]
-    env_file = default_state_dir() / "stack.env"
+def _file_setting(env_file: Path, name: str, made_by: str) -> str:
     values = read_env_file(env_file)
     if name not in values:
-        raise typer.BadParameter(f"{name} is not set and {env_file} does not have it: run `make up` first")
+        raise typer.BadParameter(f"{env_file} has no {name}: run `{made_by}` first")
     return values[name]
+
+
+def _stack_setting(name: str) -> str:
+    """A setting from the environment, else from the local stack's .state/stack.env."""
+    return os.environ.get(name) or _file_setting(default_state_dir() / "stack.env", name, "make up")
 
 
 @app.command("eval")
@@ -139,11 +140,7 @@ def bench(
 
 def _kind_setting(name: str) -> str:
     """A value from infra/kind/secrets/rag-system.env, which `make cluster-start` creates."""
-    env_file = REPO_ROOT / "infra" / "kind" / "secrets" / "rag-system.env"
-    values = read_env_file(env_file)
-    if name not in values:
-        raise typer.BadParameter(f"{env_file} has no {name}: run `make cluster-start` first")
-    return values[name]
+    return _file_setting(REPO_ROOT / "infra" / "kind" / "secrets" / "rag-system.env", name, "make cluster-start")
 
 
 @app.command("load-gen")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -82,16 +83,26 @@ async def set_status(store: DocumentStore, ref: DocumentRef, state: DocumentStat
     )
 
 
-def worker_span(tracer: trace.Tracer, record: Record, group: str) -> trace.Span:
-    """The processing span of one consumed message: a child of the producer's context in its headers."""
-    return tracer.start_span(
-        f"process {record.topic}",
-        context=extract_context(record.headers),
-        kind=trace.SpanKind.CONSUMER,
-        attributes=messaging_attributes(
-            record.topic, "process", group=group, partition=record.partition, offset=record.offset, key=record.key
-        ),
-    )
+@contextlib.contextmanager
+def processing_spans(tracer: trace.Tracer, records: Sequence[Record], group: str) -> Iterator[list[trace.Span]]:
+    """One processing span per consumed message, each a child of the producer's context in its headers;
+    all ended when the block exits, however it exits."""
+    spans = [
+        tracer.start_span(
+            f"process {record.topic}",
+            context=extract_context(record.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes=messaging_attributes(
+                record.topic, "process", group=group, partition=record.partition, offset=record.offset, key=record.key
+            ),
+        )
+        for record in records
+    ]
+    try:
+        yield spans
+    finally:
+        for span in spans:
+            span.end()
 
 
 def parse_message(record: Record, model: type[ModelT], what: str) -> ModelT:
