@@ -16,6 +16,7 @@ from opentelemetry.trace import Link
 from embedding.engine import EmbeddingEngine, TextChunk
 from embedding.settings import EmbeddingSettings
 from ragtrace.errors import DependencyUnavailable
+from ragtrace.lifecycle import LIVE, DocumentLifecycle, owns
 from ragtrace.messaging import Publisher
 from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED
 from ragtrace.runtime import (
@@ -57,6 +58,7 @@ class EmbeddingHandler:
         self.kafka = kafka
         self.group = kafka.group_prefix + "embedding"
         self.store = store
+        self.lifecycle = DocumentLifecycle(store)
         self.engine = engine
         self.publisher = Publisher(kafka.model_copy(update={"publish_timeout_s": 30.0}))
 
@@ -92,23 +94,23 @@ class EmbeddingHandler:
                 "ragtrace.event.type": event.type.value,
             }
         )
-        with tracer.start_as_current_span("download document") as download:
-            document = await asyncio.to_thread(self.store.get_document, event.namespace, event.document_id)
-            download.set_attribute("ragtrace.found", document is not None)
+        status = await asyncio.to_thread(self.lifecycle.status, event.namespace, event.document_id)
+        if not owns(status, event):
+            skip_message(span, "superseded by a newer request about the document")
+            return None
         if event.type is EventType.DELETE:
-            status = await asyncio.to_thread(self.store.get_status, event.namespace, event.document_id)
-            if status is None or status.status is not DocumentState.DELETING or status.ingest_id != event.ingest_id:
-                skip_message(span, "not the document's current deletion request")
-                return None
             return _Prepared(index, event, span)
-        if document is None or document.ingest_id != event.ingest_id:
+        with tracer.start_as_current_span("download document") as download:
+            document = await asyncio.to_thread(self.lifecycle.read_version, event, event.key or status.key or "")
+            download.set_attribute("ragtrace.found", document is not None)
+        if document is None:
             skip_message(span, "superseded by a newer version of the document")
             return None
-        await set_status(self.store, event, DocumentState.PROCESSING)
+        await set_status(self.lifecycle, event, DocumentState.PROCESSING)
         owner = await asyncio.to_thread(self.store.hash_owner, event.namespace, document.content_hash)
         if owner and owner != event.document_id and await self._owns_content(event.namespace, owner, document):
             span.set_attribute("ragtrace.duplicate_of", owner)
-            await set_status(self.store, event, DocumentState.DUPLICATE, duplicate_of=owner)
+            await set_status(self.lifecycle, event, DocumentState.DUPLICATE, duplicate_of=owner)
             # Remove chunks of any earlier version of this document; its status stays "duplicate".
             return _Prepared(index, event.model_copy(update={"type": EventType.DELETE}), span)
         if owner != event.document_id:
@@ -121,9 +123,8 @@ class EmbeddingHandler:
         return _Prepared(index, event, span, document, chunks)
 
     async def _owns_content(self, namespace: str, owner: str, document: StoredDocument) -> bool:
-        status = await asyncio.to_thread(self.store.get_status, namespace, owner)
-        live = (DocumentState.ACCEPTED, DocumentState.PROCESSING, DocumentState.INDEXED)
-        return status is not None and status.status in live and status.content_hash == document.content_hash
+        status = await asyncio.to_thread(self.lifecycle.status, namespace, owner)
+        return status is not None and status.status in LIVE and status.content_hash == document.content_hash
 
     async def _embed_and_publish(self, prepared: list[_Prepared], failures: dict[int, Exception]) -> None:
         upserts = [p for p in prepared if p.document is not None]
@@ -203,7 +204,7 @@ class EmbeddingHandler:
         )
 
     async def dead_lettered(self, record: Record, error: Exception) -> None:
-        await mark_failed(self.store, record, error)
+        await mark_failed(self.lifecycle, record, error)
 
     async def close(self) -> None:
         await self.publisher.close()

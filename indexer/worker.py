@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from ragtrace.cache import bump_namespace
 from ragtrace.clients import redis_client
 from ragtrace.errors import DependencyUnavailable
+from ragtrace.lifecycle import DocumentLifecycle, owns
 from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED, observe
 from ragtrace.runtime import (
     current_events,
@@ -64,8 +65,10 @@ class _Item:
 class IndexerHandler:
     def __init__(self, store: DocumentStore, index: VectorStore, group: str, cache: Redis[bytes]) -> None:
         self.group = group
-        self.store = store
+        self.lifecycle = DocumentLifecycle(store)
         self.index = index
+        for namespace in index.namespaces():  # every namespace has its series from the start, not from its next write
+            INDEX_CHUNKS.labels(namespace, index.backend.value).set(index.count(namespace))
         self.cache = cache
 
     async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
@@ -101,12 +104,9 @@ class IndexerHandler:
             span.set_attributes(
                 {"ragtrace.embedding.model": batch.model, "ragtrace.embedding.dimension": batch.dimension or 0}
             )
-        document = await asyncio.to_thread(self.store.get_document, batch.namespace, batch.document_id)
-        if batch.type is EventType.UPSERT and (document is None or document.ingest_id != batch.ingest_id):
-            skip_message(span, "superseded by a newer version of the document")
-            return None
-        if batch.type is EventType.DELETE and document is not None and document.ingested_at > batch.accepted_at:
-            skip_message(span, "re-ingested after this deletion")
+        status = await asyncio.to_thread(self.lifecycle.status, batch.namespace, batch.document_id)
+        if not owns(status, batch):
+            skip_message(span, "superseded by a newer request about the document")
             return None
         return batch
 
@@ -154,21 +154,20 @@ class IndexerHandler:
         if batch.type is EventType.UPSERT:
             indexed_at = utcnow()
             await set_status(
-                self.store, batch, DocumentState.INDEXED, chunks=len(batch.chunks), error=None, indexed_at=indexed_at
+                self.lifecycle,
+                batch,
+                DocumentState.INDEXED,
+                chunks=len(batch.chunks),
+                error=None,
+                indexed_at=indexed_at,
             )
             observe(FRESHNESS, (indexed_at - batch.accepted_at).total_seconds(), item.span)
             return
-        status = await asyncio.to_thread(self.store.get_status, batch.namespace, batch.document_id)
-        if status is None or status.status is not DocumentState.DELETING or status.ingest_id != batch.ingest_id:
-            return  # chunks of a duplicate's earlier version were removed; its status stays as it is
-        document = await asyncio.to_thread(self.store.get_document, batch.namespace, batch.document_id)
-        if document is not None:
-            await asyncio.to_thread(self.store.release_hash, batch.namespace, document.content_hash, batch.document_id)
-            await asyncio.to_thread(self.store.delete_document, batch.namespace, batch.document_id)
-        await set_status(self.store, batch, DocumentState.DELETED, chunks=0)
+        # False for a duplicate's earlier chunks, removed while its status stays as it is
+        await asyncio.to_thread(self.lifecycle.finish_delete, batch)
 
     async def dead_lettered(self, record: Record, error: Exception) -> None:
-        await mark_failed(self.store, record, error)
+        await mark_failed(self.lifecycle, record, error)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.index.close)

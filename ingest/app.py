@@ -2,11 +2,13 @@
 
 Run: `python -m ingest.app` (127.0.0.1:8082 by default).
 
-Order of effects for POST /ingest: raw document to MinIO → status `accepted` → event to Kafka (keyed by
-namespace/document_id, idempotent producer, acks=all). If the event cannot be published the answer is 503
-naming Kafka and the status becomes `failed`. A refused request owns neither the stored version nor the status
-record, and the workers act only on the request that owns them, so an event the producer still delivers after
-the 503 has no effect; and no document is reported accepted without its event.
+Order of effects for POST /ingest: the version's raw text to MinIO → the status record names this request
+as the document's owner (`accepted`, a conditional write) → event to Kafka (keyed by namespace/document_id,
+idempotent producer, acks=all). If the event cannot be published the answer is 503 naming Kafka and the
+previous status record is restored (a new document's becomes `failed`), so the refused request owns nothing
+and an event the producer still delivers after the 503 has no effect; no document is reported accepted
+without its event. Concurrent posts of one document end with the last accepted version stored, described
+and indexed (ragtrace/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import status as status_code
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from pydantic import ValidationError
@@ -29,13 +32,13 @@ from ingest.extract import UnreadableFile, UnsupportedFileType, extract_text
 from ragtrace.auth import Authenticated
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.http import create_service_app
+from ragtrace.lifecycle import SETTLED, Claim, DocumentLifecycle
 from ragtrace.messaging import Publisher
 from ragtrace.runtime import document_store, run_http_service
 from ragtrace.schemas import (
     DocumentEvent,
     DocumentId,
     DocumentMetadata,
-    DocumentState,
     DocumentStatus,
     EventType,
     IngestAccepted,
@@ -53,8 +56,7 @@ from ragtrace.telemetry import trace_id_hex
 tracer = trace.get_tracer("ragtrace.ingest")
 log = logging.getLogger(__name__)
 
-# A document that is on its way or done needs no new work when posted again with the same content.
-_LIVE = (DocumentState.ACCEPTED, DocumentState.PROCESSING, DocumentState.INDEXED, DocumentState.DUPLICATE)
+T = TypeVar("T")
 
 
 class IngestSettings(BaseSettings):
@@ -66,19 +68,20 @@ class IngestSettings(BaseSettings):
 
 
 def _not_found(namespace: str, document_id: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, f"no document '{document_id}' in namespace '{namespace}'")
+    return HTTPException(status_code.HTTP_404_NOT_FOUND, f"no document '{document_id}' in namespace '{namespace}'")
 
 
 class Ingestion:
-    """The ingest use cases, over the document store and the event publisher."""
+    """The ingest use cases, over the document lifecycle and the event publisher."""
 
     def __init__(self, store: DocumentStore, publisher: Publisher, kafka: KafkaSettings) -> None:
         self.store = store
+        self.lifecycle = DocumentLifecycle(store)
         self.publisher = publisher
         self.kafka = kafka
         self._bucket_ready = False
 
-    async def _call(self, function: Any, *args: Any) -> Any:
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
         if not self._bucket_ready:
             await asyncio.to_thread(self.store.ensure_bucket)
             self._bucket_ready = True
@@ -89,116 +92,83 @@ class Ingestion:
     ) -> JSONResponse:
         document_id = document_id or uuid.uuid4().hex
         digest = content_hash(text)
-        key = self.store.document_key(namespace, document_id)
         span = trace.get_current_span()
         span.set_attributes({"document.id": document_id, "ragtrace.namespace": namespace})
-        current: DocumentStatus | None = await self._call(self.store.get_status, namespace, document_id)
-        if current is not None and current.content_hash == digest and current.status in _LIVE:
+        current = await self._call(self.lifecycle.status, namespace, document_id)
+        if current is not None and current.content_hash == digest and current.status in SETTLED:
             span.set_attribute("ragtrace.unchanged", True)
-            return self._accepted(current.status, namespace, document_id, key, digest)
-        now = utcnow()
-        ingest_id = uuid.uuid4().hex
+            return self._accepted(current)
+        document = StoredDocument(
+            document_id=document_id,
+            namespace=namespace,
+            text=text,
+            metadata=metadata,
+            content_hash=digest,
+            ingested_at=utcnow(),
+            ingest_id=uuid.uuid4().hex,
+        )
+        key = self.store.version_key(namespace, document_id, document.ingest_id)
         with tracer.start_as_current_span(
             "upload document", attributes={"ragtrace.bucket": self.store.bucket, "ragtrace.key": key}
         ):
-            document = StoredDocument(
-                document_id=document_id,
-                namespace=namespace,
-                text=text,
-                metadata=metadata,
-                content_hash=digest,
-                ingested_at=now,
-                ingest_id=ingest_id,
-            )
-            await self._call(self.store.put_document, document)
-            await self._call(
-                self.store.put_status,
-                DocumentStatus(
-                    document_id=document_id,
-                    namespace=namespace,
-                    status=DocumentState.ACCEPTED,
-                    content_hash=digest,
-                    ingest_id=ingest_id,
-                    accepted_at=now,
-                ),
-            )
+            claim = await self._call(self.lifecycle.accept, document)
         event = DocumentEvent(
             type=EventType.UPSERT,
             document_id=document_id,
             namespace=namespace,
-            ingest_id=ingest_id,
+            ingest_id=document.ingest_id,
             content_hash=digest,
             bucket=self.store.bucket,
             key=key,
-            accepted_at=now,
+            accepted_at=document.ingested_at,
         )
-        await self._publish(event)
+        await self._publish(event, claim)
         log.info("accepted document %s in namespace %s (%d characters)", document_id, namespace, len(text))
-        return self._accepted(DocumentState.ACCEPTED, namespace, document_id, key, digest)
+        return self._accepted(claim.status)
 
     async def delete(self, namespace: str, document_id: str) -> DocumentStatus:
-        current: DocumentStatus | None = await self._call(self.store.get_status, namespace, document_id)
-        if current is None or current.status is DocumentState.DELETED:
+        claim = await self._call(self.lifecycle.begin_delete, namespace, document_id)
+        if claim is None:
             raise _not_found(namespace, document_id)
-        now, ingest_id = utcnow(), uuid.uuid4().hex
-        deleting = current.model_copy(
-            update={"status": DocumentState.DELETING, "ingest_id": ingest_id, "updated_at": now, "error": None}
-        )
-        await self._call(self.store.put_status, deleting)
         event = DocumentEvent(
-            type=EventType.DELETE, document_id=document_id, namespace=namespace, ingest_id=ingest_id, accepted_at=now
+            type=EventType.DELETE,
+            document_id=document_id,
+            namespace=namespace,
+            ingest_id=claim.status.ingest_id or "",
+            accepted_at=claim.status.updated_at,
         )
-        await self._publish(event, previous=current)
-        return deleting
+        await self._publish(event, claim)
+        return claim.status
 
-    async def _publish(self, event: DocumentEvent, previous: DocumentStatus | None = None) -> None:
+    async def _publish(self, event: DocumentEvent, claim: Claim) -> None:
+        """Announce the claim on Kafka. Refused: ownership goes back before the caller hears of it, so the
+        event, should the producer still deliver it, finds nothing to act on."""
         try:
             await self.publisher.publish(
                 self.kafka.documents_topic, message_key(event.namespace, event.document_id), event
             )
         except DependencyUnavailable as error:
-            await self._refuse(event, error, previous)
+            await self._call(self.lifecycle.give_back, claim, str(error))
             raise
-
-    async def _refuse(
-        self, event: DocumentEvent, error: DependencyUnavailable, previous: DocumentStatus | None
-    ) -> None:
-        """The request is refused. Should its event still reach Kafka later (a message the producer could
-        not drop in time), it must find nothing to act on: the workers act only on the request that owns the
-        stored version (upsert) or the status record (delete), and the refused request owns neither."""
-        if event.type is EventType.DELETE and previous is not None:
-            await self._call(self.store.put_status, previous)  # the document stays as it was
-            return
-        if event.type is EventType.UPSERT:
-            stored = await self._call(self.store.get_document, event.namespace, event.document_id)
-            if stored is not None and stored.ingest_id == event.ingest_id:
-                await self._call(self.store.put_document, stored.model_copy(update={"ingest_id": ""}))
-        failed = DocumentStatus(
-            document_id=event.document_id,
-            namespace=event.namespace,
-            status=DocumentState.FAILED,
-            content_hash=event.content_hash,
-            error=f"not accepted: {error}",
-        )
-        await self._call(self.store.put_status, failed)
+        await self._call(self.lifecycle.committed, claim)
 
     async def status_of(self, namespace: str, document_id: str) -> DocumentStatus:
-        current: DocumentStatus | None = await self._call(self.store.get_status, namespace, document_id)
+        current = await self._call(self.lifecycle.status, namespace, document_id)
         if current is None:
             raise _not_found(namespace, document_id)
         return current
 
-    def _accepted(self, state: DocumentState, namespace: str, document_id: str, key: str, digest: str) -> JSONResponse:
+    def _accepted(self, status: DocumentStatus) -> JSONResponse:
         body = IngestAccepted(
-            document_id=document_id,
-            namespace=namespace,
-            status=state,
+            document_id=status.document_id,
+            namespace=status.namespace,
+            status=status.status,
             bucket=self.store.bucket,
-            key=key,
-            content_hash=digest,
+            key=status.key or "",
+            content_hash=status.content_hash or "",
             trace_id=trace_id_hex(),
         )
-        return JSONResponse(body.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
+        return JSONResponse(body.model_dump(mode="json"), status_code=status_code.HTTP_202_ACCEPTED)
 
     async def check_minio(self) -> None:
         await asyncio.to_thread(self.store.ensure_bucket)
@@ -245,7 +215,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         try:
             text, suggested_title = extract_text(file.filename or "upload", await file.read())
         except UnsupportedFileType as error:
-            raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(error)) from error
+            raise HTTPException(status_code.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(error)) from error
         except UnreadableFile as error:
             raise HTTPException(422, str(error)) from error
         try:

@@ -22,15 +22,15 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
-from query.settings import MODE_NAMES, MODES, GatewaySettings
+from query.settings import MODE_NAMES, MODES, SEARCH_SERVICE_HEALTH, GatewaySettings
 from ragtrace.auth import Authenticated
 from ragtrace.clients import channel_ready, grpc_channel
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.http import create_service_app
 from ragtrace.runtime import run_http_service
-from ragtrace.schemas import Namespace
+from ragtrace.schemas import Namespace, Text
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 
 STATIC = Path(__file__).parent / "static"
@@ -39,14 +39,14 @@ STATIC = Path(__file__).parent / "static"
 class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+    query: Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
     namespace: Namespace = "default"
-    top_k: Annotated[int, Field(ge=1, le=100)] = 5
+    top_k: Annotated[StrictInt, Field(ge=1, le=100)] = 5
     mode: Literal["vector", "keyword", "hybrid"] = "hybrid"
     alpha: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
-    filters: dict[str, str] = Field(default_factory=dict)
-    generate: bool = True
-    max_tokens: Annotated[int | None, Field(ge=1, le=4096)] = None
+    filters: dict[Text, Text] = Field(default_factory=dict)
+    generate: StrictBool = True
+    max_tokens: Annotated[StrictInt | None, Field(ge=1, le=4096)] = None
 
     def to_request(self) -> search_pb2.SearchRequest:
         request = search_pb2.SearchRequest(
@@ -160,10 +160,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await search_client.close()
 
     async def search_service_ready() -> None:
+        """The search service's own readiness (its index and embedding service), not only its liveness."""
+        request = health_pb2.HealthCheckRequest(service=SEARCH_SERVICE_HEALTH)
         try:
-            await health_pb2_grpc.HealthStub(search_client.channel()).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            response = await health_pb2_grpc.HealthStub(search_client.channel()).Check(request, timeout=1)
         except grpc.aio.AioRpcError as error:
             raise DependencyUnavailable("search-service", error.code().name) from error
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            raise DependencyUnavailable("search-service", "not serving: its index or embedding service is down")
 
     app = create_service_app(
         "ragtrace search gateway",
@@ -186,7 +190,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             raise _http_error(error) from error
         return JSONResponse(response_json(response))
 
-    @app.post("/api/search/stream", tags=["search"])
+    @app.post(
+        "/api/search/stream",
+        tags=["search"],
+        response_class=StreamingResponse,
+        responses={
+            200: {"description": "Server-sent events: sources, token..., done", "content": {"text/event-stream": {}}}
+        },
+    )
     async def search_stream(body: SearchBody, principal: Authenticated) -> StreamingResponse:
         """The same search as server-sent events: `sources`, then `token` events, then `done`."""
         principal.authorize(body.namespace)

@@ -20,7 +20,7 @@ from opentelemetry.instrumentation.redis import RedisInstrumentor
 
 from query.generation import Generator
 from query.search import GrpcEmbedder, InvalidSearch, LocalEmbedder, QueryEmbedder, SearchService
-from query.settings import LLMSettings, SearchSettings
+from query.settings import SEARCH_SERVICE_HEALTH, LLMSettings, SearchSettings
 from ragtrace.cache import SearchCache
 from ragtrace.clients import redis_client
 from ragtrace.errors import DependencyUnavailable
@@ -92,7 +92,7 @@ async def serve(settings: SearchSettings) -> None:
     service = SearchService(settings, store, _embedder(settings), cache, generator)
     address = f"{settings.host}:{settings.port}"
     server = await start_grpc_server(
-        "ragtrace.v1.SearchService",
+        SEARCH_SERVICE_HEALTH,
         address,
         settings.metrics_port,
         lambda s: search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(service), s),

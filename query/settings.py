@@ -18,6 +18,10 @@ MODES: dict[str, search_pb2.SearchMode] = {
 MODE_NAMES: dict[int, str] = {value: name for name, value in MODES.items()}
 
 
+# The search service's name in gRPC health: SERVING while its index and embedding service answer.
+SEARCH_SERVICE_HEALTH = "ragtrace.v1.SearchService"
+
+
 class SearchSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAGTRACE_SEARCH_", extra="ignore", frozen=True)
 
@@ -25,7 +29,7 @@ class SearchSettings(BaseSettings):
     port: int = 50061
     # gRPC address of the EmbeddingService; empty: embed in this process (loads the model here).
     embedding_target: str = "127.0.0.1:50062"
-    embedding_timeout_s: float = 2.0
+    embedding_timeout_s: float = 1.0  # a frozen embedding service is a 503 within about a second
     default_top_k: int = 5
     default_mode: Literal["vector", "keyword", "hybrid"] = "hybrid"
     default_alpha: float = 0.7  # chosen by `make eval` (README, Evaluation)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -136,6 +137,30 @@ def bench(
         documents,
         output,
     )
+
+
+@app.command()
+def drill() -> None:
+    """Failure drills against the running stack (make up): burst, long prompt, restart, vector store down."""
+    from ragtrace.drill import Target, report, run_drills
+    from ragtrace.vectorstore import VectorStoreSettings
+
+    stack = LocalStack()
+    if stack.services is None or any(s.state is not State.UP for s in stack.status()):
+        raise typer.BadParameter("every component must be up: run `make up` first (see `make status`)")
+    target = Target(
+        ingest_url=_stack_setting("RAGTRACE_INGEST_URL"),
+        search_url=_stack_setting("RAGTRACE_SEARCH_URL"),
+        api_key=_stack_setting("RAGTRACE_API_KEY"),
+        backend=VectorStoreSettings().backend.value,
+        supervisor=stack.supervisor,
+        components={c.name: c for c in stack.components()},
+        indexer_metrics_url=f"http://127.0.0.1:{stack.services.ports.indexer_metrics}/metrics",
+    )
+    outcomes = asyncio.run(run_drills(target))
+    report(outcomes)
+    if not all(o.passed for o in outcomes):
+        raise typer.Exit(1)
 
 
 def _kind_setting(name: str) -> str:

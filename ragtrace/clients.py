@@ -40,11 +40,13 @@ async def channel_ready(channel: grpc.aio.Channel, dependency: str, timeout_s: f
         raise DependencyUnavailable(dependency, f"not reachable within {timeout_s:.2f}s") from error
 
 
-def minio_client(settings: MinioSettings, connect_timeout_s: float = 1.0, read_timeout_s: float = 30.0) -> Minio:
-    # No retries and a short connect timeout: when MinIO is down, callers answer 503 within a second.
+def minio_client(settings: MinioSettings) -> Minio:
+    # Deadlines on connecting and on every read, and one immediate reconnect at most (never a retried read,
+    # which would double the wait on a MinIO that hangs): when MinIO is down or frozen, callers answer 503
+    # within about a second.
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
-        retries=urllib3.Retry(total=0),
+        timeout=urllib3.Timeout(connect=settings.timeout_s, read=settings.timeout_s),
+        retries=urllib3.Retry(total=1, connect=1, read=0, status=0, other=0, redirect=0),
         maxsize=16,
     )
     return Minio(

@@ -14,3 +14,7 @@ class DependencyUnavailable(RuntimeError):
 
 class PoisonMessage(ValueError):
     """A message no retry can fix (undecodable, invalid): it goes straight to the dead-letter topic."""
+
+
+class ConcurrentUpdate(RuntimeError):
+    """Too many requests changed one record at once to get a write in: HTTP 409, worth retrying."""

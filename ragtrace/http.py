@@ -3,19 +3,20 @@ while reading, /healthz and /metrics, and OpenTelemetry instrumentation."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragtrace.auth import AuthSettings
-from ragtrace.errors import DependencyUnavailable
+from ragtrace.errors import ConcurrentUpdate, DependencyUnavailable
 from ragtrace.metrics import OPERATIONS_PATHS, HttpMetrics
 from ragtrace.schemas import ErrorBody
 
@@ -54,6 +55,10 @@ async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _concurrent_update(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(status.HTTP_409_CONFLICT, "conflict", str(exc), headers={"Retry-After": "1"})
+
+
 _ERROR_NAMES = {
     400: "bad_request",
     401: "unauthorized",
@@ -62,13 +67,20 @@ _ERROR_NAMES = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    431: "headers_too_large",
     422: "invalid_request",
     504: "timeout",
 }
 
 
+# FastAPI's answer to a body it cannot decode at all (invalid UTF-8, JSON nested beyond Python's recursion).
+_UNPARSEABLE_BODY = "There was an error parsing the body"
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     error = cast(HTTPException, exc)
+    if error.status_code == status.HTTP_400_BAD_REQUEST and error.detail == _UNPARSEABLE_BODY:
+        return error_response(422, "invalid_request", "the body is not valid JSON: it could not be decoded or parsed")
     return error_response(
         error.status_code, _ERROR_NAMES.get(error.status_code, "error"), str(error.detail), headers=error.headers
     )
@@ -107,16 +119,52 @@ class BodySizeLimit:
         return f"the request body is larger than the limit of {self.max_bytes} bytes"
 
 
+class HeaderSizeLimit:
+    """Refuses requests whose headers add up to more than `max_bytes` with 431: the HTTP server parses them
+    without a limit of its own."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_bytes:
+            message = f"the request headers are larger than the limit of {self.max_bytes} bytes"
+            await error_response(431, "headers_too_large", message)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+MAX_HEADER_BYTES = 16 * 1024  # what common proxies allow; an API key and trace context need a few hundred
+
+# The errors every service can answer with, in ErrorBody's shape, for the OpenAPI description.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": description}
+    for code, description in {
+        401: "No or an unknown API key",
+        403: "The API key may not use this namespace",
+        404: "No such document or namespace",
+        413: "The body is over the size limit",
+        415: "The file type is not supported",
+        422: "The request is invalid: the message names each field and problem",
+        431: "The headers are over the size limit",
+        503: "A dependency is unavailable: `dependency` names it",
+    }.items()
+}
+
+
 def create_service_app(
     title: str, max_body_bytes: int, readiness: Mapping[str, ReadinessCheck], **fastapi_args: Any
 ) -> FastAPI:
     """A FastAPI app with ragtrace's error format, body limit, /healthz, /readyz, /metrics and tracing."""
-    app = FastAPI(title=title, **fastapi_args)
+    app = FastAPI(title=title, responses=ERROR_RESPONSES, **fastapi_args)
     app.state.auth = AuthSettings()
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(DependencyUnavailable, _dependency_down)
+    app.add_exception_handler(ConcurrentUpdate, _concurrent_update)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(HeaderSizeLimit, max_bytes=MAX_HEADER_BYTES)
     app.add_middleware(HttpMetrics)  # outside the body limit, so a 413 is counted too
 
     @app.get("/healthz", tags=["operations"])
@@ -124,7 +172,12 @@ def create_service_app(
         """The process is alive (dependencies are not checked: see /readyz)."""
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text format, or OpenMetrics", "content": {"text/plain": {}}}},
+    )
     async def metrics(request: Request) -> Response:
         """Prometheus metrics; OpenMetrics (with exemplars) when the Accept header asks for it."""
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
@@ -133,12 +186,8 @@ def create_service_app(
     @app.get("/readyz", tags=["operations"])
     async def readyz() -> JSONResponse:
         """Every dependency answers."""
-        down: dict[str, str] = {}
-        for name, check in readiness.items():
-            try:
-                await check()
-            except Exception as error:
-                down[name] = str(error)
+        outcomes = await asyncio.gather(*(check() for check in readiness.values()), return_exceptions=True)
+        down = {name: str(outcome) for name, outcome in zip(readiness, outcomes, strict=True) if outcome is not None}
         if down:
             return error_response(503, "not_ready", "unavailable: " + ", ".join(sorted(down)), details=[down])
         return JSONResponse({"status": "ready", "dependencies": sorted(readiness)})

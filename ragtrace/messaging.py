@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -65,15 +67,15 @@ class Publisher:
     """Publishes Pydantic events with trace context in the headers; each publish succeeds or raises
     DependencyUnavailable("kafka") within `publish_timeout_s`. Its producer gives up on a message soon after
     that deadline, but a message may still be delivered after a reported failure: consumers must not act on a
-    request the caller was told failed (see ingest/app.py). Starts (and restarts) its producer
-    lazily, so a service can start while Kafka is down and recover when it returns."""
+    request the caller was told failed (see ragtrace/lifecycle.py). Starts its producer lazily, so a service can
+    start while Kafka is down, and replaces it after a failure, so it recovers when Kafka returns."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._topics_ready = False
-        self._warm_up: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def start_warm_up(self) -> None:
         """Connect and create the topics in the background, so the first publish does not pay for it."""
@@ -85,11 +87,11 @@ class Publisher:
                     await self._ready_producer()
                     return
                 except (KafkaError, OSError) as error:
-                    log.warning("Kafka not reachable yet (%r); retrying in %.1fs", error, delay)
+                    log.warning("Kafka not reachable yet (%s); retrying in %.1fs", type(error).__name__, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
 
-        self._warm_up = asyncio.create_task(warm_up())
+        self._spawn(warm_up())
 
     async def _ready_producer(self) -> AIOKafkaProducer:
         async with self._lock:
@@ -106,33 +108,66 @@ class Publisher:
                 self._topics_ready = True
             return self._producer
 
+    @contextlib.asynccontextmanager
+    async def _producer_call(self, what: str) -> AsyncIterator[AIOKafkaProducer]:
+        """The producer, for one call bounded by the publish timeout. A failed call costs the producer: one
+        whose send failed may never send again (an idempotent producer whose sequence numbers went out of step
+        while the broker restarted stays broken for good), so the next call starts a fresh one."""
+        producer: AIOKafkaProducer | None = None
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                producer = await self._ready_producer()
+                yield producer
+        except (TimeoutError, KafkaError, OSError) as error:
+            if producer is not None:
+                self._discard(producer)
+            reason = (
+                f"no answer within {self.settings.publish_timeout_s:g}s"
+                if isinstance(error, TimeoutError)
+                else (f"the broker refused or dropped the connection ({type(error).__name__})")
+            )
+            raise DependencyUnavailable("kafka", f"{what}: {reason}") from error
+
     async def publish(self, topic: str, key: bytes, event: BaseModel, headers: Headers | None = None) -> None:
         with tracer.start_as_current_span(
             f"send {topic}", kind=trace.SpanKind.PRODUCER, attributes=messaging_attributes(topic, "send", key=key)
         ) as span:
-            try:
-                async with asyncio.timeout(self.settings.publish_timeout_s):
-                    producer = await self._ready_producer()
-                    metadata = await producer.send_and_wait(
-                        topic, event.model_dump_json().encode(), key=key, headers=inject_headers(headers)
-                    )
-            except (TimeoutError, KafkaError, OSError) as error:
-                raise DependencyUnavailable("kafka", f"publishing to {topic} failed: {error!r}") from error
+            async with self._producer_call(f"publishing to {topic} failed") as producer:
+                metadata = await producer.send_and_wait(
+                    topic, event.model_dump_json().encode(), key=key, headers=inject_headers(headers)
+                )
             span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
             span.set_attribute("messaging.kafka.offset", metadata.offset)
 
     async def check(self) -> None:
-        """Readiness: a metadata round trip to the broker within the publish timeout."""
-        try:
-            async with asyncio.timeout(self.settings.publish_timeout_s):
-                producer = await self._ready_producer()
-                await producer.client.fetch_all_metadata()
-        except (TimeoutError, KafkaError, OSError) as error:
-            raise DependencyUnavailable("kafka", repr(error)) from error
+        """Readiness: what a publish would do now: the same producer (or a fresh one, after a failure) and a
+        metadata round trip to the broker, within the publish timeout."""
+        async with self._producer_call("no metadata from the broker") as producer:
+            await producer.client.fetch_all_metadata()
+
+    def _discard(self, producer: AIOKafkaProducer) -> None:
+        if self._producer is producer:
+            self._producer = None
+            self._spawn(_stop_quietly(producer))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)  # referenced until done
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        if self._warm_up is not None:
-            self._warm_up.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+
+async def _stop_quietly(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> None:
+    """Stop a discarded producer; its flush may wait on a broker that is gone, so it gets a deadline."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await producer.stop()
+    except (TimeoutError, KafkaError, OSError) as error:
+        log.info("discarded Kafka producer did not stop cleanly (%s)", type(error).__name__)
+        await producer.client.close()

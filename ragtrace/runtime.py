@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from ragtrace.clients import minio_client
 from ragtrace.errors import PoisonMessage
 from ragtrace.http import ReadinessCheck
+from ragtrace.lifecycle import DocumentLifecycle
 from ragtrace.metrics import GrpcMetrics
 from ragtrace.schemas import DocumentRef, DocumentState
 from ragtrace.settings import KafkaSettings, MinioSettings
@@ -66,21 +67,19 @@ def document_store() -> DocumentStore:
     return DocumentStore(minio_client(settings), settings.bucket)
 
 
-async def mark_failed(store: DocumentStore, record: Record, error: Exception) -> None:
+async def mark_failed(lifecycle: DocumentLifecycle, record: Record, error: Exception) -> None:
     """Give the document of a dead-lettered message the status failed, with the error. Both topics' events
     carry namespace, document_id and ingest_id, which is all this reads."""
     try:
         event = DocumentRef.model_validate_json(record.value or b"")
     except ValueError:
         return  # undecodable: no document to mark
-    await set_status(store, event, DocumentState.FAILED, error=f"{type(error).__name__}: {error}")
+    await set_status(lifecycle, event, DocumentState.FAILED, error=f"{type(error).__name__}: {error}")
 
 
-async def set_status(store: DocumentStore, ref: DocumentRef, state: DocumentState, **fields: object) -> bool:
-    """Update the status record of the event's document, if the event's request still owns it."""
-    return await asyncio.to_thread(
-        store.update_status, ref.namespace, ref.document_id, ref.ingest_id, status=state, **fields
-    )
+async def set_status(lifecycle: DocumentLifecycle, ref: DocumentRef, state: DocumentState, **fields: object) -> bool:
+    """Move the event's document to `state`, if the event's request still owns it."""
+    return await asyncio.to_thread(lifecycle.transition, ref, state, **fields)
 
 
 @contextlib.contextmanager

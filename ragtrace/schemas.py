@@ -7,13 +7,52 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 DOCUMENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
+
+def encodable(text: str) -> str:
+    """JSON can carry a lone UTF-16 surrogate ("\\ud800"), which no UTF-8 store, message or response can: such
+    text is invalid input, refused naming its field, never a crash further on."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"contains a lone surrogate (U+{ord(text[error.start]):04X} at position {error.start}), "
+            "which is not valid Unicode text"
+        ) from None
+    return text
+
+
+def encodable_json(value: Any, field: str) -> None:
+    """Every string in a JSON value (keys too) passes `encodable`; the error names its path."""
+    try:
+        if isinstance(value, str):
+            encodable(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                encodable(key)
+                encodable_json(item, f"{field}.{key}")
+        elif isinstance(value, list):
+            for position, item in enumerate(value):
+                encodable_json(item, f"{field}[{position}]")
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if message.startswith(field) else f"{field}: {message}") from None
+
+
+def _not_a_dot_segment(document_id: str) -> str:
+    # HTTP clients remove `.` and `..` path segments (RFC 3986), so such a document could never be read back.
+    if document_id in (".", ".."):
+        raise ValueError(f"'{document_id}' cannot be a document id: URLs cannot address it")
+    return document_id
+
+
+Text = Annotated[str, AfterValidator(encodable)]
 Namespace = Annotated[str, StringConstraints(pattern=NAMESPACE_PATTERN)]
-DocumentId = Annotated[str, StringConstraints(pattern=DOCUMENT_ID_PATTERN)]
+DocumentId = Annotated[str, StringConstraints(pattern=DOCUMENT_ID_PATTERN), AfterValidator(_not_a_dot_segment)]
 
 
 def utcnow() -> datetime:
@@ -37,13 +76,18 @@ class DocumentMetadata(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+    title: Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+
+    @model_validator(mode="after")
+    def _extras_are_text(self) -> DocumentMetadata:
+        encodable_json(self.model_extra or {}, "metadata")
+        return self
 
 
 class IngestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str
+    text: Text
     metadata: DocumentMetadata
     namespace: Namespace = "default"
     document_id: DocumentId | None = None
@@ -86,7 +130,8 @@ class DocumentStatus(BaseModel):
     error: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
     content_hash: str | None = None
-    ingest_id: str | None = None  # the request that produced the current version
+    ingest_id: str | None = None  # the request that owns the document (see ragtrace/lifecycle.py)
+    key: str | None = None  # where the current version's raw text is stored
     duplicate_of: str | None = None
     accepted_at: datetime | None = None
     indexed_at: datetime | None = None
@@ -103,7 +148,8 @@ class ErrorBody(BaseModel):
 
 
 class StoredDocument(BaseModel):
-    """The raw document as kept in MinIO (bucket `documents`, key `{namespace}/{document_id}.json`)."""
+    """One version of a raw document as kept in MinIO (bucket `documents`, key
+    `{namespace}/{document_id}/{ingest_id}.json`)."""
 
     document_id: str
     namespace: str

@@ -40,6 +40,8 @@ class MinioSettings(BaseSettings):
     secret_key: SecretStr
     secure: bool = False
     bucket: str = "documents"
+    # Connect and read deadline of each call: a frozen MinIO is a 503 within about a second, not a hang.
+    timeout_s: float = 1.0
 
 
 class RedisSettings(BaseSettings):

@@ -1,10 +1,15 @@
 """Raw documents, their status records and the content-hash registry, kept in MinIO.
 
 Layout of the bucket (default `documents`):
-    {namespace}/{document_id}.json          the raw document (StoredDocument)
-    _status/{namespace}/{document_id}.json  its status record (DocumentStatus)
-    _hashes/{namespace}/{sha256}            the document that owns this content in the namespace
+    {namespace}/{document_id}/{ingest_id}.json  one accepted version of the document (StoredDocument), never
+                                                 rewritten: the request that stored it is in its name
+    _status/{namespace}/{document_id}.json      its status record (DocumentStatus): which version is current
+    _hashes/{namespace}/{sha256}                the document that owns this content in the namespace
 Namespaces cannot start with "_", so the bookkeeping prefixes never collide with documents.
+
+Status records are only ever written conditionally (S3 preconditions: `If-Match` on the ETag that was read,
+`If-None-Match: *` for a record that did not exist), so two writers can never both win: the loser gets
+`Conflict` and reads again. The rules built on this are in ragtrace/lifecycle.py.
 
 The MinIO client is synchronous; async callers go through `asyncio.to_thread`.
 """
@@ -22,11 +27,18 @@ from minio.error import S3Error
 from pydantic import BaseModel
 
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.schemas import DocumentStatus, StoredDocument, utcnow
+from ragtrace.schemas import DocumentStatus, StoredDocument
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# 412 from S3 and MinIO; 409 from S3 when two conditional writes of one key race.
+_PRECONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
+
+
+class Conflict(Exception):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
 
 
 def _minio_call(method: Callable[P, R]) -> Callable[P, R]:
@@ -36,8 +48,10 @@ def _minio_call(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
+        except urllib3.exceptions.TimeoutError as error:
+            raise DependencyUnavailable("minio", "no answer in time") from error
         except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise DependencyUnavailable("minio", repr(error)) from error
+            raise DependencyUnavailable("minio", f"connection failed ({type(error).__name__})") from error
         except S3Error as error:
             if error.code in ("ServerNotInitialized", "SlowDown", "XMinioServerNotInitialized"):
                 raise DependencyUnavailable("minio", error.code) from error
@@ -61,44 +75,48 @@ class DocumentStore:
                     raise
 
     @staticmethod
-    def document_key(namespace: str, document_id: str) -> str:
-        return f"{namespace}/{document_id}.json"
+    def version_key(namespace: str, document_id: str, ingest_id: str) -> str:
+        return f"{namespace}/{document_id}/{ingest_id}.json"
 
-    # raw documents
+    # raw document versions
 
     @_minio_call
-    def put_document(self, document: StoredDocument) -> str:
-        key = self.document_key(document.namespace, document.document_id)
+    def put_version(self, document: StoredDocument) -> str:
+        key = self.version_key(document.namespace, document.document_id, document.ingest_id)
         self._put(key, document, {"content-hash": document.content_hash})
         return key
 
     @_minio_call
-    def get_document(self, namespace: str, document_id: str) -> StoredDocument | None:
-        return self._get(self.document_key(namespace, document_id), StoredDocument)
+    def get_version(self, key: str) -> StoredDocument | None:
+        document, _ = self._get(key, StoredDocument)
+        return document
 
     @_minio_call
-    def delete_document(self, namespace: str, document_id: str) -> None:
-        self.client.remove_object(self.bucket, self.document_key(namespace, document_id))
+    def remove(self, key: str) -> None:
+        self.client.remove_object(self.bucket, key)
 
-    # status records
-
-    @_minio_call
-    def put_status(self, status: DocumentStatus) -> None:
-        self._put(f"_status/{status.namespace}/{status.document_id}.json", status)
+    # status records: read with their ETag, written only if that ETag is still current
 
     @_minio_call
+    def read_status(self, namespace: str, document_id: str) -> tuple[DocumentStatus | None, str | None]:
+        return self._get(self._status_key(namespace, document_id), DocumentStatus)
+
     def get_status(self, namespace: str, document_id: str) -> DocumentStatus | None:
-        return self._get(f"_status/{namespace}/{document_id}.json", DocumentStatus)
+        status, _ = self.read_status(namespace, document_id)
+        return status
 
     @_minio_call
-    def update_status(self, namespace: str, document_id: str, ingest_id: str, **changes: object) -> bool:
-        """Change the status record if it still belongs to request `ingest_id` (a newer request owns it
-        otherwise); `updated_at` is set to now. True if it was changed."""
-        current = self.get_status(namespace, document_id)
-        if current is None or current.ingest_id != ingest_id:
-            return False
-        self.put_status(current.model_copy(update={**changes, "updated_at": utcnow()}))
-        return True
+    def write_status(self, status: DocumentStatus, etag: str | None) -> None:
+        """Write the record if it is still the one read with `etag` (None: if there is still none), else
+        raise Conflict."""
+        precondition: dict[str, str | list[str] | tuple[str]] = (
+            {"If-Match": f'"{etag}"'} if etag else {"If-None-Match": "*"}
+        )
+        self._put(self._status_key(status.namespace, status.document_id), status, precondition=precondition)
+
+    @staticmethod
+    def _status_key(namespace: str, document_id: str) -> str:
+        return f"_status/{namespace}/{document_id}.json"
 
     # content-hash registry: which document owns a given content in a namespace
 
@@ -133,21 +151,38 @@ class DocumentStore:
 
     # plumbing
 
-    def _put(self, key: str, model: BaseModel, metadata: dict[str, str | list[str] | tuple[str]] | None = None) -> None:
+    def _put(
+        self,
+        key: str,
+        model: BaseModel,
+        metadata: dict[str, str | list[str] | tuple[str]] | None = None,
+        precondition: dict[str, str | list[str] | tuple[str]] | None = None,
+    ) -> None:
         data = model.model_dump_json().encode()
-        self.client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data), content_type="application/json", metadata=metadata
-        )
+        if precondition is None:
+            self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type="application/json", metadata=metadata
+            )
+            return
+        # put_object has no parameter for S3's preconditions (it would send them as user metadata); the
+        # client's own single-request PutObject sends headers as given.
+        headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": "application/json", **precondition}
+        try:
+            self.client._put_object(self.bucket, key, data, headers)
+        except S3Error as error:
+            if error.code in _PRECONDITION_FAILED:
+                raise Conflict(key) from error
+            raise
 
-    def _get(self, key: str, model: type[ModelT]) -> ModelT | None:
+    def _get(self, key: str, model: type[ModelT]) -> tuple[ModelT | None, str | None]:
         try:
             response = self.client.get_object(self.bucket, key)
         except S3Error as error:
             if error.code == "NoSuchKey":
-                return None
+                return None, None
             raise
         try:
-            return model.model_validate_json(response.read())
+            return model.model_validate_json(response.read()), response.headers.get("etag", "").strip('"') or None
         finally:
             response.close()
             response.release_conn()

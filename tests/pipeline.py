@@ -51,16 +51,6 @@ def session_server(infra: Infra, name: str) -> tuple[Supervisor, Component]:
     return infra.stack.supervisor, next(c for c in infra.stack.components() if c.name == name)
 
 
-@contextlib.contextmanager
-def stopped(supervisor: Supervisor, component: Component) -> Iterator[None]:
-    """The component is down inside the block and running again after it, whatever happened inside."""
-    supervisor.stop(component)
-    try:
-        yield
-    finally:
-        supervisor.start(component)
-
-
 def timed(call: Callable[[], T]) -> tuple[T, float]:
     """The call's result and how many seconds it took."""
     started = time.monotonic()

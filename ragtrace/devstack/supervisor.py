@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -161,6 +161,15 @@ class Supervisor:
             _reap(pid)
         self._pid_path(component.name).unlink(missing_ok=True)
         return True
+
+    @contextlib.contextmanager
+    def stopped(self, component: Component) -> Iterator[None]:
+        """The component is down inside the block and running again after it, whatever happened inside."""
+        self.stop(component)
+        try:
+            yield
+        finally:
+            self.start(component)
 
 
 def _reap(pid: int) -> None:

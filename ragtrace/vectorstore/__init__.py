@@ -86,6 +86,10 @@ class VectorStore(Protocol):
         """Chunks in the namespace, or of one document."""
         ...
 
+    def namespaces(self) -> list[str]:
+        """Every namespace that has an index."""
+        ...
+
     def check(self) -> None:
         """Raise DependencyUnavailable when the store cannot be used now (readiness)."""
         ...

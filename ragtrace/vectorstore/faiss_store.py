@@ -218,6 +218,9 @@ class FaissStore:
                 return int(ns.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
             return int(ns.db.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (document_id,)).fetchone()[0])
 
+    def namespaces(self) -> list[str]:
+        return sorted(path.stem for path in self.data_dir.glob("*.sqlite"))
+
     def check(self) -> None:
         """Embedded: usable whenever its folder is."""
         if not self.data_dir.is_dir():

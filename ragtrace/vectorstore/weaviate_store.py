@@ -183,6 +183,9 @@ class WeaviateStore:
         where = Filter.by_property("document_id").equal(document_id) if document_id else None
         return int(tenant.aggregate.over_all(filters=where, total_count=True).total_count or 0)
 
+    def namespaces(self) -> list[str]:
+        return sorted(self.collection().tenants.get())
+
     def close(self) -> None:
         self.reset()
 

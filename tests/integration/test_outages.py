@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests.infra import Infra
-from tests.pipeline import Pipeline, session_server, stopped, timed
+from tests.pipeline import Pipeline, session_server, timed
 
 
 def _namespace() -> str:
@@ -41,7 +41,7 @@ def test_kafka_down_gives_a_fast_503_and_nothing_accepted_is_lost(faiss_pipeline
         "namespace": namespace,
         "document_id": "refused",
     }
-    with stopped(supervisor, kafka):
+    with supervisor.stopped(kafka):
         response, elapsed = timed(lambda: _post(faiss_pipeline, refusal))
         refused = faiss_pipeline.status("refused", namespace)
         ready = _readiness(faiss_pipeline)
@@ -65,7 +65,7 @@ def test_kafka_down_gives_a_fast_503_and_nothing_accepted_is_lost(faiss_pipeline
 def test_minio_down_gives_a_fast_503_naming_it(faiss_pipeline: Pipeline, infra: Infra) -> None:
     supervisor, minio = session_server(infra, "minio")
     body = {"text": "MinIO is down.", "metadata": {"title": "t"}, "namespace": _namespace()}
-    with stopped(supervisor, minio):
+    with supervisor.stopped(minio):
         response, elapsed = timed(lambda: _post(faiss_pipeline, body))
         ready = _readiness(faiss_pipeline)
     assert response.status_code == 503, response.text

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 from tests.conftest import LLMServer
 from tests.infra import Infra
-from tests.pipeline import TENANT_KEY, Pipeline, session_server, stopped, timed, wait_until
+from tests.pipeline import TENANT_KEY, Pipeline, session_server, timed, wait_until
 
 SEARCH_SERVICE = "ragtrace.v1.SearchService"
 CORPUS = {
@@ -245,7 +245,7 @@ def test_weaviate_down_gives_a_fast_503_naming_it(weaviate_pipeline: Pipeline, i
     namespace = _namespace()
     _ingest_corpus(weaviate_pipeline, namespace, {"one": ("One", "A single document about comets.")})
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    with stopped(supervisor, weaviate):
+    with supervisor.stopped(weaviate):
         response, elapsed = timed(
             lambda: weaviate_pipeline.search(query="comets", namespace=namespace, mode="vector", generate=False)
         )
@@ -263,21 +263,28 @@ def test_embedding_service_down_gives_a_fast_503_naming_it(faiss_pipeline: Pipel
     namespace = _namespace()
     _ingest_corpus(faiss_pipeline, namespace, {"one": ("One", "A single document about auroras.")})
     query = "northern lights " + uuid.uuid4().hex  # not in the embedding cache
-    with stopped(faiss_pipeline.supervisor, faiss_pipeline.component("embedding-service")):
+    with faiss_pipeline.supervisor.stopped(faiss_pipeline.component("embedding-service")):
         response, elapsed = timed(
             lambda: faiss_pipeline.search(query=query, namespace=namespace, mode="vector", generate=False)
         )
         keyword = faiss_pipeline.search(query="auroras", namespace=namespace, mode="keyword", generate=False)
+        # The gateway's readiness follows the search service's, which follows its embedding service.
+        wait_until(lambda: _gateway_ready(faiss_pipeline) == 503, 15, 0.5, "the gateway not ready")
     assert response.status_code == 503 and response.json()["dependency"] == "embedding-service"
     assert elapsed < 1.0, f"took {elapsed:.2f}s"
     assert keyword.status_code == 200, "keyword search needs no embedding"
+    wait_until(lambda: _gateway_ready(faiss_pipeline) == 200, 15, 0.5, "the gateway ready again")
+
+
+def _gateway_ready(pipeline: Pipeline) -> int:
+    return httpx.get(f"{pipeline.search_url}/readyz", timeout=5).status_code
 
 
 def test_redis_down_search_still_works_uncached(faiss_pipeline: Pipeline, infra: Infra) -> None:
     supervisor, redis = session_server(infra, "redis")
     namespace = _namespace()
     _ingest_corpus(faiss_pipeline, namespace, {"one": ("One", "A single document about geysers.")})
-    with stopped(supervisor, redis):
+    with supervisor.stopped(redis):
         bodies, elapsed = timed(
             lambda: [_search(faiss_pipeline, namespace, "geysers", generate=False) for _ in range(2)]
         )
