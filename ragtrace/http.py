@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragtrace.auth import AuthSettings
@@ -78,7 +79,7 @@ _UNPARSEABLE_BODY = "There was an error parsing the body"
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    error = cast(HTTPException, exc)
+    error = cast(StarletteHTTPException, exc)
     if error.status_code == status.HTTP_400_BAD_REQUEST and error.detail == _UNPARSEABLE_BODY:
         return error_response(422, "invalid_request", "the body is not valid JSON: it could not be decoded or parsed")
     return error_response(
@@ -162,7 +163,7 @@ def create_service_app(
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(DependencyUnavailable, _dependency_down)
     app.add_exception_handler(ConcurrentUpdate, _concurrent_update)
-    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # FastAPI's own HTTPException is one too
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(HeaderSizeLimit, max_bytes=MAX_HEADER_BYTES)
     app.add_middleware(HttpMetrics)  # outside the body limit, so a 413 is counted too

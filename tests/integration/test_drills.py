@@ -27,6 +27,12 @@ from tests.infra import Infra
 from tests.pipeline import Pipeline, session_server, timed, wait_until
 
 SURROGATE = "\ud800"  # valid in JSON ("\\ud800"), not encodable as UTF-8
+JSON = {"content-type": "application/json"}
+
+
+def _escaped(body: dict[str, Any]) -> bytes:
+    """The body as JSON with non-ASCII characters escaped: a lone surrogate travels as `\\ud800`."""
+    return json.dumps(body).encode()
 
 
 def _namespace() -> str:
@@ -52,40 +58,58 @@ def _stored_versions(pipeline: Pipeline, namespace: str, document_id: str) -> di
 
 
 def test_concurrent_posts_of_one_document_converge_on_one_version(faiss_pipeline: Pipeline) -> None:
-    namespace = _namespace()
-    texts = [f"Harbour log, version {i}: the tide turned at {i} o'clock and the ferry left late." for i in range(20)]
+    namespace, documents = _namespace(), ["log-a", "log-b", "log-c"]
+    versions = {
+        d: [f"Harbour log {d}, version {i}: the tide turned at {i} o'clock and the ferry left late." for i in range(20)]
+        for d in documents
+    }
 
-    def post(text: str) -> httpx.Response:
-        with faiss_pipeline.http() as client:
-            return client.post("/ingest", json=_body(text, namespace, "log"))
+    def round_of_posts(document_id: str) -> list[httpx.Response]:
+        """Twenty clients, connected first, post their versions of one document at the same moment."""
+        start = threading.Barrier(len(versions[document_id]))
 
-    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
-        responses = list(pool.map(post, texts))
-    assert [r.status_code for r in responses] == [202] * len(texts), [r.text for r in responses if r.status_code != 202]
+        def post(text: str) -> httpx.Response:
+            with faiss_pipeline.http() as client:
+                client.get("/healthz")
+                start.wait()
+                return client.post("/ingest", json=_body(text, namespace, document_id))
 
-    faiss_pipeline.wait_for(["log"], namespace, timeout_s=120)
+        with concurrent.futures.ThreadPoolExecutor(len(versions[document_id])) as pool:
+            return list(pool.map(post, versions[document_id]))
+
+    responses = [r for d in documents for r in round_of_posts(d)]
+    assert [r.status_code for r in responses] == [202] * len(responses), [
+        r.text for r in responses if r.status_code != 202
+    ]
+
+    finals = faiss_pipeline.wait_for(documents, namespace, timeout_s=120)
     faiss_pipeline.wait_drained()
-    final = faiss_pipeline.status("log", namespace)
-    assert final["status"] == "indexed", final
-    [winner] = [t for t in texts if content_hash(t) == final["content_hash"]]
-    assert _stored_versions(faiss_pipeline, namespace, "log") == {final["key"]: winner}, "one version is stored"
     with faiss_pipeline.vector_store() as store:
-        hits = store.keyword_search(namespace, "harbour", 50)
-    assert [(h.document_id, h.content) for h in hits] == [("log", winner)], "the index holds that version only"
+        hits = store.keyword_search(namespace, "harbour", 100)
+    indexed = {h.document_id: h.content for h in hits}
+    assert len(hits) == len(documents), "one chunk per document: a single version of each is indexed"
+    for document_id in documents:
+        final = faiss_pipeline.status(document_id, namespace)
+        assert final["status"] == "indexed" and final == finals[document_id], final
+        assert content_hash(indexed[document_id]) == final["content_hash"], "the index holds the version described"
+        stored = _stored_versions(faiss_pipeline, namespace, document_id)
+        assert stored == {final["key"]: indexed[document_id]}, "that version, and only it, is stored"
 
     # A re-post always repairs: whatever the state, a new version replaces it end to end.
     repair = "Harbour log, final version: the ferry left on time."
-    faiss_pipeline.ingest(repair, namespace, "log")
+    faiss_pipeline.ingest(repair, namespace, "log-a")
     wait_until(
         lambda: (
-            faiss_pipeline.status("log", namespace)["content_hash"] == content_hash(repair)
-            and faiss_pipeline.status("log", namespace)["status"] == "indexed"
+            faiss_pipeline.status("log-a", namespace)["content_hash"] == content_hash(repair)
+            and faiss_pipeline.status("log-a", namespace)["status"] == "indexed"
         ),
         timeout_s=60,
         what="the re-posted version indexed",
     )
     with faiss_pipeline.vector_store() as store:
-        assert [h.content for h in store.keyword_search(namespace, "harbour", 50)] == [repair]
+        assert [
+            h.content for h in store.keyword_search(namespace, "ferry on time", 50) if h.document_id == "log-a"
+        ] == [repair]
 
 
 class _Posters:
@@ -222,7 +246,7 @@ def test_lone_surrogates_in_a_document_get_a_422_naming_the_field(
 ) -> None:
     document = {**_body("ok", _namespace(), "s"), **body}
     with faiss_pipeline.http() as client:
-        response = client.post("/ingest", json=document)
+        response = client.post("/ingest", content=_escaped(document), headers=JSON)
         upload = client.post(
             "/ingest/file",
             files={"file": ("a.txt", b"fine text")},
@@ -248,7 +272,8 @@ def test_lone_surrogates_in_a_document_get_a_422_naming_the_field(
 def test_lone_surrogates_in_a_search_get_a_422_naming_the_field(
     faiss_pipeline: Pipeline, body: dict[str, Any], field: str
 ) -> None:
-    response = faiss_pipeline.search(**body)
+    with faiss_pipeline.http() as client:
+        response = client.post(f"{faiss_pipeline.search_url}/api/search", content=_escaped(body), headers=JSON)
     assert response.status_code == 422, response.text
     assert field in response.json()["message"]
 
@@ -259,7 +284,7 @@ def test_lone_surrogates_in_a_search_get_a_422_naming_the_field(
     ids=["invalid-utf8", "nested-5000-deep"],
 )
 def test_unparseable_bodies_get_the_documented_422(faiss_pipeline: Pipeline, content: bytes, why: str) -> None:
-    with faiss_pipeline.http(**{"content-type": "application/json"}) as client:
+    with faiss_pipeline.http(**JSON) as client:
         response = client.post("/ingest", content=content)
     assert response.status_code == 422, f"{why}: {response.text}"
     assert response.json()["error"] == "invalid_request"
