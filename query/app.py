@@ -39,7 +39,7 @@ STATIC = Path(__file__).parent / "static"
 class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
     namespace: Namespace = "default"
     top_k: Annotated[StrictInt, Field(ge=1, le=100)] = 5
     mode: Literal["vector", "keyword", "hybrid"] = "hybrid"

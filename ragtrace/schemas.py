@@ -76,7 +76,7 @@ class DocumentMetadata(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    title: Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
 
     @model_validator(mode="after")
     def _extras_are_text(self) -> DocumentMetadata:

@@ -43,7 +43,7 @@ def test_an_ingested_document_becomes_indexed_and_searchable(pipeline: Pipeline,
         "Sourdough bread rises because wild yeast ferments the dough.", namespace, "sourdough", title="Bread"
     )
     assert fahrenheit["status"] == "accepted"
-    assert fahrenheit["key"] == f"{namespace}/fahrenheit.json"
+    assert fahrenheit["key"].startswith(f"{namespace}/fahrenheit/"), "each version is stored under its own key"
     assert len(fahrenheit["trace_id"]) == 32
 
     statuses = pipeline.wait_for(["fahrenheit", "sourdough"], namespace)
