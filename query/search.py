@@ -74,7 +74,12 @@ class GrpcEmbedder:
         try:
             response = await self.stub.Embed(embedding_pb2.EmbedRequest(text=text), timeout=self.timeout_s)
         except grpc.aio.AioRpcError as error:
-            raise DependencyUnavailable("embedding-service", f"{error.code().name}: {error.details()}") from error
+            reason = (
+                f"no answer within {self.timeout_s:g}s"
+                if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                else f"the call failed ({error.code().name})"
+            )
+            raise DependencyUnavailable("embedding-service", reason) from error
         return np.asarray(response.vector, dtype=np.float32)
 
 

@@ -57,7 +57,7 @@ def _weaviate_call(method: Callable[Concatenate[WeaviateStore, P], R]) -> Callab
             return method(self, *args, **kwargs)
         except _UNREACHABLE as error:
             self.reset()
-            raise DependencyUnavailable("weaviate", str(error).splitlines()[0][:300]) from error
+            raise DependencyUnavailable("weaviate", f"no answer ({type(error).__name__})") from error
 
     functools.update_wrapper(wrapper, method)
     return wrapper
