@@ -21,7 +21,17 @@ import faiss
 import numpy as np
 
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.vectorstore import HYBRID_CANDIDATES, Backend, DocumentChunks, Hit, UnknownNamespace, fuse
+from ragtrace.vectorstore import (
+    FEEDBACK_CHUNKS,
+    HYBRID_CANDIDATES,
+    Backend,
+    DocumentChunks,
+    Hit,
+    UnknownNamespace,
+    expanded_query,
+    feedback_ids,
+    fuse,
+)
 
 _SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -80,8 +90,9 @@ class _Namespace:
 class FaissStore:
     backend = Backend.FAISS
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, feedback_chunks: int = FEEDBACK_CHUNKS) -> None:
         self.data_dir = data_dir
+        self.feedback_chunks = feedback_chunks
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._namespaces: dict[str, _Namespace] = {}
         self._lock = threading.Lock()
@@ -204,9 +215,20 @@ class FaissStore:
 
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
         candidates = max(top_k * 4, HYBRID_CANDIDATES)
-        return fuse(
-            self.search(namespace, vector, candidates), self.keyword_search(namespace, query, candidates), alpha, top_k
-        )
+        keyword_hits = self.keyword_search(namespace, query, candidates)
+        vector_hits = self.search(namespace, vector, candidates)
+        feedback = feedback_ids(vector_hits, keyword_hits, self.feedback_chunks)
+        if feedback:
+            vector_hits = self.search(
+                namespace, expanded_query(vector, self._chunk_vectors(namespace, feedback)), candidates
+            )
+        return fuse(vector_hits, keyword_hits, alpha, top_k)
+
+    def _chunk_vectors(self, namespace: str, chunk_ids: Sequence[str]) -> np.ndarray:
+        ns = self._open(namespace, create=False)
+        rows = f"SELECT id, vector FROM chunks WHERE chunk_id IN ({_placeholders(chunk_ids)})"  # noqa: S608
+        with ns.lock:
+            return _vectors(ns.db, rows, chunk_ids)[1]
 
     def count(self, namespace: str, document_id: str | None = None) -> int:
         try:
@@ -244,7 +266,7 @@ def _new_index(dimension: int) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
 
 
-def _vectors(db: sqlite3.Connection, sql: str, params: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _vectors(db: sqlite3.Connection, sql: str, params: Sequence[int | str]) -> tuple[np.ndarray, np.ndarray]:
     rows = db.execute(sql, list(params)).fetchall()
     ids = np.asarray([row[0] for row in rows], dtype=np.int64)
     if not rows:
