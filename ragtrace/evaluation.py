@@ -53,7 +53,9 @@ class EvalSet:
     def load(cls, folder: Path) -> EvalSet:
         corpus = {}
         for row in _json_lines(folder / "corpus.jsonl"):
-            corpus[str(row["_id"])] = {"title": row.get("title") or "", "text": row["text"]}
+            title, text = (row.get("title") or "").strip(), row["text"]
+            if title or text.strip():  # an empty document cannot be ingested: no system sees it
+                corpus[str(row["_id"])] = {"title": title, "text": text}
         queries = {str(r["_id"]): r["text"] for r in _json_lines(folder / "queries.jsonl")}
         qrels: dict[str, dict[str, int]] = {}
         for line in (folder / "qrels" / "test.tsv").read_text().splitlines():

@@ -10,12 +10,8 @@ import numpy as np
 import pytest
 
 from ragtrace.evaluation import documents_of, ndcg_at_10
-from ragtrace.vectorstore import DocumentChunks, Hit, IndexedChunk, expanded_query, feedback_ids, fuse, rank_fusion
+from ragtrace.vectorstore import DocumentChunks, IndexedChunk, expanded_query, feedback_ids, fused_ranking, rank_fusion
 from ragtrace.vectorstore.faiss_store import FaissStore
-
-
-def _hits(*chunk_ids: str) -> list[Hit]:
-    return [Hit(chunk_id=c, document_id=c.split(":")[0], content=c, score=1.0) for c in chunk_ids]
 
 
 def test_rank_fusion_weights_each_rank_as_weaviate_ranked_fusion_does() -> None:
@@ -27,23 +23,22 @@ def test_rank_fusion_weights_each_rank_as_weaviate_ranked_fusion_does() -> None:
 
 
 def test_a_ranking_of_weight_zero_adds_nothing() -> None:
-    assert list(rank_fusion([["a", "b"], ["c"]], [0.0, 1.0])) == ["c"]
-    assert [h.chunk_id for h in fuse(_hits("a:0", "b:0"), _hits("b:0"), 0.0, 10)] == ["b:0"]
-    assert [h.chunk_id for h in fuse(_hits("a:0", "b:0"), _hits("c:0", "b:0"), 1.0, 10)] == ["a:0", "b:0"]
+    [(only, score)] = fused_ranking(["a", "b"], ["b"], 0.0, 10)
+    assert only == "b" and score == pytest.approx(1 / 60)
+    assert [item for item, _ in fused_ranking(["a", "b"], ["c", "b"], 1.0, 10)] == ["a", "b"]
 
 
-def test_fuse_keeps_top_k_hits_with_their_fused_score() -> None:
-    fused = fuse(_hits("a:0", "b:0", "c:0"), _hits("c:0", "d:0"), 0.5, 2)
-    assert [(h.chunk_id, h.document_id) for h in fused] == [("c:0", "c"), ("a:0", "a")]
-    assert fused[0].score == pytest.approx(0.5 / 62 + 0.5 / 60)
-    assert fused[1].score == pytest.approx(0.5 / 60)
+def test_the_fused_ranking_keeps_top_k_with_their_fused_score() -> None:
+    fused = fused_ranking([1, 2, 3], [3, 4], 0.5, 2)
+    assert [item for item, _ in fused] == [3, 1]
+    assert [score for _, score in fused] == pytest.approx([0.5 / 62 + 0.5 / 60, 0.5 / 60])
 
 
 def test_feedback_is_what_both_retrievers_rank_high() -> None:
     # b is second for the vectors but first for the keywords: above a, first for the vectors only.
-    assert feedback_ids(_hits("a:0", "b:0", "c:0"), _hits("b:0", "d:0"), 2) == ["b:0", "a:0"]
-    assert feedback_ids(_hits("a:0"), [], 3) == ["a:0"]
-    assert feedback_ids(_hits("a:0"), _hits("b:0"), 0) == []
+    assert feedback_ids(["a", "b", "c"], ["b", "d"], 2) == ["b", "a"]
+    assert feedback_ids(["a"], [], 3) == ["a"]
+    assert feedback_ids(["a"], ["b"], 0) == []
 
 
 def test_the_expanded_query_adds_the_feedback_centroid_and_stays_unit_length() -> None:

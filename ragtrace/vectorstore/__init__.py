@@ -6,17 +6,19 @@ Writes are idempotent: `write` replaces all of a document's chunks, keyed by det
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ragtrace.settings import WeaviateSettings
+
+Item = TypeVar("Item", bound=Hashable)
 
 # Candidates each retriever contributes to a hybrid fusion (at least; more for a larger top_k).
 HYBRID_CANDIDATES = 50
@@ -87,7 +89,7 @@ class VectorStore(Protocol):
         ...
 
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
-        """Vector and keyword results fused by weighted reciprocal rank (`fuse`), the vector side searched with
+        """Vector and keyword results fused by weighted reciprocal rank (`fused_ranking`), the vector side searched with
         the query expanded by pseudo-relevance feedback: alpha 1 is vector only, 0 keyword only."""
         ...
 
@@ -102,32 +104,31 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
-def rank_fusion(rankings: Sequence[Sequence[str]], weights: Sequence[float]) -> dict[str, float]:
+def rank_fusion(rankings: Sequence[Sequence[Item]], weights: Sequence[float]) -> dict[Item, float]:
     """Weighted reciprocal rank fusion, computed as Weaviate's `rankedFusion` does: an item scores the sum of
     weight / (RRF_K + rank) over the rankings it appears in, rank counted from 0; a ranking of weight 0 is
     left out. Item → score, best first. Ranks, not scores: no assumption about how either retriever's scores
     are distributed, which is what varies from one collection and one query to the next."""
-    scores: dict[str, float] = {}
+    scores: dict[Item, float] = {}
     for weight, ranking in zip(weights, rankings, strict=True):
         if weight > 0:
             for rank, item in enumerate(ranking):
                 scores[item] = scores.get(item, 0.0) + weight / (RRF_K + rank)
-    return dict(sorted(scores.items(), key=lambda item: item[1], reverse=True))
+    return dict(sorted(scores.items(), key=lambda pair: pair[1], reverse=True))
 
 
-def fuse(vector_hits: Sequence[Hit], keyword_hits: Sequence[Hit], alpha: float, top_k: int) -> list[Hit]:
-    """The top_k chunks by rank fusion with weights alpha (vector) and 1 - alpha (keyword); score is the
-    fused score."""
-    hits = {hit.chunk_id: hit for hit in (*keyword_hits, *vector_hits)}
-    fused = rank_fusion([[h.chunk_id for h in vector_hits], [h.chunk_id for h in keyword_hits]], [alpha, 1.0 - alpha])
-    return [replace(hits[chunk], score=score) for chunk, score in list(fused.items())[:top_k]]
+def fused_ranking(
+    vector_ranking: Sequence[Item], keyword_ranking: Sequence[Item], alpha: float, top_k: int
+) -> list[tuple[Item, float]]:
+    """Hybrid's result: the top_k of rank fusion with weights alpha (vector) and 1 - alpha (keyword), with
+    their fused scores."""
+    return list(rank_fusion([vector_ranking, keyword_ranking], [alpha, 1.0 - alpha]).items())[:top_k]
 
 
-def feedback_ids(vector_hits: Sequence[Hit], keyword_hits: Sequence[Hit], count: int) -> list[str]:
-    """The chunks pseudo-relevance feedback reads: the top `count` of both lists fused with equal weights,
+def feedback_ids(vector_ranking: Sequence[Item], keyword_ranking: Sequence[Item], count: int) -> list[Item]:
+    """The chunks pseudo-relevance feedback reads: the top `count` of both rankings fused with equal weights,
     the chunks both retrievers rank high (parameter-free: no alpha, no score scale)."""
-    fused = rank_fusion([[h.chunk_id for h in vector_hits], [h.chunk_id for h in keyword_hits]], [1.0, 1.0])
-    return list(fused)[:count]
+    return list(rank_fusion([vector_ranking, keyword_ranking], [1.0, 1.0]))[:count]
 
 
 def expanded_query(vector: Sequence[float], feedback: np.ndarray) -> list[float]:

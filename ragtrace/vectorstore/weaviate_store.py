@@ -166,7 +166,7 @@ class WeaviateStore:
 
     @_weaviate_call
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
-        """As the FAISS backend, with Weaviate's own `rankedFusion` (the same formula as `fuse`): one hybrid
+        """As the FAISS backend, with Weaviate's own `rankedFusion` (the same formula as `fused_ranking`): one hybrid
         query with equal weights finds the feedback chunks, a second ranks with the expanded vector."""
         tenant = self._tenant(namespace, must_exist=True)
         if self.feedback_chunks:
