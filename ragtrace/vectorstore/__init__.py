@@ -89,8 +89,8 @@ class VectorStore(Protocol):
         ...
 
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
-        """Vector and keyword results fused by weighted reciprocal rank (`fused_ranking`), the vector side searched with
-        the query expanded by pseudo-relevance feedback: alpha 1 is vector only, 0 keyword only."""
+        """Vector and keyword results fused by weighted reciprocal rank (`fused_ranking`), the vector side
+        searched with the query expanded by pseudo-relevance feedback: alpha 1 is vector only, 0 keyword only."""
         ...
 
     def count(self, namespace: str, document_id: str | None = None) -> int:
