@@ -23,7 +23,15 @@ from weaviate.collections import Collection
 from ragtrace.clients import weaviate_client
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.settings import WeaviateSettings
-from ragtrace.vectorstore import FEEDBACK_CHUNKS, Backend, DocumentChunks, Hit, UnknownNamespace, expanded_query
+from ragtrace.vectorstore import (
+    FEEDBACK_CHUNKS,
+    HYBRID_CANDIDATES,
+    Backend,
+    DocumentChunks,
+    Hit,
+    UnknownNamespace,
+    expanded_query,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -166,19 +174,21 @@ class WeaviateStore:
 
     @_weaviate_call
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
-        """As the FAISS backend, with Weaviate's own `rankedFusion` (the same formula as `fused_ranking`): one hybrid
-        query with equal weights finds the feedback chunks, a second ranks with the expanded vector."""
+        """As the FAISS backend, with Weaviate's own `rankedFusion` (the same formula as `fused_ranking`): one
+        hybrid query with equal weights finds the feedback chunks, a second ranks with the expanded vector."""
         tenant = self._tenant(namespace, must_exist=True)
         if self.feedback_chunks:
+            # The FAISS backend's candidate depth, so that both backends choose the feedback from as many.
             feedback = tenant.query.hybrid(
                 query,
                 vector=list(vector),
                 alpha=0.5,
-                limit=self.feedback_chunks,
+                limit=max(top_k * 4, HYBRID_CANDIDATES),
                 fusion_type=HybridFusion.RANKED,
                 include_vector=True,
+                return_properties=["chunk_id"],
             )
-            vectors = [o.vector["default"] for o in feedback.objects]
+            vectors = [o.vector["default"] for o in feedback.objects[: self.feedback_chunks]]
             vector = expanded_query(vector, np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
         result = tenant.query.hybrid(
             query,
