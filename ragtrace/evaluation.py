@@ -167,14 +167,14 @@ class InProcess:
 
     def __init__(self, eval_set: EvalSet, engine: Any, data_dir: Path) -> None:
         from query.settings import SearchSettings
+        from ragtrace.vectorstore import VectorStoreSettings
         from ragtrace.vectorstore.faiss_store import FaissStore
 
         self.engine = engine
         self.settings = SearchSettings()
-        self.store = FaissStore(data_dir)
+        self.store = FaissStore(data_dir, VectorStoreSettings().feedback_chunks)
         self.namespace = "eval"
-        if not self.store.count(self.namespace):
-            self._index(eval_set)
+        self._index(eval_set)
         self.vectors: dict[str, list[float]] = {}
 
     def _index(self, eval_set: EvalSet) -> None:
