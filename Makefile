@@ -49,7 +49,7 @@ test: install ## Run the whole test suite against real servers (pytest exit 5, n
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating that as a failure"; exit 1; fi; exit $$rc
 
-eval: install ## nDCG@10 of each search mode on ../shared/data/eval/msmarco-5k, through the running stack (make up)
+eval: install ## nDCG@10 of each search mode and of BM25, dense and RRF baselines on every set in ../shared/data/eval/, through the running stack (make up)
 	$(RAGTRACE) eval
 
 bench: install ## Speed and memory of the running stack (make up): bench/results/<date>-<machine>.{json,md}

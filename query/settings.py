@@ -32,7 +32,7 @@ class SearchSettings(BaseSettings):
     embedding_timeout_s: float = 1.0  # a frozen embedding service is a 503 within about a second
     default_top_k: int = 5
     default_mode: Literal["vector", "keyword", "hybrid"] = "hybrid"
-    default_alpha: float = 0.7  # chosen by `make eval` (README, Evaluation)
+    default_alpha: float = 0.7  # hybrid: the vector ranking's weight in rank fusion (README, Evaluation)
     max_query_chars: int = 2000
     cache_ttl_s: int = 300
     embedding_cache_ttl_s: int = 86_400

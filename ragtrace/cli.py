@@ -86,30 +86,32 @@ def _stack_setting(name: str) -> str:
 
 @app.command("eval")
 def evaluate(
-    data: Annotated[Path, typer.Option(help="BEIR-format folder")] = REPO_ROOT.parent
-    / "shared"
-    / "data"
-    / "eval"
-    / "msmarco-5k",
-    namespace: Annotated[str, typer.Option(help="Namespace to ingest the corpus into")] = "eval-msmarco",
-    alphas: Annotated[str, typer.Option(help="Hybrid alphas to measure, comma-separated")] = "0.3,0.5,0.7,0.8",
+    data: Annotated[
+        Path, typer.Option(help="A folder of BEIR-format sets (each is measured), or one set")
+    ] = REPO_ROOT.parent / "shared" / "data" / "eval",
+    namespace: Annotated[str, typer.Option(help="Namespace prefix: each set goes to <prefix>-<set>")] = "eval",
+    alphas: Annotated[str, typer.Option(help="Hybrid alphas to measure, comma-separated")] = "0.3,0.5,0.7,0.9",
+    in_process: Annotated[
+        bool, typer.Option(help="Index and search in this process with the store's own code, without the stack")
+    ] = False,
     output: Annotated[Path, typer.Option(help="Where to write the results")] = REPO_ROOT
     / "bench"
     / "results"
-    / "eval-msmarco-5k.json",
+    / "eval.json",
 ) -> None:
-    """nDCG@10 of each search mode through the running system's HTTP API, next to BM25 and dense baselines."""
+    """nDCG@10 of each search mode on every set, next to BM25, dense and RRF baselines computed in the same run."""
     from ragtrace.evaluation import run
 
-    run(
-        data,
-        _stack_setting("RAGTRACE_INGEST_URL"),
-        _stack_setting("RAGTRACE_SEARCH_URL"),
-        _stack_setting("RAGTRACE_API_KEY"),
-        namespace,
-        [float(a) for a in alphas.split(",")],
-        output,
+    api = (
+        None
+        if in_process
+        else (
+            _stack_setting("RAGTRACE_INGEST_URL"),
+            _stack_setting("RAGTRACE_SEARCH_URL"),
+            _stack_setting("RAGTRACE_API_KEY"),
+        )
     )
+    run(data, [float(a) for a in alphas.split(",")], output, api, namespace)
 
 
 @app.command()

@@ -1,6 +1,11 @@
-"""`ragtrace eval` (`make eval`): retrieval quality of the running system on a BEIR-format set, through its
-real HTTP API, next to a BM25 baseline (rank-bm25) and an exact dense baseline (the bare model) computed in
-the same run on the same machine.
+"""`ragtrace eval` (`make eval`): retrieval quality on every BEIR-format set under one folder, in one run.
+
+For each set, ragtrace is measured in each search mode, and with the service's defaults, either through the
+running system's real HTTP API (`make up`) or, with `--in-process`, by indexing the same chunks and vectors
+into a FAISS store in this process and calling the store's own ranking code (fast iteration, no stack).
+Next to it, in the same run, three baselines a user could build in an afternoon: BM25 (rank-bm25), exact
+dense search with the bare model, and reciprocal rank fusion (k=60) of those two. Every system reads the
+same text: a document's title and text when it has a title.
 
 nDCG@10 uses linear gains (BEIR's pytrec_eval convention); a chunk's hit counts for its document, once.
 """
@@ -12,11 +17,12 @@ import json
 import math
 import platform
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
@@ -24,11 +30,21 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ragtrace.schemas import chunk_id
+from ragtrace.vectorstore import DocumentChunks, IndexedChunk, rank_fusion
+
 console = Console()
+
+# Documents each system ranks for nDCG@10, and how many chunks are asked for to find them.
+RANKED_DOCUMENTS = 10
+RANKED_CHUNKS = 30
+# Depth of each baseline list fused by RRF.
+BASELINE_RRF_DEPTH = 100
 
 
 @dataclass(frozen=True)
 class EvalSet:
+    name: str
     corpus: dict[str, dict[str, str]]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
@@ -37,14 +53,28 @@ class EvalSet:
     def load(cls, folder: Path) -> EvalSet:
         corpus = {}
         for row in _json_lines(folder / "corpus.jsonl"):
-            corpus[str(row["_id"])] = {"title": row.get("title") or "", "text": row["text"]}
+            title, text = (row.get("title") or "").strip(), row["text"]
+            if title or text.strip():  # an empty document cannot be ingested: no system sees it
+                corpus[str(row["_id"])] = {"title": title, "text": text}
         queries = {str(r["_id"]): r["text"] for r in _json_lines(folder / "queries.jsonl")}
         qrels: dict[str, dict[str, int]] = {}
         for line in (folder / "qrels" / "test.tsv").read_text().splitlines():
             query_id, passage_id, grade = line.split("\t")[:3]
             if grade.isdigit():  # skips a header line, if the file has one
                 qrels.setdefault(query_id, {})[passage_id] = int(grade)
-        return cls(corpus, {q: t for q, t in queries.items() if q in qrels}, qrels)
+        return cls(folder.name, corpus, {q: t for q, t in queries.items() if q in qrels}, qrels)
+
+    def text(self, document_id: str) -> str:
+        """What every system reads of a document: its title, when it has one, then its text."""
+        document = self.corpus[document_id]
+        return f"{document['title']}\n{document['text']}" if document["title"] else document["text"]
+
+
+def eval_folders(root: Path) -> list[Path]:
+    """Every BEIR-format set directly under root (or root itself when it is one), by name."""
+    if (root / "corpus.jsonl").is_file():
+        return [root]
+    return sorted(folder for folder in root.iterdir() if (folder / "corpus.jsonl").is_file())
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
@@ -62,31 +92,46 @@ def mean_ndcg(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]]) 
     return sum(ndcg_at_10(rankings.get(q, []), qrels[q]) for q in qrels) / len(qrels)
 
 
+def documents_of(chunk_document_ids: Sequence[str]) -> list[str]:
+    """A chunk ranking as a document ranking: each document at the rank of its best chunk."""
+    return list(dict.fromkeys(chunk_document_ids))[:RANKED_DOCUMENTS]
+
+
+class Searcher(Protocol):
+    async def rankings(self, queries: dict[str, str], **options: Any) -> dict[str, list[str]]:
+        """Each query's ranked document ids; options as in POST /api/search (mode, alpha), none: the defaults."""
+        ...
+
+
 class Client:
-    def __init__(self, ingest_url: str, search_url: str, api_key: str) -> None:
+    """The running system, through POST /ingest and POST /api/search."""
+
+    def __init__(self, ingest_url: str, search_url: str, api_key: str, namespace: str) -> None:
         self.http = httpx.AsyncClient(headers={"X-API-Key": api_key}, timeout=60)
         self.ingest_url, self.search_url = ingest_url.rstrip("/"), search_url.rstrip("/")
+        self.namespace = namespace
 
-    async def ingest_all(self, eval_set: EvalSet, namespace: str, concurrency: int = 16) -> None:
+    async def ingest_all(self, eval_set: EvalSet, concurrency: int = 16) -> None:
         gate = asyncio.Semaphore(concurrency)
         with Progress(console=console) as progress:
-            task = progress.add_task("ingest", total=len(eval_set.corpus))
+            task = progress.add_task(f"ingest {eval_set.name}", total=len(eval_set.corpus))
 
-            async def ingest(passage_id: str, passage: dict[str, str]) -> None:
+            async def ingest(document_id: str) -> None:
                 async with gate:
                     body = {
-                        "text": passage["text"],
-                        "namespace": namespace,
-                        "document_id": passage_id,
-                        "metadata": {"title": passage["title"] or f"msmarco {passage_id}"},
+                        "text": eval_set.text(document_id),
+                        "namespace": self.namespace,
+                        "document_id": document_id,
+                        # A title is required; an untitled document is named by its id.
+                        "metadata": {"title": eval_set.corpus[document_id]["title"] or document_id},
                     }
                     response = await self.http.post(f"{self.ingest_url}/ingest", json=body)
                     response.raise_for_status()
                     progress.advance(task)
 
-            await asyncio.gather(*(ingest(i, p) for i, p in eval_set.corpus.items()))
+            await asyncio.gather(*(ingest(i) for i in eval_set.corpus))
 
-    async def wait_indexed(self, ids: Sequence[str], namespace: str) -> None:
+    async def wait_indexed(self, ids: Sequence[str]) -> None:
         """Until every document is settled. Documents are checked in the order they were accepted and a round
         stops at the first one still on its way, so waiting costs the system almost nothing."""
         pending = list(ids)
@@ -94,7 +139,7 @@ class Client:
             task = progress.add_task("index", total=len(ids))
             while pending:
                 response = await self.http.get(
-                    f"{self.ingest_url}/ingest/{pending[0]}", params={"namespace": namespace}
+                    f"{self.ingest_url}/ingest/{pending[0]}", params={"namespace": self.namespace}
                 )
                 if response.json().get("status") in ("indexed", "duplicate", "failed"):
                     pending.pop(0)
@@ -102,20 +147,73 @@ class Client:
                 else:
                     await asyncio.sleep(0.5)
 
-    async def rankings(self, queries: dict[str, str], namespace: str, **options: Any) -> dict[str, list[str]]:
+    async def rankings(self, queries: dict[str, str], **options: Any) -> dict[str, list[str]]:
+        gate = asyncio.Semaphore(8)
+
         async def ranking(text: str) -> list[str]:
-            response = await self.http.post(
-                f"{self.search_url}/api/search",
-                json={"query": text, "namespace": namespace, "top_k": 10, "generate": False, **options},
-            )
+            body = {"query": text, "namespace": self.namespace, "top_k": RANKED_CHUNKS, "generate": False, **options}
+            async with gate:
+                response = await self.http.post(f"{self.search_url}/api/search", json=body)
             response.raise_for_status()
-            return list(dict.fromkeys(s["document_id"] for s in response.json()["sources"]))
+            return documents_of([s["document_id"] for s in response.json()["sources"]])
 
         ranked = await asyncio.gather(*(ranking(t) for t in queries.values()))
         return dict(zip(queries, ranked, strict=True))
 
 
-def bm25_baseline(eval_set: EvalSet) -> dict[str, list[str]]:
+class InProcess:
+    """The chunks and vectors the pipeline would index (the same engine chunks and embeds them), written to a
+    FAISS store in a folder of this process, searched with the store's own code and the service's defaults."""
+
+    def __init__(self, eval_set: EvalSet, engine: Any, data_dir: Path) -> None:
+        from query.settings import SearchSettings
+        from ragtrace.vectorstore import VectorStoreSettings
+        from ragtrace.vectorstore.faiss_store import FaissStore
+
+        self.engine = engine
+        self.settings = SearchSettings()
+        self.store = FaissStore(data_dir, VectorStoreSettings().feedback_chunks)
+        self.namespace = "eval"
+        self._index(eval_set)
+        self.vectors: dict[str, list[float]] = {}
+
+    def _index(self, eval_set: EvalSet) -> None:
+        ids = list(eval_set.corpus)
+        chunks = {i: self.engine.chunk(eval_set.text(i)) for i in ids}
+        console.print(f"embedding {sum(map(len, chunks.values()))} chunks of {eval_set.name} in this process")
+        vectors = iter(self.engine.embed([c.text for i in ids for c in chunks[i]]).tolist())
+        documents = [
+            DocumentChunks(
+                i,
+                {"title": eval_set.corpus[i]["title"] or i},
+                [
+                    IndexedChunk(chunk_id(i, c.chunk_no), c.chunk_no, c.text, c.start, c.end, next(vectors))
+                    for c in chunks[i]
+                ],
+            )
+            for i in ids
+        ]
+        self.store.write(self.namespace, documents, [])
+
+    async def rankings(self, queries: dict[str, str], **options: Any) -> dict[str, list[str]]:
+        missing = [t for t in queries.values() if t not in self.vectors]
+        self.vectors.update(zip(missing, self.engine.embed(missing).tolist(), strict=True))
+        mode = options.get("mode", self.settings.default_mode)
+        alpha = options.get("alpha", self.settings.default_alpha)
+
+        def ranking(text: str) -> list[str]:
+            if mode == "keyword":
+                hits = self.store.keyword_search(self.namespace, text, RANKED_CHUNKS)
+            elif mode == "vector":
+                hits = self.store.search(self.namespace, self.vectors[text], RANKED_CHUNKS)
+            else:
+                hits = self.store.hybrid_search(self.namespace, text, self.vectors[text], RANKED_CHUNKS, alpha)
+            return documents_of([h.document_id for h in hits])
+
+        return {q: ranking(t) for q, t in queries.items()}
+
+
+def bm25_baseline(eval_set: EvalSet, depth: int = RANKED_DOCUMENTS) -> dict[str, list[str]]:
     from rank_bm25 import BM25Okapi
 
     ids = list(eval_set.corpus)
@@ -123,55 +221,94 @@ def bm25_baseline(eval_set: EvalSet) -> dict[str, list[str]]:
     def tokens(text: str) -> list[str]:
         return re.findall(r"\w+", text.lower())
 
-    bm25 = BM25Okapi([tokens(eval_set.corpus[i]["text"]) for i in ids])
-    return {q: [ids[j] for j in np.argsort(-bm25.get_scores(tokens(t)))[:10]] for q, t in eval_set.queries.items()}
+    bm25 = BM25Okapi([tokens(eval_set.text(i)) for i in ids])
+    return {q: [ids[j] for j in np.argsort(-bm25.get_scores(tokens(t)))[:depth]] for q, t in eval_set.queries.items()}
 
 
-def dense_baseline(eval_set: EvalSet, embed: Callable[[list[str]], np.ndarray]) -> dict[str, list[str]]:
+def dense_baseline(
+    eval_set: EvalSet, embed: Callable[[list[str]], np.ndarray], depth: int = RANKED_DOCUMENTS
+) -> dict[str, list[str]]:
     ids = list(eval_set.corpus)
-    passages = embed([eval_set.corpus[i]["text"] for i in ids])
+    documents = embed([eval_set.text(i) for i in ids])
     questions = embed(list(eval_set.queries.values()))
-    scores = questions @ passages.T
-    return {q: [ids[j] for j in np.argsort(-scores[row])[:10]] for row, q in enumerate(eval_set.queries)}
+    scores = questions @ documents.T
+    return {q: [ids[j] for j in np.argsort(-scores[row])[:depth]] for row, q in enumerate(eval_set.queries)}
 
 
-async def _measure(eval_set: EvalSet, client: Client, namespace: str, alphas: Sequence[float]) -> dict[str, float]:
-    """Ingest the corpus through the API, wait until it is indexed, then rank every query in each mode."""
-    await client.ingest_all(eval_set, namespace)
-    await client.wait_indexed(list(eval_set.corpus), namespace)
-    results: dict[str, float] = {}
-    for mode, options in [("vector", {}), ("keyword", {})] + [(f"hybrid alpha={a}", {"alpha": a}) for a in alphas]:
-        rankings = await client.rankings(eval_set.queries, namespace, mode=mode.split(" ")[0], **options)
-        results[f"ragtrace {mode}"] = mean_ndcg(rankings, eval_set.qrels)
-    return results
+def baselines(eval_set: EvalSet, embed: Callable[[list[str]], np.ndarray], model: str) -> dict[str, float]:
+    console.print(f"{eval_set.name}: baselines BM25 (rank-bm25), exact dense ({model}) and their RRF")
+    bm25 = bm25_baseline(eval_set, BASELINE_RRF_DEPTH)
+    dense = dense_baseline(eval_set, embed, BASELINE_RRF_DEPTH)
+    fused = {q: list(rank_fusion([bm25[q], dense[q]], [1.0, 1.0]))[:RANKED_DOCUMENTS] for q in eval_set.queries}
+    return {
+        "baseline BM25 (rank-bm25)": mean_ndcg(bm25, eval_set.qrels),
+        f"baseline dense exact ({model})": mean_ndcg(dense, eval_set.qrels),
+        "baseline RRF k=60 (BM25 + dense)": mean_ndcg(fused, eval_set.qrels),
+    }
+
+
+async def measure(searcher: Searcher, eval_set: EvalSet, alphas: Sequence[float]) -> dict[str, float]:
+    """nDCG@10 of ragtrace in each mode, each extra alpha, and with the service's defaults."""
+    runs: list[tuple[str, dict[str, Any]]] = [("vector", {"mode": "vector"}), ("keyword", {"mode": "keyword"})]
+    runs += [(f"hybrid alpha={a}", {"mode": "hybrid", "alpha": a}) for a in alphas]
+    runs.append(("default (no options)", {}))
+    return {
+        f"ragtrace {name}": mean_ndcg(await searcher.rankings(eval_set.queries, **options), eval_set.qrels)
+        for name, options in runs
+    }
 
 
 def run(
-    folder: Path, ingest_url: str, search_url: str, api_key: str, namespace: str, alphas: Sequence[float], output: Path
-) -> dict[str, float]:
+    root: Path,
+    alphas: Sequence[float],
+    output: Path,
+    api: tuple[str, str, str] | None,
+    namespace_prefix: str,
+) -> dict[str, dict[str, float]]:
+    """Every set under root: ragtrace through the API (api = ingest URL, search URL, key) or, api None, in
+    this process; then the baselines. One table, one JSON file."""
     from embedding.engine import EmbeddingEngine
     from embedding.settings import EmbeddingSettings
 
-    eval_set = EvalSet.load(folder)
-    console.print(f"{len(eval_set.corpus)} passages, {len(eval_set.queries)} judged queries from {folder}")
-    results = asyncio.run(_measure(eval_set, Client(ingest_url, search_url, api_key), namespace, alphas))
-    console.print("baselines: BM25 (rank-bm25) and exact dense search with the bare model")
-    results["baseline BM25 (rank-bm25)"] = mean_ndcg(bm25_baseline(eval_set), eval_set.qrels)
     engine = EmbeddingEngine(EmbeddingSettings())
-    dense = dense_baseline(eval_set, engine.embed)
-    results[f"baseline dense exact ({engine.model_name})"] = mean_ndcg(dense, eval_set.qrels)
-    table = Table("system", "nDCG@10", title=f"{folder.name}: {len(eval_set.queries)} queries")
-    for name, score in results.items():
-        table.add_row(name, f"{score:.4f}")
-    console.print(table)
+    results: dict[str, dict[str, float]] = {}
+    for folder in eval_folders(root):
+        eval_set = EvalSet.load(folder)
+        console.print(f"{eval_set.name}: {len(eval_set.corpus)} documents, {len(eval_set.queries)} judged queries")
+        if api is None:
+            with tempfile.TemporaryDirectory() as data_dir:
+                searcher: Searcher = InProcess(eval_set, engine, Path(data_dir))
+                scores = asyncio.run(measure(searcher, eval_set, alphas))
+        else:
+            scores = asyncio.run(_through_api(eval_set, api, f"{namespace_prefix}-{eval_set.name}", alphas))
+        scores.update(baselines(eval_set, engine.embed, engine.model_name))
+        results[eval_set.name] = scores
+    _print(results, "in this process (FAISS store)" if api is None else "through the running system's API")
     output.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "date": datetime.now(UTC).isoformat(),
         "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "set": folder.name,
+        "ragtrace": "in-process" if api is None else "api",
         "ndcg_at_10": results,
     }
     output.write_text(json.dumps(summary, indent=2))
     console.print(f"written to {output}")
     return results
+
+
+async def _through_api(
+    eval_set: EvalSet, api: tuple[str, str, str], namespace: str, alphas: Sequence[float]
+) -> dict[str, float]:
+    client = Client(*api, namespace=namespace)
+    await client.ingest_all(eval_set)
+    await client.wait_indexed(list(eval_set.corpus))
+    return await measure(client, eval_set, alphas)
+
+
+def _print(results: dict[str, dict[str, float]], how: str) -> None:
+    sets = list(results)
+    table = Table("system", *sets, title=f"nDCG@10, ragtrace {how}")
+    for system in dict.fromkeys(s for scores in results.values() for s in scores):
+        table.add_row(system, *(f"{results[s][system]:.4f}" if system in results[s] else "-" for s in sets))
+    console.print(table)

@@ -6,18 +6,26 @@ Writes are idempotent: `write` replaces all of a document's chunks, keyed by det
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ragtrace.settings import WeaviateSettings
 
+Item = TypeVar("Item", bound=Hashable)
+
 # Candidates each retriever contributes to a hybrid fusion (at least; more for a larger top_k).
 HYBRID_CANDIDATES = 50
+# Reciprocal rank fusion's constant: the value of its paper (Cormack et al., 2009), fixed in Weaviate too.
+RRF_K = 60
+# Chunks pseudo-relevance feedback reads in hybrid search; ANCE-PRF's best depth (Yu et al., 2021).
+FEEDBACK_CHUNKS = 3
 
 
 class Backend(StrEnum):
@@ -31,6 +39,8 @@ class VectorStoreSettings(BaseSettings):
     backend: Backend = Backend.FAISS
     data_dir: Path = Path(".state/index")  # FAISS backend: one SQLite file per namespace
     weaviate_collection: str = "RagtraceChunk"
+    # Hybrid search: chunks whose vectors expand the query vector (README, Evaluation); 0: no feedback.
+    feedback_chunks: int = Field(FEEDBACK_CHUNKS, ge=0)
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,8 @@ class VectorStore(Protocol):
         ...
 
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
-        """Vector and keyword results fused by relative score: alpha 1 is vector only, 0 keyword only."""
+        """Vector and keyword results fused by weighted reciprocal rank (`fused_ranking`), the vector side
+        searched with the query expanded by pseudo-relevance feedback: alpha 1 is vector only, 0 keyword only."""
         ...
 
     def count(self, namespace: str, document_id: str | None = None) -> int:
@@ -97,28 +108,48 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
-def fuse(vector_hits: Sequence[Hit], keyword_hits: Sequence[Hit], alpha: float, top_k: int) -> list[Hit]:
-    """Relative score fusion (as Weaviate's `relativeScoreFusion`): each list's scores are scaled to [0, 1]
-    by min-max, then summed with weights alpha (vector) and 1 - alpha (keyword). Best first."""
-    combined: dict[str, float] = {}
-    hits: dict[str, Hit] = {}
-    for weight, ranked in ((alpha, vector_hits), (1.0 - alpha, keyword_hits)):
-        if not ranked:
-            continue
-        high, low = max(h.score for h in ranked), min(h.score for h in ranked)
-        for hit in ranked:
-            scaled = (hit.score - low) / (high - low) if high > low else 1.0
-            combined[hit.chunk_id] = combined.get(hit.chunk_id, 0.0) + weight * scaled
-            hits.setdefault(hit.chunk_id, hit)
-    ranked_ids = sorted(combined, key=lambda chunk: combined[chunk], reverse=True)[:top_k]
-    return [replace(hits[chunk], score=combined[chunk]) for chunk in ranked_ids]
+def rank_fusion(rankings: Sequence[Sequence[Item]], weights: Sequence[float]) -> dict[Item, float]:
+    """Weighted reciprocal rank fusion, computed as Weaviate's `rankedFusion` does: an item scores the sum of
+    weight / (RRF_K + rank) over the rankings it appears in, rank counted from 0; a ranking of weight 0 is
+    left out. Item → score, best first. Ranks, not scores: no assumption about how either retriever's scores
+    are distributed, which is what varies from one collection and one query to the next."""
+    scores: dict[Item, float] = {}
+    for weight, ranking in zip(weights, rankings, strict=True):
+        if weight > 0:
+            for rank, item in enumerate(ranking):
+                scores[item] = scores.get(item, 0.0) + weight / (RRF_K + rank)
+    return dict(sorted(scores.items(), key=lambda pair: pair[1], reverse=True))
+
+
+def fused_ranking(
+    vector_ranking: Sequence[Item], keyword_ranking: Sequence[Item], alpha: float, top_k: int
+) -> list[tuple[Item, float]]:
+    """Hybrid's result: the top_k of rank fusion with weights alpha (vector) and 1 - alpha (keyword), with
+    their fused scores."""
+    return list(rank_fusion([vector_ranking, keyword_ranking], [alpha, 1.0 - alpha]).items())[:top_k]
+
+
+def feedback_ids(vector_ranking: Sequence[Item], keyword_ranking: Sequence[Item], count: int) -> list[Item]:
+    """The chunks pseudo-relevance feedback reads: the top `count` of both rankings fused with equal weights,
+    the chunks both retrievers rank high (parameter-free: no alpha, no score scale)."""
+    return list(rank_fusion([vector_ranking, keyword_ranking], [1.0, 1.0]))[:count]
+
+
+def expanded_query(vector: Sequence[float], feedback: np.ndarray) -> list[float]:
+    """Rocchio's feedback on a dense query (as in ANCE-PRF): the query plus the centroid of the feedback
+    chunks' vectors, weighted 1:1, normalized again for cosine. No feedback: the query unchanged."""
+    if not len(feedback):
+        return list(vector)
+    expanded = np.asarray(vector, dtype=np.float32) + feedback.mean(axis=0)
+    norm = float(np.linalg.norm(expanded))
+    return [float(x) for x in expanded / norm] if norm > 0 else list(vector)
 
 
 def open_vector_store(settings: VectorStoreSettings, weaviate: WeaviateSettings | None = None) -> VectorStore:
     if settings.backend is Backend.WEAVIATE:
         from ragtrace.vectorstore.weaviate_store import WeaviateStore
 
-        return WeaviateStore(weaviate or WeaviateSettings(), settings.weaviate_collection)
+        return WeaviateStore(weaviate or WeaviateSettings(), settings.weaviate_collection, settings.feedback_chunks)
     from ragtrace.vectorstore.faiss_store import FaissStore
 
-    return FaissStore(settings.data_dir)
+    return FaissStore(settings.data_dir, settings.feedback_chunks)

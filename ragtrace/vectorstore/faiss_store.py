@@ -21,7 +21,17 @@ import faiss
 import numpy as np
 
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.vectorstore import HYBRID_CANDIDATES, Backend, DocumentChunks, Hit, UnknownNamespace, fuse
+from ragtrace.vectorstore import (
+    FEEDBACK_CHUNKS,
+    HYBRID_CANDIDATES,
+    Backend,
+    DocumentChunks,
+    Hit,
+    UnknownNamespace,
+    expanded_query,
+    feedback_ids,
+    fused_ranking,
+)
 
 _SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -57,9 +67,7 @@ END;
 
 # FTS5's bm25() is lower-is-better; negated, higher is better like every other score here.
 _KEYWORD_SEARCH = (
-    'SELECT c.id, c.chunk_id, c.document_id, c.content, c.metadata, c.chunk_no, c.start, c."end", '
-    "-bm25(chunks_fts) FROM chunks_fts JOIN chunks AS c ON c.id = chunks_fts.rowid "
-    "WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?"
+    "SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?"
 )
 
 _INSERT_CHUNK = (
@@ -80,8 +88,9 @@ class _Namespace:
 class FaissStore:
     backend = Backend.FAISS
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, feedback_chunks: int = FEEDBACK_CHUNKS) -> None:
         self.data_dir = data_dir
+        self.feedback_chunks = feedback_chunks
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._namespaces: dict[str, _Namespace] = {}
         self._lock = threading.Lock()
@@ -177,36 +186,43 @@ class FaissStore:
 
     def search(self, namespace: str, vector: Sequence[float], top_k: int) -> list[Hit]:
         ns = self._open(namespace, create=False)
-        query = np.asarray([vector], dtype=np.float32)
         with ns.lock:
-            index = self._sync(ns)
-            if index.ntotal == 0:
-                return []
-            if index.d != query.shape[1]:
-                raise ValueError(f"the query vector has dimension {query.shape[1]}, the index {index.d}")
-            scores, ids = index.search(query, min(top_k, index.ntotal))
-            found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-            columns = 'id, chunk_id, document_id, content, metadata, chunk_no, start, "end"'
-            found_rows = f"SELECT {columns} FROM chunks WHERE id IN ({_placeholders(found)})"  # noqa: S608
-            rows = {row[0]: row for row in ns.db.execute(found_rows, [i for i, _ in found])}
-        return [_hit(rows[i], score) for i, score in found if i in rows]
+            return _hits(ns.db, self._nearest(ns, vector, top_k))
+
+    def _nearest(self, ns: _Namespace, vector: Sequence[float], top_k: int) -> list[tuple[int, float]]:
+        """(FAISS id, cosine) of the top_k nearest chunks, best first (call with ns.lock held)."""
+        query = np.asarray([vector], dtype=np.float32)
+        index = self._sync(ns)
+        if index.ntotal == 0:
+            return []
+        if index.d != query.shape[1]:
+            raise ValueError(f"the query vector has dimension {query.shape[1]}, the index {index.d}")
+        scores, ids = index.search(query, min(top_k, index.ntotal))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def keyword_search(self, namespace: str, query: str, top_k: int) -> list[Hit]:
-        terms = re.findall(r"\w+", query.lower())
-        if not terms:
-            return []
-        # Each word quoted and ORed: the user's text is never read as FTS5 query syntax.
-        expression = " OR ".join(f'"{term}"' for term in terms)
         ns = self._open(namespace, create=False)
         with ns.lock:
-            rows = ns.db.execute(_KEYWORD_SEARCH, (expression, top_k)).fetchall()
-        return [_hit(row[:8], float(row[8])) for row in rows]
+            return _hits(ns.db, _matches(ns.db, query, top_k))
 
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
+        """Both rankings as ids and the feedback vectors from the FAISS index itself: chunk rows are read
+        only for the top_k that are returned."""
         candidates = max(top_k * 4, HYBRID_CANDIDATES)
-        return fuse(
-            self.search(namespace, vector, candidates), self.keyword_search(namespace, query, candidates), alpha, top_k
-        )
+        ns = self._open(namespace, create=False)
+        with ns.lock:
+            # One read snapshot: every keyword match is in the index the feedback vectors are read from.
+            ns.db.execute("BEGIN")
+            try:
+                nearest = [i for i, _ in self._nearest(ns, vector, candidates)]
+                keyword = [i for i, _ in _matches(ns.db, query, candidates)]
+                feedback = feedback_ids(nearest, keyword, self.feedback_chunks)
+                if feedback and ns.index is not None:
+                    feedback_vectors = ns.index.reconstruct_batch(np.asarray(feedback, dtype=np.int64))
+                    nearest = [i for i, _ in self._nearest(ns, expanded_query(vector, feedback_vectors), candidates)]
+                return _hits(ns.db, fused_ranking(nearest, keyword, alpha, top_k))
+            finally:
+                ns.db.execute("COMMIT")
 
     def count(self, namespace: str, document_id: str | None = None) -> int:
         try:
@@ -231,6 +247,24 @@ class FaissStore:
             for ns in self._namespaces.values():
                 ns.db.close()
             self._namespaces.clear()
+
+
+def _matches(db: sqlite3.Connection, query: str, top_k: int) -> list[tuple[int, float]]:
+    """(chunk row id, BM25 score) of the top_k chunks matching any word of the query, best first."""
+    terms = re.findall(r"\w+", query.lower())
+    if not terms:
+        return []
+    # Each word quoted and ORed: the user's text is never read as FTS5 query syntax.
+    expression = " OR ".join(f'"{term}"' for term in terms)
+    return [(int(i), float(score)) for i, score in db.execute(_KEYWORD_SEARCH, (expression, top_k))]
+
+
+def _hits(db: sqlite3.Connection, ranked: Sequence[tuple[int, float]]) -> list[Hit]:
+    """The chunks of (row id, score) pairs, in their order, with that score."""
+    columns = 'id, chunk_id, document_id, content, metadata, chunk_no, start, "end"'
+    found_rows = f"SELECT {columns} FROM chunks WHERE id IN ({_placeholders(ranked)})"  # noqa: S608
+    rows = {row[0]: row for row in db.execute(found_rows, [i for i, _ in ranked])}
+    return [_hit(rows[i], score) for i, score in ranked if i in rows]
 
 
 def _placeholders(values: Sequence[object]) -> str:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import numpy as np
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 from weaviate.classes.data import DataObject
@@ -22,7 +23,15 @@ from weaviate.collections import Collection
 from ragtrace.clients import weaviate_client
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.settings import WeaviateSettings
-from ragtrace.vectorstore import Backend, DocumentChunks, Hit, UnknownNamespace
+from ragtrace.vectorstore import (
+    FEEDBACK_CHUNKS,
+    HYBRID_CANDIDATES,
+    Backend,
+    DocumentChunks,
+    Hit,
+    UnknownNamespace,
+    expanded_query,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,9 +75,10 @@ def _weaviate_call(method: Callable[Concatenate[WeaviateStore, P], R]) -> Callab
 class WeaviateStore:
     backend = Backend.WEAVIATE
 
-    def __init__(self, settings: WeaviateSettings, collection: str) -> None:
+    def __init__(self, settings: WeaviateSettings, collection: str, feedback_chunks: int = FEEDBACK_CHUNKS) -> None:
         self.settings = settings
         self.name = collection
+        self.feedback_chunks = feedback_chunks
         self._lock = threading.Lock()
         self._client: weaviate.WeaviateClient | None = None
         self._collection: Collection[Any, Any] | None = None
@@ -164,12 +174,28 @@ class WeaviateStore:
 
     @_weaviate_call
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
-        result = self._tenant(namespace, must_exist=True).query.hybrid(
+        """As the FAISS backend, with Weaviate's own `rankedFusion` (the same formula as `fused_ranking`): one
+        hybrid query with equal weights finds the feedback chunks, a second ranks with the expanded vector."""
+        tenant = self._tenant(namespace, must_exist=True)
+        if self.feedback_chunks:
+            # The FAISS backend's candidate depth, so that both backends choose the feedback from as many.
+            feedback = tenant.query.hybrid(
+                query,
+                vector=list(vector),
+                alpha=0.5,
+                limit=max(top_k * 4, HYBRID_CANDIDATES),
+                fusion_type=HybridFusion.RANKED,
+                include_vector=True,
+                return_properties=["chunk_id"],
+            )
+            vectors = [o.vector["default"] for o in feedback.objects[: self.feedback_chunks]]
+            vector = expanded_query(vector, np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
+        result = tenant.query.hybrid(
             query,
             vector=list(vector),
             alpha=alpha,
             limit=top_k,
-            fusion_type=HybridFusion.RELATIVE_SCORE,
+            fusion_type=HybridFusion.RANKED,
             return_metadata=MetadataQuery(score=True),
         )
         return [_hit(o.properties, float(o.metadata.score or 0.0)) for o in result.objects]

@@ -1,0 +1,54 @@
+"""`ragtrace eval --in-process` on two tiny BEIR-format sets: every set under the folder is measured in one
+run, every system reads title + text, and an empty document is left out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ragtrace.evaluation import run
+
+CORPUS = [
+    {"_id": "thermo", "title": "", "text": "Fahrenheit invented the mercury thermometer in 1714."},
+    {"_id": "volcano", "title": "", "text": "A volcano erupts when magma rises through the crust."},
+    {"_id": "bread", "title": "", "text": "Sourdough bread rises because wild yeast ferments the dough."},
+    # The query's word is only in the title: found only by a system that reads it.
+    {"_id": "mineral", "title": "Zyxquorbium", "text": "A fictional mineral that glows under ultraviolet light."},
+    {"_id": "empty", "title": "", "text": ""},
+]
+QUERIES = {"q1": "who invented the mercury thermometer", "q2": "zyxquorbium"}
+QRELS = {"q1": "thermo", "q2": "mineral"}
+
+
+def _write_set(folder: Path) -> None:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in CORPUS))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))
+    (folder / "qrels" / "test.tsv").write_text("".join(f"{q}\t{d}\t1\n" for q, d in QRELS.items()))
+
+
+def test_every_set_and_every_system_in_one_run(tmp_path: Path) -> None:
+    for name in ("tiny-b", "tiny-a"):
+        _write_set(tmp_path / "sets" / name)
+    (tmp_path / "sets" / "not-a-set").mkdir()
+    output = tmp_path / "eval.json"
+
+    results = run(tmp_path / "sets", [0.5], output, None, "eval")
+
+    assert list(results) == ["tiny-a", "tiny-b"]
+    systems = [
+        "ragtrace vector",
+        "ragtrace keyword",
+        "ragtrace hybrid alpha=0.5",
+        "ragtrace default (no options)",
+        "baseline BM25 (rank-bm25)",
+        "baseline dense exact (all-MiniLM-L6-v2)",
+        "baseline RRF k=60 (BM25 + dense)",
+    ]
+    for scores in results.values():
+        assert list(scores) == systems
+        # The relevant document is first for both queries in every system: nDCG@10 is exactly 1.
+        assert scores["ragtrace keyword"] == 1.0 and scores["baseline BM25 (rank-bm25)"] == 1.0
+        assert scores["ragtrace default (no options)"] == 1.0
+    written = json.loads(output.read_text())
+    assert written["ragtrace"] == "in-process" and written["ndcg_at_10"] == results
