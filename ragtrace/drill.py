@@ -63,7 +63,7 @@ class Drills:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.namespace = "drill-" + uuid.uuid4().hex[:8]
-        self.client = Client(target.ingest_url, target.search_url, target.api_key)
+        self.client = Client(target.ingest_url, target.search_url, target.api_key, self.namespace)
 
     async def search(self, **body: Any) -> tuple[httpx.Response, float]:
         started = time.monotonic()
@@ -73,9 +73,9 @@ class Drills:
         return response, time.monotonic() - started
 
     async def prepare(self) -> None:
-        corpus = EvalSet({d: {"title": d, "text": t} for d, t in CORPUS.items()}, {}, {})
-        await self.client.ingest_all(corpus, self.namespace)
-        await self.client.wait_indexed(list(CORPUS), self.namespace)
+        corpus = EvalSet("drill", {d: {"title": d, "text": t} for d, t in CORPUS.items()}, {}, {})
+        await self.client.ingest_all(corpus)
+        await self.client.wait_indexed(list(CORPUS))
 
     async def burst(self) -> Outcome:
         idle = [(await self.search(query=f"how do tides work {i}"))[1] for i in range(8)]
@@ -137,7 +137,7 @@ class Drills:
         metrics_back = time.monotonic() - started
         series = (await self.client.http.get(self.target.indexer_metrics_url)).text
         gauge = f'ragtrace_index_chunks{{backend="{self.target.backend}",namespace="{self.namespace}"}}' in series
-        await self.client.wait_indexed([document_id], self.namespace)
+        await self.client.wait_indexed([document_id])
         indexed_after = time.monotonic() - started
         hits, _ = await self.search(query="auroras glow", mode="keyword")
         found = any(s["document_id"] == document_id for s in hits.json().get("sources", []))
