@@ -9,7 +9,10 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
+from faststream import Context, FastStream
+from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from opentelemetry.trace import Link
 
@@ -17,16 +20,16 @@ from embedding.engine import EmbeddingEngine, TextChunk
 from embedding.settings import EmbeddingSettings
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.lifecycle import LIVE, DocumentLifecycle, owns
-from ragtrace.messaging import Publisher
-from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED
-from ragtrace.runtime import (
-    current_events,
-    document_store,
-    mark_failed,
-    processing_spans,
-    run_worker,
-    set_status,
+from ragtrace.messaging import (
+    Batch,
+    CurrentBatch,
+    DeliveryPolicy,
+    Publisher,
+    batch_subscriber,
+    new_broker,
 )
+from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED
+from ragtrace.runtime import document_store, run_worker
 from ragtrace.schemas import (
     Chunk,
     ChunkBatch,
@@ -35,13 +38,14 @@ from ragtrace.schemas import (
     EventType,
     StoredDocument,
     chunk_id,
+    message_key,
 )
 from ragtrace.settings import KafkaSettings
 from ragtrace.storage import DocumentStore
-from ragtrace.telemetry import record_batch_share, skip_message, span_failed
-from ragtrace.worker import Record, WorkerOptions
+from ragtrace.telemetry import record_batch_share, skip_message
 
 tracer = trace.get_tracer("ragtrace.embedding")
+GROUP = "embedding"  # the consumer group, after the deployment's group prefix
 
 
 @dataclass
@@ -53,34 +57,31 @@ class _Prepared:
     chunks: Sequence[TextChunk] = ()
 
 
-class EmbeddingHandler:
-    def __init__(self, kafka: KafkaSettings, store: DocumentStore, engine: EmbeddingEngine) -> None:
+class Embedding:
+    """The worker's use case: a batch of document events becomes one chunk batch per document."""
+
+    def __init__(self, kafka: KafkaSettings, store: DocumentStore, engine: EmbeddingEngine, chunks: Publisher) -> None:
         self.kafka = kafka
-        self.group = kafka.group_prefix + "embedding"
         self.store = store
         self.lifecycle = DocumentLifecycle(store)
         self.engine = engine
-        self.publisher = Publisher(kafka.model_copy(update={"publish_timeout_s": 30.0}))
+        self.chunks = chunks
 
-    async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
-        failures: dict[int, Exception] = {}
-        with processing_spans(tracer, records, self.group) as spans:
-            events = current_events(records, spans, DocumentEvent, "a document event", failures)
-            # The documents of a batch are prepared concurrently: mostly waiting on MinIO.
-            outcomes = await asyncio.gather(
-                *(self._prepare_traced(index, event, spans[index]) for index, event in events.items()),
-                return_exceptions=True,
-            )
-            prepared: list[_Prepared] = []
-            for index, outcome in zip(events, outcomes, strict=True):
-                if isinstance(outcome, DependencyUnavailable):
-                    raise outcome
-                if isinstance(outcome, Exception):  # this message's own failure: retried, then dead-lettered
-                    failures[index] = span_failed(spans[index], outcome)
-                elif isinstance(outcome, _Prepared):
-                    prepared.append(outcome)
-            await self._embed_and_publish(prepared, failures)
-        return failures
+    async def handle(self, events: Sequence[DocumentEvent], delivered: Batch) -> None:
+        # The documents of a batch are prepared concurrently: mostly waiting on MinIO.
+        outcomes = await asyncio.gather(
+            *(self._prepare_traced(index, event, delivered.span(index)) for index, event in enumerate(events)),
+            return_exceptions=True,
+        )
+        prepared: list[_Prepared] = []
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, DependencyUnavailable):
+                raise outcome
+            if isinstance(outcome, Exception):  # this message's own failure: retried, then dead-lettered
+                delivered.fail(index, outcome)
+            elif isinstance(outcome, _Prepared):
+                prepared.append(outcome)
+        await self._embed_and_publish(prepared, delivered)
 
     async def _prepare_traced(self, index: int, event: DocumentEvent, span: trace.Span) -> _Prepared | None:
         with trace.use_span(span, end_on_exit=False):
@@ -106,11 +107,11 @@ class EmbeddingHandler:
         if document is None:
             skip_message(span, "superseded by a newer version of the document")
             return None
-        await set_status(self.lifecycle, event, DocumentState.PROCESSING)
+        await asyncio.to_thread(self.lifecycle.transition, event, DocumentState.PROCESSING)
         owner = await asyncio.to_thread(self.store.hash_owner, event.namespace, document.content_hash)
         if owner and owner != event.document_id and await self._owns_content(event.namespace, owner, document):
             span.set_attribute("ragtrace.duplicate_of", owner)
-            await set_status(self.lifecycle, event, DocumentState.DUPLICATE, duplicate_of=owner)
+            await asyncio.to_thread(self.lifecycle.transition, event, DocumentState.DUPLICATE, duplicate_of=owner)
             # Remove chunks of any earlier version of this document; its status stays "duplicate".
             return _Prepared(index, event.model_copy(update={"type": EventType.DELETE}), span)
         if owner != event.document_id:
@@ -126,7 +127,7 @@ class EmbeddingHandler:
         status = await asyncio.to_thread(self.lifecycle.status, namespace, owner)
         return status is not None and status.status in LIVE and status.content_hash == document.content_hash
 
-    async def _embed_and_publish(self, prepared: list[_Prepared], failures: dict[int, Exception]) -> None:
+    async def _embed_and_publish(self, prepared: list[_Prepared], delivered: Batch) -> None:
         upserts = [p for p in prepared if p.document is not None]
         texts = [c.text for p in upserts for c in p.chunks]
         start_ns = time.time_ns()
@@ -144,18 +145,19 @@ class EmbeddingHandler:
         end_ns = time.time_ns()
         row = 0
         for item in prepared:
-            batch = self._chunk_batch(item, vectors[row : row + len(item.chunks)].tolist(), start_ns, end_ns)
+            chunks = self._chunk_batch(item, vectors[row : row + len(item.chunks)].tolist(), start_ns, end_ns)
             row += len(item.chunks)
             try:
                 with trace.use_span(item.span, end_on_exit=False):
-                    await self.publisher.publish(self.kafka.chunks_topic, _key(item.event), batch)
+                    key = message_key(item.event.namespace, item.event.document_id)
+                    await self.chunks.publish(self.kafka.chunks_topic, key, chunks)
             except DependencyUnavailable:
                 raise
             except Exception as error:
-                failures[item.index] = span_failed(item.span, error)
+                delivered.fail(item.index, error)
                 continue
-            DOCUMENTS_PROCESSED.labels("embedding", batch.type.value).inc()
-            CHUNKS_PROCESSED.labels("embedding").inc(len(batch.chunks))
+            DOCUMENTS_PROCESSED.labels("embedding", chunks.type.value).inc()
+            CHUNKS_PROCESSED.labels("embedding").inc(len(chunks.chunks))
 
     def _chunk_batch(self, item: _Prepared, vectors: list[list[float]], start_ns: int, end_ns: int) -> ChunkBatch:
         event = item.event
@@ -203,28 +205,58 @@ class EmbeddingHandler:
             ],
         )
 
-    async def dead_lettered(self, record: Record, error: Exception) -> None:
-        await mark_failed(self.lifecycle, record, error)
 
-    async def close(self) -> None:
-        await self.publisher.close()
+def declare(broker: KafkaBroker, settings: EmbeddingSettings, kafka: KafkaSettings) -> Publisher:
+    """The worker's topics on `broker`: a batch subscriber on the documents topic and publishers of chunk
+    batches and dead letters (also what the AsyncAPI document describes)."""
+    # A chunk batch may wait for a broker that restarts; the batch is retried as a whole meanwhile.
+    publisher = Publisher(broker, kafka, timeout_s=30.0)
+    publisher.declare(kafka.chunks_topic, ChunkBatch, "One document's chunks and vectors, or its deletion")
+    publisher.declare(
+        kafka.dead_letter_topic(kafka.documents_topic),
+        DocumentEvent,
+        "Document events that failed every attempt, with ragtrace.error.* headers",
+    )
+
+    @batch_subscriber(
+        broker,
+        kafka,
+        kafka.documents_topic,
+        GROUP,
+        settings.max_batch_documents,
+        "Documents accepted by the ingest API, embedded in batches across documents",
+    )
+    async def embed_documents(
+        events: list[DocumentEvent], delivered: CurrentBatch, work: Annotated[Embedding, Context("embedding")]
+    ) -> None:
+        await work.handle(events, delivered)
+
+    return publisher
 
 
-def _key(event: DocumentEvent) -> bytes:
-    return f"{event.namespace}/{event.document_id}".encode()
+def create_app(settings: EmbeddingSettings, kafka: KafkaSettings) -> FastStream:
+    store = document_store()
+    lifecycle = DocumentLifecycle(store)
+    broker = new_broker(kafka)
+    publisher = declare(broker, settings, kafka)
+    broker.add_middleware(
+        DeliveryPolicy(
+            group=kafka.group_prefix + GROUP,
+            model=DocumentEvent,
+            dead_letters=publisher,
+            on_dead_letter=lambda ref, error: asyncio.to_thread(lifecycle.fail, ref, error),
+        )
+    )
+    app = FastStream(broker, logger=None)
+    app.context.set_global("embedding", Embedding(kafka, store, EmbeddingEngine(settings), publisher))
+    return app
 
 
 def main() -> None:
-    settings = EmbeddingSettings()
-    kafka = KafkaSettings()
     run_worker(
-        service="embedding-worker",
-        kafka=kafka,
-        options=WorkerOptions(
-            topic=kafka.documents_topic, group=kafka.group_prefix + "embedding", max_batch=settings.max_batch_documents
-        ),
-        handler_factory=lambda: EmbeddingHandler(kafka, document_store(), EmbeddingEngine(settings)),
-        metrics_port=settings.metrics_port,
+        "embedding-worker",
+        lambda: create_app(EmbeddingSettings(), KafkaSettings()),
+        EmbeddingSettings().metrics_port,
     )
 
 

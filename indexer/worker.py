@@ -11,7 +11,10 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
+from faststream import Context, FastStream
+from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from prometheus_client import Gauge, Histogram
@@ -22,23 +25,17 @@ from ragtrace.cache import bump_namespace
 from ragtrace.clients import redis_client
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.lifecycle import DocumentLifecycle, owns
+from ragtrace.messaging import Batch, CurrentBatch, DeliveryPolicy, Publisher, batch_subscriber, new_broker
 from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED, observe
-from ragtrace.runtime import (
-    current_events,
-    document_store,
-    mark_failed,
-    processing_spans,
-    run_worker,
-    set_status,
-)
+from ragtrace.runtime import document_store, run_worker
 from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
 from ragtrace.settings import KafkaSettings, RedisSettings, WeaviateSettings
 from ragtrace.storage import DocumentStore
-from ragtrace.telemetry import record_batch_share, skip_message, span_failed
+from ragtrace.telemetry import record_batch_share, skip_message
 from ragtrace.vectorstore import DocumentChunks, IndexedChunk, VectorStore, VectorStoreSettings, open_vector_store
-from ragtrace.worker import Record, WorkerOptions
 
 tracer = trace.get_tracer("ragtrace.indexer")
+GROUP = "indexer"  # the consumer group, after the deployment's group prefix
 
 FRESHNESS = Histogram(
     "ragtrace_ingest_freshness_seconds",
@@ -62,33 +59,31 @@ class _Item:
     span: trace.Span
 
 
-class IndexerHandler:
-    def __init__(self, store: DocumentStore, index: VectorStore, group: str, cache: Redis[bytes]) -> None:
-        self.group = group
+class Indexing:
+    """The worker's use case: chunk batches become index writes, one per namespace, and final statuses."""
+
+    def __init__(self, store: DocumentStore, index: VectorStore, cache: Redis[bytes]) -> None:
         self.lifecycle = DocumentLifecycle(store)
         self.index = index
         for namespace in index.namespaces():  # every namespace has its series from the start, not from its next write
             INDEX_CHUNKS.labels(namespace, index.backend.value).set(index.count(namespace))
         self.cache = cache
 
-    async def handle(self, records: Sequence[Record]) -> dict[int, Exception]:
-        failures: dict[int, Exception] = {}
-        with processing_spans(tracer, records, self.group) as spans:
-            batches = current_events(records, spans, ChunkBatch, "a chunk batch", failures)
-            checks = await asyncio.gather(
-                *(self._current(batch, spans[index]) for index, batch in batches.items()), return_exceptions=True
-            )
-            by_namespace: dict[str, list[_Item]] = defaultdict(list)
-            for index, check in zip(batches, checks, strict=True):
-                if isinstance(check, DependencyUnavailable):
-                    raise check
-                if isinstance(check, Exception):
-                    failures[index] = span_failed(spans[index], check)
-                elif isinstance(check, ChunkBatch):
-                    by_namespace[check.namespace].append(_Item(index, check, spans[index]))
-            for namespace, items in by_namespace.items():
-                await self._write(namespace, items, failures)
-        return failures
+    async def handle(self, batches: Sequence[ChunkBatch], delivered: Batch) -> None:
+        checks = await asyncio.gather(
+            *(self._current(chunks, delivered.span(index)) for index, chunks in enumerate(batches)),
+            return_exceptions=True,
+        )
+        by_namespace: dict[str, list[_Item]] = defaultdict(list)
+        for index, check in enumerate(checks):
+            if isinstance(check, DependencyUnavailable):
+                raise check
+            if isinstance(check, Exception):
+                delivered.fail(index, check)
+            elif isinstance(check, ChunkBatch):
+                by_namespace[check.namespace].append(_Item(index, check, delivered.span(index)))
+        for namespace, items in by_namespace.items():
+            await self._write(namespace, items, delivered)
 
     async def _current(self, batch: ChunkBatch, span: trace.Span) -> ChunkBatch | None:
         """The batch, or None when a newer request about its document supersedes it."""
@@ -110,7 +105,7 @@ class IndexerHandler:
             return None
         return batch
 
-    async def _write(self, namespace: str, items: list[_Item], failures: dict[int, Exception]) -> None:
+    async def _write(self, namespace: str, items: list[_Item], delivered: Batch) -> None:
         upserts = [_document_chunks(i.batch) for i in items if i.batch.type is EventType.UPSERT]
         deletes = [i.batch.document_id for i in items if i.batch.type is EventType.DELETE]
         start_ns = time.time_ns()
@@ -130,7 +125,7 @@ class IndexerHandler:
             raise
         except Exception as error:
             for item in items:
-                failures[item.index] = span_failed(item.span, error)
+                delivered.fail(item.index, error)
             return
         end_ns = time.time_ns()
         await bump_namespace(self.cache, namespace)  # cached results of this namespace are stale now
@@ -153,8 +148,8 @@ class IndexerHandler:
         CHUNKS_PROCESSED.labels("indexer").inc(len(batch.chunks))
         if batch.type is EventType.UPSERT:
             indexed_at = utcnow()
-            await set_status(
-                self.lifecycle,
+            await asyncio.to_thread(
+                self.lifecycle.transition,
                 batch,
                 DocumentState.INDEXED,
                 chunks=len(batch.chunks),
@@ -165,9 +160,6 @@ class IndexerHandler:
             return
         # False for a duplicate's earlier chunks, removed while its status stays as it is
         await asyncio.to_thread(self.lifecycle.finish_delete, batch)
-
-    async def dead_lettered(self, record: Record, error: Exception) -> None:
-        await mark_failed(self.lifecycle, record, error)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.index.close)
@@ -182,22 +174,51 @@ def _document_chunks(batch: ChunkBatch) -> DocumentChunks:
     )
 
 
+def declare(broker: KafkaBroker, settings: IndexerSettings, kafka: KafkaSettings) -> Publisher:
+    """The worker's topics on `broker`: a batch subscriber on the chunks topic and the publisher of its dead
+    letters (also what the AsyncAPI document describes)."""
+    dead_letters = Publisher(broker, kafka, timeout_s=30.0)
+    dead_letters.declare(
+        kafka.dead_letter_topic(kafka.chunks_topic),
+        ChunkBatch,
+        "Chunk batches that failed every attempt, with ragtrace.error.* headers",
+    )
+
+    @batch_subscriber(
+        broker, kafka, kafka.chunks_topic, GROUP, settings.max_batch, "Chunk batches, written to the index"
+    )
+    async def index_chunks(
+        batches: list[ChunkBatch], delivered: CurrentBatch, work: Annotated[Indexing, Context("indexing")]
+    ) -> None:
+        await work.handle(batches, delivered)
+
+    return dead_letters
+
+
+def create_app(settings: IndexerSettings, kafka: KafkaSettings) -> FastStream:
+    store = document_store()
+    lifecycle = DocumentLifecycle(store)
+    broker = new_broker(kafka)
+    dead_letters = declare(broker, settings, kafka)
+    broker.add_middleware(
+        DeliveryPolicy(
+            group=kafka.group_prefix + GROUP,
+            model=ChunkBatch,
+            dead_letters=dead_letters,
+            on_dead_letter=lambda ref, error: asyncio.to_thread(lifecycle.fail, ref, error),
+        )
+    )
+    indexing = Indexing(
+        store, open_vector_store(VectorStoreSettings(), WeaviateSettings()), redis_client(RedisSettings())
+    )
+    app = FastStream(broker, logger=None, after_shutdown=[indexing.close])
+    app.context.set_global("indexing", indexing)
+    return app
+
+
 def main() -> None:
     settings = IndexerSettings()
-    kafka = KafkaSettings()
-    group = kafka.group_prefix + "indexer"
-    run_worker(
-        service="indexer-worker",
-        kafka=kafka,
-        options=WorkerOptions(topic=kafka.chunks_topic, group=group, max_batch=settings.max_batch),
-        handler_factory=lambda: IndexerHandler(
-            document_store(),
-            open_vector_store(VectorStoreSettings(), WeaviateSettings()),
-            group,
-            redis_client(RedisSettings()),
-        ),
-        metrics_port=settings.metrics_port,
-    )
+    run_worker("indexer-worker", lambda: create_app(settings, KafkaSettings()), settings.metrics_port)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from ragtrace.auth import Authenticated
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.http import create_service_app
 from ragtrace.lifecycle import SETTLED, Claim, DocumentLifecycle
-from ragtrace.messaging import Publisher
+from ragtrace.messaging import Publisher, documents_publisher
 from ragtrace.runtime import document_store, run_http_service
 from ragtrace.schemas import (
     DocumentEvent,
@@ -177,7 +177,7 @@ class Ingestion:
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or IngestSettings()
     kafka = KafkaSettings()
-    publisher = Publisher(kafka)
+    publisher = documents_publisher(kafka)
     ingestion = Ingestion(document_store(), publisher, kafka)
 
     @asynccontextmanager

@@ -132,6 +132,11 @@ class DocumentLifecycle:
         _, written = self._replace(ref.namespace, ref.document_id, moved)
         return written is not None
 
+    def fail(self, ref: DocumentRef, error: Exception) -> bool:
+        """The event went to the dead-letter topic: its document is `failed`, with the error, if the event's
+        request still owns it."""
+        return self.transition(ref, DocumentState.FAILED, error=f"{type(error).__name__}: {error}")
+
     def finish_delete(self, ref: DocumentRef) -> bool:
         """The index no longer has the document: drop its version and its content claim, mark it deleted.
         Only for the document's current deletion request; True if it was that."""

@@ -1,27 +1,59 @@
-"""Kafka for ragtrace: topics the application creates, an idempotent producer, and a publisher that fails fast."""
+"""The Kafka layer: the only module that talks to FastStream's Kafka broker and to aiokafka.
+
+- Topics are created by the application with explicit partitions (auto-creation is off in ragtrace's Kafka).
+- Producing: an idempotent producer (acks=all) behind FastStream publishers declared on the broker; a publish
+  succeeds or raises DependencyUnavailable("kafka") within its deadline, and a failed publish costs the
+  producer (see `Publisher`).
+- Consuming: FastStream batch subscribers with manual acknowledgement: the batch's offsets are committed only
+  after the handler's effects are durable, and a batch that raises is rewound and redelivered. The
+  `BatchDelivery` middleware adds what FastStream does not do for a batch:
+  * one processing span per message, a child of the producer's context in its headers (the aiokafka
+    instrumentation's send span), so each document keeps one trace through a batch;
+  * undecodable messages go to the dead-letter topic at once, and of a document's events in one batch only
+    the last is acted on (a document's events share a key, hence a partition and an order);
+  * per-message retries with backoff, then the dead-letter topic with the error in its headers;
+  * while a dependency is down (DependencyUnavailable) nothing is dead-lettered: the batch waits and retries.
+  Handlers take the decoded events (`list[Model]`) and the `Batch` (each event's span; `fail` a message).
+Trace context in the headers comes from opentelemetry-instrumentation-aiokafka (ragtrace/telemetry.py);
+FastStream's own Kafka telemetry is deliberately not used, so there is one set of messaging spans.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeAlias, cast
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
+from faststream import Context
+from faststream.kafka import KafkaBroker
+from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
+from faststream.kafka.publisher.usecase import DefaultPublisher
+from faststream.kafka.subscriber.usecase import BatchSubscriber
+from faststream.message import StreamMessage
+from faststream.middlewares import AckPolicy, BaseMiddleware
 from opentelemetry import trace
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
-from ragtrace.errors import DependencyUnavailable
+from ragtrace.errors import DependencyUnavailable, PoisonMessage
+from ragtrace.metrics import CONSUMER_LAG, DEAD_LETTERS, WORKER_BATCH_DURATION, WORKER_BATCH_SIZE, WORKER_MESSAGES
+from ragtrace.schemas import DocumentEvent, DocumentRef
 from ragtrace.settings import KafkaSettings
-from ragtrace.telemetry import Headers, inject_headers, messaging_attributes
+from ragtrace.telemetry import extract_context, messaging_attributes, skip_message, span_failed
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ragtrace.messaging")
 
 TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 def pipeline_topics(settings: KafkaSettings) -> list[str]:
@@ -50,32 +82,47 @@ async def ensure_topics(settings: KafkaSettings, topics: Sequence[str] | None = 
         await admin.close()
 
 
-def new_producer(settings: KafkaSettings, request_timeout_ms: int = 30_000) -> AIOKafkaProducer:
-    """Idempotent, acks=all: a retried send never duplicates, an acknowledged one is on every in-sync replica.
-    A message not delivered within `request_timeout_ms` expires in the producer instead of being sent later."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+def new_broker(settings: KafkaSettings, *middlewares: Any, request_timeout_ms: int = 30_000) -> KafkaBroker:
+    """A FastStream Kafka broker whose producer is idempotent with acks=all: a retried send never duplicates,
+    an acknowledged one is on every in-sync replica; a message not delivered within `request_timeout_ms`
+    expires in the producer instead of being sent later. On SIGTERM it lets the batch in flight finish."""
+    return KafkaBroker(
+        settings.bootstrap_servers,
         acks="all",
         enable_idempotence=True,
         max_request_size=settings.max_message_bytes,
         request_timeout_ms=request_timeout_ms,
         linger_ms=2,
+        graceful_timeout=30.0,
+        middlewares=middlewares,
+        logger=log,
     )
 
 
-class Publisher:
-    """Publishes Pydantic events with trace context in the headers; each publish succeeds or raises
-    DependencyUnavailable("kafka") within `publish_timeout_s`. Its producer gives up on a message soon after
-    that deadline, but a message may still be delivered after a reported failure: consumers must not act on a
-    request the caller was told failed (see ragtrace/lifecycle.py). Starts its producer lazily, so a service can
-    start while Kafka is down, and replaces it after a failure, so it recovers when Kafka returns."""
+# Producing -----------------------------------------------------------------------------------------------
 
-    def __init__(self, settings: KafkaSettings) -> None:
+
+class Publisher:
+    """Publishes Pydantic events through publishers declared on a broker (one per topic, with its message
+    model, so the AsyncAPI document describes them). Each publish succeeds or raises
+    DependencyUnavailable("kafka") within `timeout_s`; its producer gives up on a message soon after that
+    deadline, but a message may still be delivered after a reported failure: consumers must not act on a
+    request the caller was told failed (see ragtrace/lifecycle.py). Connects lazily, so a service starts while
+    Kafka is down; a failed call costs the producer, since an idempotent producer whose sequence numbers went
+    out of step while the broker restarted never sends again, so the next call starts a fresh one."""
+
+    def __init__(self, broker: KafkaBroker, settings: KafkaSettings, timeout_s: float | None = None) -> None:
+        self.broker = broker
         self.settings = settings
-        self._producer: AIOKafkaProducer | None = None
+        self.timeout_s = timeout_s or settings.publish_timeout_s
+        self._publishers: dict[str, DefaultPublisher] = {}
         self._lock = asyncio.Lock()
-        self._topics_ready = False
+        self._connected = False
+        self._renewing = False
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def declare(self, topic: str, model: type[BaseModel], description: str) -> None:
+        self._publishers[topic] = self.broker.publisher(topic, schema=model, description=description)
 
     def start_warm_up(self) -> None:
         """Connect and create the topics in the background, so the first publish does not pay for it."""
@@ -84,7 +131,7 @@ class Publisher:
             delay = 0.5
             while True:
                 try:
-                    await self._ready_producer()
+                    await self._connect()
                     return
                 except (KafkaError, OSError) as error:
                     log.warning("Kafka not reachable yet (%s); retrying in %.1fs", type(error).__name__, delay)
@@ -93,74 +140,77 @@ class Publisher:
 
         self._spawn(warm_up())
 
-    async def _ready_producer(self) -> AIOKafkaProducer:
+    async def _connect(self) -> None:
         async with self._lock:
-            if self._producer is None:
-                producer = new_producer(self.settings, int(self.settings.publish_timeout_s * 800))
-                try:
-                    await producer.start()
-                except BaseException:
-                    await producer.stop()
-                    raise
-                self._producer = producer
-            if not self._topics_ready:
-                await ensure_topics(self.settings)
-                self._topics_ready = True
-            return self._producer
+            if self._connected:
+                return
+            await ensure_topics(self.settings)
+            if self._renewing:  # the broker is up; only its producer was given up
+                fast = self._fast_producer()
+                producer = AIOKafkaProducer(**self.broker._connection_kwargs)
+                await fast.connect(producer, serializer=fast.serializer, codec=fast.codec)
+            else:
+                await self.broker.connect()
+            self._connected = True
 
     @contextlib.asynccontextmanager
-    async def _producer_call(self, what: str) -> AsyncIterator[AIOKafkaProducer]:
-        """The producer, for one call bounded by the publish timeout. A failed call costs the producer: one
-        whose send failed may never send again (an idempotent producer whose sequence numbers went out of step
-        while the broker restarted stays broken for good), so the next call starts a fresh one."""
-        producer: AIOKafkaProducer | None = None
+    async def _call(self, what: str) -> AsyncIterator[None]:
         try:
-            async with asyncio.timeout(self.settings.publish_timeout_s):
-                producer = await self._ready_producer()
-                yield producer
+            async with asyncio.timeout(self.timeout_s):
+                await self._connect()
+                yield
         except (TimeoutError, KafkaError, OSError) as error:
-            if producer is not None:
-                self._discard(producer)
+            self._renew_producer()
             reason = (
-                f"no answer within {self.settings.publish_timeout_s:g}s"
+                f"no answer within {self.timeout_s:g}s"
                 if isinstance(error, TimeoutError)
-                else (f"the broker refused or dropped the connection ({type(error).__name__})")
+                else f"the broker refused or dropped the connection ({type(error).__name__})"
             )
             raise DependencyUnavailable("kafka", f"{what}: {reason}") from error
 
-    async def publish(self, topic: str, key: bytes, event: BaseModel, headers: Headers | None = None) -> None:
-        with tracer.start_as_current_span(
-            f"send {topic}", kind=trace.SpanKind.PRODUCER, attributes=messaging_attributes(topic, "send", key=key)
-        ) as span:
-            async with self._producer_call(f"publishing to {topic} failed") as producer:
-                metadata = await producer.send_and_wait(
-                    topic, event.model_dump_json().encode(), key=key, headers=inject_headers(headers)
-                )
-            span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
-            span.set_attribute("messaging.kafka.offset", metadata.offset)
+    async def publish(
+        self, topic: str, key: bytes, event: BaseModel | bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        async with self._call(f"publishing to {topic} failed"):
+            await self._publishers[topic].publish(event, key=key, headers=headers)
 
     async def check(self) -> None:
         """Readiness: what a publish would do now: the same producer (or a fresh one, after a failure) and a
-        metadata round trip to the broker, within the publish timeout."""
-        async with self._producer_call("no metadata from the broker") as producer:
-            await producer.client.fetch_all_metadata()
+        metadata round trip to the broker, within the publish deadline."""
+        async with self._call("no metadata from the broker"):
+            await self._producer().client.fetch_all_metadata()
 
-    def _discard(self, producer: AIOKafkaProducer) -> None:
-        if self._producer is producer:
-            self._producer = None
-            self._spawn(_stop_quietly(producer))
+    def _producer(self) -> AIOKafkaProducer:
+        # FastStream keeps the aiokafka producer in its producer state and has no public way to replace one that
+        # broke; this module, and only this one, reaches for it (FastStream is pinned below 0.8).
+        state = self._fast_producer()._producer
+        if not state:
+            raise KafkaError("the producer is not started")
+        producer: AIOKafkaProducer = state.producer
+        return producer
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+    def _fast_producer(self) -> AioKafkaFastProducerImpl:
+        return cast(AioKafkaFastProducerImpl, self.broker.config.producer)
+
+    def _renew_producer(self) -> None:
+        """Give up the producer after a failed call: it is stopped in the background and the next call
+        connects a fresh one."""
+        if not self._connected:
+            return
+        self._connected = False
+        self._renewing = True
+        with contextlib.suppress(KafkaError):
+            self._spawn(_stop_quietly(self._producer()))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)  # referenced until done
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        await self.broker.stop()
 
 
 async def _stop_quietly(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> None:
@@ -171,3 +221,248 @@ async def _stop_quietly(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> N
     except (TimeoutError, KafkaError, OSError) as error:
         log.info("discarded Kafka producer did not stop cleanly (%s)", type(error).__name__)
         await producer.client.close()
+
+
+def documents_publisher(settings: KafkaSettings, broker: KafkaBroker | None = None) -> Publisher:
+    """The ingest API's publisher of document events (on a broker of its own unless one is given)."""
+    request_timeout_ms = int(settings.publish_timeout_s * 800)
+    publisher = Publisher(broker or new_broker(settings, request_timeout_ms=request_timeout_ms), settings)
+    publisher.declare(
+        settings.documents_topic,
+        DocumentEvent,
+        "A document accepted (upsert) or deleted through the ingest API, keyed by namespace/document_id",
+    )
+    return publisher
+
+
+# Consuming -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """One consumed message on its way through a batch handler."""
+
+    record: Record
+    span: trace.Span
+    attempts: int = 0
+    error: Exception | None = None
+
+
+@dataclass
+class Batch:
+    """Beside a handler's events: each event's delivery, by the same position."""
+
+    deliveries: list[Delivery]
+
+    def span(self, position: int) -> trace.Span:
+        """The event's processing span, in its document's trace."""
+        return self.deliveries[position].span
+
+    def fail(self, position: int, error: Exception) -> None:
+        """This event's own failure: it is retried, then dead-lettered; the others are acknowledged."""
+        self.deliveries[position].error = span_failed(self.deliveries[position].span, error)
+
+    def skip(self, position: int, reason: str) -> None:
+        skip_message(self.deliveries[position].span, reason)
+
+
+# What a batch handler declares to get the `Batch` of the events it is given.
+CurrentBatch = Annotated[Batch, Context("ragtrace_batch")]
+DeadLetterHook = Callable[[DocumentRef, Exception], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How a worker's batches are delivered: FastStream broker middleware (one per worker broker)."""
+
+    group: str
+    model: type[DocumentRef]
+    dead_letters: Publisher
+    on_dead_letter: DeadLetterHook
+    max_attempts: int = 3
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    _lag_reported: set[TopicPartition] = field(default_factory=set)
+
+    def __call__(self, msg: Any, /, *, context: Any) -> BatchDelivery:
+        return BatchDelivery(msg, context=context, policy=self)
+
+
+class BatchDelivery(BaseMiddleware):
+    def __init__(self, msg: Any, /, *, context: Any, policy: DeliveryPolicy) -> None:
+        super().__init__(msg, context=context)
+        self.policy = policy
+
+    async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
+        records: tuple[Record, ...] = msg.raw_message
+        started = time.perf_counter()
+        deliveries = [Delivery(record, self._processing_span(record)) for record in records]
+        try:
+            await self._deliver(call_next, msg, await self._current(deliveries))
+        finally:
+            for delivery in deliveries:
+                delivery.span.end()
+        topic = records[0].topic
+        WORKER_BATCH_SIZE.labels(topic).observe(len(records))
+        WORKER_BATCH_DURATION.labels(topic).observe(time.perf_counter() - started)
+        await self._record_lag(getattr(msg, "consumer", None))
+        return None
+
+    def _processing_span(self, record: Record) -> trace.Span:
+        return tracer.start_span(
+            f"process {record.topic}",
+            context=extract_context(record.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes=messaging_attributes(
+                record.topic,
+                "process",
+                group=self.policy.group,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+            ),
+        )
+
+    async def _current(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """The deliveries to act on: each document's last event. Undecodable ones are dead-lettered at once;
+        a document's earlier events in the batch are acknowledged as superseded (acting on them too,
+        concurrently, could apply them out of order)."""
+        last: dict[tuple[str, str], Delivery] = {}
+        for delivery in deliveries:
+            try:
+                event = self.policy.model.model_validate_json(delivery.record.value or b"")
+            except ValidationError as error:
+                poison = PoisonMessage(f"not a {self.policy.model.__name__}: {error}")
+                delivery.attempts = 1
+                await self._dead_letter(delivery, span_failed(delivery.span, poison))
+                continue
+            superseded = last.get((event.namespace, event.document_id))
+            if superseded is not None:
+                skip_message(superseded.span, "superseded by a later event in the same batch")
+            last[(event.namespace, event.document_id)] = delivery
+        current = set(map(id, last.values()))
+        return [d for d in deliveries if id(d) in current]
+
+    async def _deliver(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any], pending: list[Delivery]
+    ) -> None:
+        """Hand the pending deliveries to the handler; retry each failed one with backoff, then dead-letter it."""
+        topic = msg.raw_message[0].topic
+        while pending:
+            await self._call_until_dependencies_answer(call_next, msg, pending)
+            failed = [d for d in pending if d.error is not None]
+            WORKER_MESSAGES.labels(topic, "processed").inc(len(pending) - len(failed))
+            retry: list[Delivery] = []
+            for delivery, error in ((d, d.error) for d in pending if d.error is not None):
+                delivery.attempts += 1
+                if isinstance(error, PoisonMessage) or delivery.attempts >= self.policy.max_attempts:
+                    await self._dead_letter(delivery, error)
+                else:
+                    retry.append(delivery)
+            WORKER_MESSAGES.labels(topic, "retried").inc(len(retry))
+            if retry:
+                delay = min(
+                    self.policy.backoff_s * 2 ** (max(d.attempts for d in retry) - 1), self.policy.max_backoff_s
+                )
+                log.warning("retrying %d message(s) in %.1fs", len(retry), delay)
+                await asyncio.sleep(delay)
+            pending = retry
+
+    async def _call_until_dependencies_answer(
+        self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any], pending: list[Delivery]
+    ) -> None:
+        """Call the handler with the pending messages, again and again while a dependency is down: nothing is
+        dead-lettered for an outage, and nothing is committed until it passes."""
+        subset = copy.copy(msg)  # its own decode cache: the handler decodes just these messages
+        subset.raw_message = tuple(d.record for d in pending)
+        subset.body = [d.record.value for d in pending]
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(DependencyUnavailable),
+            wait=wait_exponential(multiplier=self.policy.backoff_s, max=self.policy.max_backoff_s),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+        with self.context.scope("ragtrace_batch", Batch(pending)):
+            async for attempt in retrying:
+                with attempt:
+                    for delivery in pending:
+                        delivery.error = None
+                    await call_next(subset)
+
+    async def _dead_letter(self, delivery: Delivery, error: Exception) -> None:
+        record = delivery.record
+        # The trace context is the instrumentation's to inject (this send is a child of the processing span).
+        kept = {k: v.decode(errors="replace") for k, v in record.headers or () if not k.startswith("ragtrace.error")}
+        for header in ("traceparent", "tracestate"):
+            kept.pop(header, None)
+        headers = {
+            **kept,
+            "ragtrace.error.type": type(error).__name__,
+            "ragtrace.error.message": str(error)[:2000],
+            "ragtrace.error.attempts": str(delivery.attempts),
+            "ragtrace.source.topic": record.topic,
+            "ragtrace.source.partition": str(record.partition),
+            "ragtrace.source.offset": str(record.offset),
+            "ragtrace.consumer.group": self.policy.group,
+        }
+        with trace.use_span(delivery.span, end_on_exit=False):
+            await self.policy.dead_letters.publish(
+                self.policy.dead_letters.settings.dead_letter_topic(record.topic),
+                record.key or b"",
+                record.value or b"",
+                headers=headers,
+            )
+        WORKER_MESSAGES.labels(record.topic, "dead_lettered").inc()
+        DEAD_LETTERS.labels(record.topic, type(error).__name__).inc()
+        log.error(
+            "dead-lettered %s[%d]@%d after %d attempt(s): %r",
+            record.topic,
+            record.partition,
+            record.offset,
+            delivery.attempts,
+            error,
+        )
+        try:
+            ref = DocumentRef.model_validate_json(record.value or b"")
+        except ValidationError:
+            return  # undecodable: no document to tell
+        await self.policy.on_dead_letter(ref, error)
+
+    async def _record_lag(self, consumer: Any) -> None:
+        """Per assigned partition: its end (as last fetched) less this consumer's position. Partitions that
+        moved to another member in a rebalance drop out, so lag is reported once per partition."""
+        if consumer is None:
+            return
+        assigned: set[TopicPartition] = consumer.assignment()
+        for tp in assigned:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue  # nothing fetched from it yet
+            try:
+                position = await consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked meanwhile
+            CONSUMER_LAG.labels(tp.topic, str(tp.partition), self.policy.group).set(max(highwater - position, 0))
+        for tp in self.policy._lag_reported - assigned:
+            CONSUMER_LAG.remove(tp.topic, str(tp.partition), self.policy.group)
+        self.policy._lag_reported.clear()
+        self.policy._lag_reported.update(assigned)
+
+
+def batch_subscriber(
+    broker: KafkaBroker, settings: KafkaSettings, topic: str, group: str, max_records: int, description: str
+) -> BatchSubscriber:
+    """A batch subscriber committing by hand: offsets are committed after the handler returns (its effects
+    durable), and a batch whose handler raises is rewound, so it is delivered again."""
+    return broker.subscriber(
+        topic,
+        batch=True,
+        group_id=group,
+        auto_offset_reset="earliest",
+        max_records=max_records,
+        batch_timeout_ms=200,
+        fetch_max_bytes=settings.max_message_bytes * 2,
+        max_partition_fetch_bytes=settings.max_message_bytes,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        description=description,
+    )

@@ -1,31 +1,35 @@
-"""One telemetry setup for every ragtrace process, and trace context in Kafka headers.
+"""One telemetry setup for every ragtrace process: `instrument_all` is the only place instrumentation is
+switched on; every runner in ragtrace/runtime.py calls it once, at start-up.
 
 Export follows the standard OTEL_* variables: OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (or
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) when one is set, nothing otherwise; OTEL_TRACES_SAMPLER and
 OTEL_TRACES_SAMPLER_ARG choose the sampler (parent-based ratio sampling: `parentbased_traceidratio`),
 OTEL_PROPAGATORS the propagators (W3C trace context and baggage by default).
 
-Kafka: the W3C context rides in message headers through OpenTelemetry's own propagation API. We use no
-Kafka auto-instrumentation: batch consumption needs one processing span per message, parented on the
-producer's context, which we create here.
+Kafka: opentelemetry-instrumentation-aiokafka makes the send and receive spans and carries the W3C context in
+the message headers; FastStream's own Kafka telemetry is not enabled, so there is one set of messaging spans.
+The processing span of each message (ragtrace/messaging.py) is a child of the context in its headers.
+FastAPI apps are instrumented where they are made (ragtrace/http.py), since that instrumentation is per app.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, MutableSequence
+from collections.abc import Iterable, Mapping
 from importlib.metadata import version
 from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-Headers = MutableSequence[tuple[str, bytes]]
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +48,20 @@ def _resource(service_name: str) -> Resource:
     return Resource.create(attributes)
 
 
-def setup_telemetry(service_name: str) -> TracerProvider:
-    """Install the tracer provider for this process (call once, at start-up)."""
+def instrument_all(service_name: str) -> TracerProvider:
+    """Install this process's tracer provider and every client and server instrumentation it may use (call
+    once, at start-up, before any client is made)."""
     provider = TracerProvider(resource=_resource(service_name))
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    AIOKafkaInstrumentor().instrument(tracer_provider=provider)
+    GrpcAioInstrumentorServer().instrument(tracer_provider=provider)
+    GrpcAioInstrumentorClient().instrument(tracer_provider=provider)
+    HTTPXClientInstrumentor().instrument(tracer_provider=provider)
+    RedisInstrumentor().instrument(tracer_provider=provider)
     return provider
 
 
@@ -84,11 +94,6 @@ def trace_id_hex(span: trace.Span | None = None) -> str:
 # Kafka headers -------------------------------------------------------------------------------------------
 
 
-class _HeaderSetter(Setter[Headers]):
-    def set(self, carrier: Headers, key: str, value: str) -> None:
-        carrier.append((key, value.encode()))
-
-
 class _HeaderGetter(Getter[Iterable[tuple[str, bytes]]]):
     def get(self, carrier: Iterable[tuple[str, bytes]], key: str) -> list[str] | None:
         values = [v.decode() for k, v in carrier if k == key and v is not None]
@@ -96,13 +101,6 @@ class _HeaderGetter(Getter[Iterable[tuple[str, bytes]]]):
 
     def keys(self, carrier: Iterable[tuple[str, bytes]]) -> list[str]:
         return [k for k, _ in carrier]
-
-
-def inject_headers(headers: Headers | None = None, context: Context | None = None) -> Headers:
-    """Headers carrying the current (or the given) trace context."""
-    carrier: Headers = list(headers or [])
-    propagate.inject(carrier, context=context, setter=_HeaderSetter())
-    return carrier
 
 
 def extract_context(headers: Iterable[tuple[str, bytes]] | None) -> Context:
