@@ -18,11 +18,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ragtrace.devstack.servers import free_ports
-from ragtrace.devstack.services import ServicePorts, Services
-from ragtrace.devstack.supervisor import Component, Supervisor
 from ragtrace.settings import KafkaSettings
 from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open_vector_store
+from ragtrace_tools.devstack.servers import free_ports
+from ragtrace_tools.devstack.services import ServicePorts, Services
+from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from tests.infra import Infra, _environment
 
 T = TypeVar("T")

@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ragtrace.bench import percentile
+from ragtrace_tools.bench import percentile
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAX_USERS = 200

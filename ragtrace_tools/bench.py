@@ -31,7 +31,7 @@ from rich.table import Table
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
-from ragtrace.evaluation import EvalSet
+from ragtrace_tools.evaluation import EvalSet
 
 console = Console()
 

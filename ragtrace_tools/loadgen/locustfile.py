@@ -1,6 +1,6 @@
 """Locust users for `ragtrace load-gen`: ingests of the bundled corpus and searches in all three modes.
 
-Run by ragtrace/loadgen/__init__.py in its own process (Locust patches the standard library with gevent);
+Run by ragtrace_tools/loadgen/__init__.py in its own process (Locust patches the standard library with gevent);
 everything it needs comes in RAGTRACE_LOADGEN_* variables. The documents it ingested are written to
 RAGTRACE_LOADGEN_DOCUMENTS at the end, for the freshness measurement.
 """

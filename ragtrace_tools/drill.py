@@ -24,9 +24,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from ragtrace.bench import percentile
-from ragtrace.devstack.supervisor import Component, Supervisor
-from ragtrace.evaluation import Client, EvalSet
+from ragtrace_tools.bench import percentile
+from ragtrace_tools.devstack.supervisor import Component, Supervisor
+from ragtrace_tools.evaluation import Client, EvalSet
 
 console = Console()
 
