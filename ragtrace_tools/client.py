@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 
@@ -116,13 +116,30 @@ class Settling:
         return self.interval_s
 
 
-class _Endpoints:
-    """What both clients share: the URLs, the X-API-Key header, and reading an answer."""
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
 
-    def __init__(self, base_url: str, api_key: str | None, interval_s: float) -> None:
+
+class _Endpoints(Generic[HttpT]):
+    """What both clients share: the URLs, the X-API-Key header, reading an answer, and the HTTP client. Given
+    `http`, a client uses it and leaves it open; otherwise it owns one, made with the key as a default header
+    and `http_options` (httpx's: timeout, limits, ...), which callers may use for other requests too."""
+
+    _http_class: type[HttpT]
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        http: HttpT | None = None,
+        interval_s: float = POLL_INTERVAL_S,
+        **http_options: Any,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = {"X-API-Key": api_key} if api_key is not None else {}
         self.interval_s = interval_s
+        self._owned = http is None
+        self.http: HttpT = http or self._http_class(headers=self.headers, **{"timeout": 60.0, **http_options})
 
     def ingest_url(self) -> str:
         return f"{self.base_url}/ingest"
@@ -138,23 +155,10 @@ class _Endpoints:
         return body
 
 
-class IngestClient(_Endpoints):
-    """Blocking client (tests, load-gen's report, the locustfile's seeding under gevent). Given `http`, it
-    uses that client and leaves it open; otherwise it owns one, made with the key as a default header and
-    `http_options` (httpx.Client's: timeout, limits, ...), which callers may use for other requests too."""
+class IngestClient(_Endpoints[httpx.Client]):
+    """Blocking client (tests, load-gen's report, the locustfile's seeding under gevent)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        http: httpx.Client | None = None,
-        interval_s: float = POLL_INTERVAL_S,
-        **http_options: Any,
-    ) -> None:
-        super().__init__(base_url, api_key, interval_s)
-        self._owned = http is None
-        self.http = http or httpx.Client(headers=self.headers, **{"timeout": 30.0, **http_options})
+    _http_class = httpx.Client
 
     def __enter__(self) -> Self:
         return self
@@ -207,22 +211,10 @@ class IngestClient(_Endpoints):
         return self.wait_until_settled(namespace, ids, states=states, timeout_s=timeout_s)
 
 
-class AsyncIngestClient(_Endpoints):
-    """The same client for asyncio (eval, bench, drill), which ingests many documents concurrently; `http`
-    and `http_options` (httpx.AsyncClient's) as for IngestClient."""
+class AsyncIngestClient(_Endpoints[httpx.AsyncClient]):
+    """The same client for asyncio (eval, bench, drill), which ingests many documents concurrently."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        http: httpx.AsyncClient | None = None,
-        interval_s: float = POLL_INTERVAL_S,
-        **http_options: Any,
-    ) -> None:
-        super().__init__(base_url, api_key, interval_s)
-        self._owned = http is None
-        self.http = http or httpx.AsyncClient(headers=self.headers, **{"timeout": 60.0, **http_options})
+    _http_class = httpx.AsyncClient
 
     async def __aenter__(self) -> Self:
         return self
