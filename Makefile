@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "ragtrace needs Python 3.11+"; exit 1; }
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,tools]'
 	@touch $@
 
 infra: ## Install Kafka, MinIO, Weaviate and Redis (pinned in infra/local/versions.env)
@@ -79,10 +79,11 @@ cluster-status: ## Kind: nodes, pods, autoscalers
 cluster-logs: ## Kind: follow one service's logs (SERVICE=embedding-worker)
 	infra/kind/cluster.sh logs $(SERVICE)
 
-lint: venv proto ## ruff and mypy over the whole tree
+lint: venv proto ## ruff and mypy over the whole tree; import-linter: tools → services → core, never back
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean: down ## Stop the stack and delete its state (data, logs, credentials)
 	rm -rf .state

@@ -9,10 +9,10 @@ import pytest
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
-from ragtrace.devstack.servers import free_port
-from ragtrace.devstack.services import ServicePorts, Services
-from ragtrace.devstack.supervisor import Component, Supervisor
 from ragtrace.vectorstore import Backend
+from ragtrace_tools.devstack.servers import free_port
+from ragtrace_tools.devstack.services import ServicePorts, Services
+from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from tests.infra import Infra, provide_infra
 from tests.pipeline import LLM_API_KEY, Pipeline, start_pipeline
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ragtrace.devstack import LocalStack, StackPorts
 from ragtrace.settings import KafkaSettings, MinioSettings, RedisSettings, WeaviateSettings
+from ragtrace_tools.devstack import LocalStack, StackPorts
 
 SettingsT = TypeVar("SettingsT")
 
@@ -125,7 +125,7 @@ def _containers() -> Iterator[dict[str, str]]:
     from testcontainers.redis import RedisContainer
     from testcontainers.weaviate import WeaviateContainer
 
-    from ragtrace.devstack.servers import pinned_versions
+    from ragtrace_tools.devstack.servers import pinned_versions
 
     versions = pinned_versions()
     password, api_key = secrets.token_urlsafe(16), secrets.token_urlsafe(16)

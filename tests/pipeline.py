@@ -18,11 +18,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ragtrace.devstack.servers import free_ports
-from ragtrace.devstack.services import ServicePorts, Services
-from ragtrace.devstack.supervisor import Component, Supervisor
 from ragtrace.settings import KafkaSettings
 from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open_vector_store
+from ragtrace_tools.client import Document, IngestClient, NotSettled
+from ragtrace_tools.devstack.servers import free_ports
+from ragtrace_tools.devstack.services import ServicePorts, Services
+from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from tests.infra import Infra, _environment
 
 T = TypeVar("T")
@@ -81,46 +82,28 @@ class Pipeline:
     def http(self, **headers: str) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"X-API-Key": API_KEY, **headers}, timeout=30)
 
+    def documents(self) -> IngestClient:
+        return IngestClient(self.base_url, API_KEY)
+
     def ingest(
         self, text: str, namespace: str, document_id: str | None = None, title: str = "t", **metadata: Any
     ) -> dict[str, Any]:
-        with self.http() as client:
-            response = client.post(
-                "/ingest",
-                json={
-                    "text": text,
-                    "namespace": namespace,
-                    "document_id": document_id,
-                    "metadata": {"title": title, **metadata},
-                },
-            )
-        assert response.status_code == 202, response.text
-        body: dict[str, Any] = response.json()
-        return body
+        with self.documents() as client:
+            return client.ingest(namespace, Document(text, title, document_id, metadata))
 
     def status(self, document_id: str, namespace: str) -> dict[str, Any]:
-        with self.http() as client:
-            response = client.get(f"/ingest/{document_id}", params={"namespace": namespace})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
+        with self.documents() as client:
+            return client.status(namespace, document_id)
 
     def wait_for(
         self, document_ids: Iterable[str], namespace: str, states: Iterable[str] = ("indexed",), timeout_s: float = 90.0
     ) -> dict[str, dict[str, Any]]:
-        wanted, ids = set(states), list(document_ids)
-        last: dict[str, dict[str, Any]] = {}
-
-        def settled() -> dict[str, dict[str, Any]] | None:
-            last.update({d: self.status(d, namespace) for d in ids})
-            return dict(last) if all(s["status"] in wanted for s in last.values()) else None
-
-        try:
-            result: dict[str, dict[str, Any]] = wait_until(settled, timeout_s, 0.2, f"documents to be {wanted}")
-        except AssertionError as error:
-            summary = {d: (s["status"], s.get("error")) for d, s in last.items() if s["status"] not in wanted}
-            raise AssertionError(f"{error}; still waiting on {summary}") from None
-        return result
+        """Until every document is in one of `states`; their statuses. Tests never sleep a fixed time."""
+        with self.documents() as client:
+            try:
+                return client.wait_until_settled(namespace, document_ids, states=set(states), timeout_s=timeout_s)
+            except NotSettled as error:
+                raise AssertionError(str(error)) from None
 
     @contextlib.contextmanager
     def vector_store(self) -> Iterator[VectorStore]:

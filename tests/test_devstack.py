@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ragtrace.cli import app
-from ragtrace.devstack import LocalStack, StackPorts, StartError, State
-from ragtrace.devstack.servers import LocalServers
-from ragtrace.devstack.supervisor import Component, Supervisor
+from ragtrace_tools.cli import app
+from ragtrace_tools.devstack import LocalStack, StackPorts, StartError, State
+from ragtrace_tools.devstack.servers import LocalServers
+from ragtrace_tools.devstack.supervisor import Component, Supervisor
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ragtrace.evaluation import run
+from ragtrace_tools.evaluation import run
 
 CORPUS = [
     {"_id": "thermo", "title": "", "text": "Fahrenheit invented the mercury thermometer in 1714."},

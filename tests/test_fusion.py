@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragtrace.evaluation import documents_of, ndcg_at_10
 from ragtrace.vectorstore import DocumentChunks, IndexedChunk, expanded_query, feedback_ids, fused_ranking, rank_fusion
 from ragtrace.vectorstore.faiss_store import FaissStore
+from ragtrace_tools.evaluation import documents_of, ndcg_at_10
 
 
 def test_rank_fusion_weights_each_rank_as_weaviate_ranked_fusion_does() -> None:

@@ -21,19 +21,16 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from ragtrace.devstack.servers import cache_dir, pinned_versions
+from ragtrace_tools.devstack.servers import cache_dir, pinned_versions
 from tests.metrics import MONITORING, ROOT
 
 KIND = ROOT / "infra" / "kind"
 OVERLAYS = ("cpu", "gpu")
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 ROOT_EXEMPTION = "ragtrace.dev/runs-as-root"
+# What the image runs. The tools (ragtrace_tools: the local stack, CLI, bench, eval) are never deployed: what
+# they read is not the cluster's business.
 SERVICE_PACKAGES = ("ragtrace", "ingest", "embedding", "indexer", "query")
-# Processes of the local stack and tools only, never deployed: what they read is not the cluster's business.
-LOCAL_ONLY = (
-    *("ragtrace/devstack", "ragtrace/cli.py", "ragtrace/bench.py", "ragtrace/evaluation.py", "ragtrace/loadgen"),
-    *("ragtrace/tracestore.py", "ragtrace/traces.py"),
-)
 SETTINGS_MODULES = (
     *("ragtrace.settings", "ragtrace.auth", "ragtrace.vectorstore", "ingest.app"),
     *("embedding.settings", "indexer.worker", "query.settings"),
@@ -196,7 +193,7 @@ def _service_sources() -> list[Path]:
         path
         for package in SERVICE_PACKAGES
         for path in sorted((ROOT / package).rglob("*.py"))
-        if not str(path.relative_to(ROOT)).startswith(LOCAL_ONLY) and "/v1/" not in str(path)
+        if "/v1/" not in str(path)
     ]
 
 
@@ -208,7 +205,7 @@ def _settings_classes() -> list[type[BaseSettings]]:
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        if cls.__module__.split(".")[0] in SERVICE_PACKAGES and not cls.__module__.startswith("ragtrace.tracestore"):
+        if cls.__module__.split(".")[0] in SERVICE_PACKAGES:
             found.append(cls)
     return found
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from ragtrace.loadgen import LoadGenError, LoadOptions, check, run
+from ragtrace_tools.loadgen import LoadGenError, LoadOptions, check, run
 from tests.pipeline import API_KEY, Pipeline
 
 SEARCHES = {f"POST /api/search [{mode}]" for mode in ("vector", "keyword", "hybrid")}

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ragtrace.devstack.servers import free_port
-from ragtrace.devstack.supervisor import Component, Supervisor
+from ragtrace_tools.devstack.servers import free_port
+from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from tests.infra import Infra
 from tests.metrics import (
     documented_metrics,

@@ -7,9 +7,9 @@ import uuid
 
 from typer.testing import CliRunner
 
-from ragtrace.cli import app
-from ragtrace.devstack.services import Services
-from ragtrace.traces import SpanView, fetch_trace
+from ragtrace_tools.cli import app
+from ragtrace_tools.devstack.services import Services
+from ragtrace_tools.traces import SpanView, fetch_trace
 from tests.pipeline import Pipeline, wait_until
 
 

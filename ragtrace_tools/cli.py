@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtrace.devstack import LocalStack, StartError, State, Status, default_state_dir
-from ragtrace.devstack.servers import REPO_ROOT, read_env_file
-from ragtrace.traces import SpanView
+from ragtrace_tools.devstack import LocalStack, StartError, State, Status, default_state_dir
+from ragtrace_tools.devstack.servers import REPO_ROOT, read_env_file
+from ragtrace_tools.traces import SpanView
 
 app = typer.Typer(help="ragtrace: event-driven RAG with one trace per document and question.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack of real servers and ragtrace services.", no_args_is_help=True)
@@ -100,7 +100,7 @@ def evaluate(
     / "eval.json",
 ) -> None:
     """nDCG@10 of each search mode on every set, next to BM25, dense and RRF baselines computed in the same run."""
-    from ragtrace.evaluation import run
+    from ragtrace_tools.evaluation import run
 
     api = (
         None
@@ -125,7 +125,7 @@ def bench(
     output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
 ) -> None:
     """Indexing throughput against the bare model, freshness, search latency and memory of the running stack."""
-    from ragtrace.bench import run
+    from ragtrace_tools.bench import run
 
     stack = LocalStack()
     pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
@@ -144,8 +144,8 @@ def bench(
 @app.command()
 def drill() -> None:
     """Failure drills against the running stack (make up): burst, long prompt, restart, vector store down."""
-    from ragtrace.drill import Target, report, run_drills
     from ragtrace.vectorstore import VectorStoreSettings
+    from ragtrace_tools.drill import Target, report, run_drills
 
     stack = LocalStack()
     if stack.services is None or any(s.state is not State.UP for s in stack.status()):
@@ -185,7 +185,7 @@ def load_gen(
     output: Annotated[Path, typer.Option(help="Folder for the runs")] = REPO_ROOT / "bench" / "load",
 ) -> None:
     """Load the ingest and search APIs with Locust; report latency, failures, freshness; write CSV and PNG."""
-    from ragtrace.loadgen import LoadGenError, LoadOptions, run
+    from ragtrace_tools.loadgen import LoadGenError, LoadOptions, run
 
     defaults: tuple[str, ...]
     if target == "kind":
@@ -230,7 +230,7 @@ def bench_device(
     output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
 ) -> None:
     """Embedding chunks/s by model and batch size, and exact index search, in-process on the best device."""
-    from ragtrace.devicebench import run
+    from ragtrace_tools.devicebench import run
 
     sizes = [int(size) for size in batch_sizes.split(",")] if batch_sizes else None
     run(data, passages, sizes, large, output)
@@ -263,7 +263,7 @@ def show_trace(
     """A trace as a waterfall in the terminal: service, span, start offset, duration, key attributes."""
     from dataclasses import asdict
 
-    from ragtrace.traces import fetch_trace
+    from ragtrace_tools.traces import fetch_trace
 
     spans = fetch_trace(url or _stack_setting("RAGTRACE_TRACE_QUERY_URL"), trace_id)
     if spans is None:
@@ -302,3 +302,7 @@ def show_trace(
         add(root, 0)
     console.print(f"trace {trace_id}: {len(spans)} spans, {(end - start) / 1e6:.1f} ms")
     console.print(table)
+
+
+if __name__ == "__main__":
+    app()

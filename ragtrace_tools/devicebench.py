@@ -25,8 +25,8 @@ from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
 from embedding.engine import EmbeddingEngine, model_path
 from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
-from ragtrace.bench import machine, write_results
-from ragtrace.evaluation import EvalSet
+from ragtrace_tools.bench import machine, write_results
+from ragtrace_tools.evaluation import EvalSet
 
 console = Console()
 LARGE = XLMRobertaConfig(

@@ -4,7 +4,7 @@ trace queries in Tempo's shape, so `ragtrace trace` reads it and a real Tempo th
     POST /v1/traces          OTLP/HTTP, protobuf or JSON (what every ragtrace process exports)
     GET  /api/traces/{id}    {"batches": [ResourceSpans as OTLP JSON]} like Tempo; 404 when unknown
 
-Run: `python -m ragtrace.tracestore` (127.0.0.1:4318 by default). In Kubernetes, Tempo takes its place.
+Run: `python -m ragtrace_tools.tracestore` (127.0.0.1:4318 by default). In Kubernetes, Tempo takes its place.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from ragtrace.devstack.servers import REPO_ROOT, LocalServers, StackPorts, port_in_use
-from ragtrace.devstack.services import ServicePorts, Services
-from ragtrace.devstack.supervisor import Component, StartError, State, Status, Supervisor
+from ragtrace_tools.devstack.servers import REPO_ROOT, LocalServers, StackPorts, port_in_use
+from ragtrace_tools.devstack.services import ServicePorts, Services
+from ragtrace_tools.devstack.supervisor import Component, StartError, State, Status, Supervisor
 
 __all__ = ["LocalStack", "ServicePorts", "StackPorts", "StartError", "State", "Status", "default_state_dir"]
 

@@ -15,7 +15,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ragtrace.devstack.supervisor import Component
+from ragtrace_tools.devstack.supervisor import Component
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Services:
     def trace_store(self) -> Component:
         return self._python(
             "trace-store",
-            "ragtrace.tracestore",
+            "ragtrace_tools.tracestore",
             self.ports.trace_store,
             "/healthz",
             {

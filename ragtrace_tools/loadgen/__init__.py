@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ragtrace.bench import percentile
+from ragtrace_tools.bench import percentile
+from ragtrace_tools.client import IngestClient, NotSettled
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAX_USERS = 200
@@ -178,25 +178,20 @@ def summarize(stats_csv: Path) -> list[RequestSummary]:
 
 def freshness(ingest_url: str, api_key: str, namespace: str, document_ids: list[str]) -> dict[str, Any]:
     """Accepted → indexed of each document the run ingested, waiting up to FRESHNESS_WAIT_S for stragglers."""
-    pending, seconds, failed = set(document_ids), [], []
-    deadline = time.monotonic() + FRESHNESS_WAIT_S
-    with httpx.Client(base_url=ingest_url, headers={"X-API-Key": api_key}, timeout=10) as client:
-        while pending and time.monotonic() < deadline:
-            for document_id in sorted(pending):
-                status = client.get(f"/ingest/{document_id}", params={"namespace": namespace}).json()
-                if status["status"] == "indexed":
-                    accepted = datetime.fromisoformat(status["accepted_at"])
-                    seconds.append((datetime.fromisoformat(status["indexed_at"]) - accepted).total_seconds())
-                    pending.discard(document_id)
-                elif status["status"] == "failed":
-                    failed.append(document_id)
-                    pending.discard(document_id)
-            if pending:
-                time.sleep(0.5)
+    with IngestClient(ingest_url, api_key, timeout=10) as client:
+        try:
+            settled, pending = client.wait_until_settled(namespace, document_ids, timeout_s=FRESHNESS_WAIT_S), []
+        except NotSettled as late:
+            settled, pending = late.settled, late.pending
+    seconds = [
+        (datetime.fromisoformat(s["indexed_at"]) - datetime.fromisoformat(s["accepted_at"])).total_seconds()
+        for s in settled.values()
+        if s["status"] == "indexed"
+    ]
     return {
         "documents": len(document_ids),
         "indexed": len(seconds),
-        "failed": len(failed),
+        "failed": sum(s["status"] == "failed" for s in settled.values()),
         "not_indexed_in_time": len(pending),
         "p50_s": percentile(seconds, 50),
         "p95_s": percentile(seconds, 95),

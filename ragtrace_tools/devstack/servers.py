@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from ragtrace.devstack.supervisor import Component
+from ragtrace_tools.devstack.supervisor import Component
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_INFRA = REPO_ROOT / "infra" / "local"

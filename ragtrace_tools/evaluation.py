@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
@@ -32,6 +31,7 @@ from rich.table import Table
 
 from ragtrace.schemas import chunk_id
 from ragtrace.vectorstore import DocumentChunks, IndexedChunk, rank_fusion
+from ragtrace_tools.client import AsyncIngestClient, Document
 
 console = Console()
 
@@ -107,45 +107,27 @@ class Client:
     """The running system, through POST /ingest and POST /api/search."""
 
     def __init__(self, ingest_url: str, search_url: str, api_key: str, namespace: str) -> None:
-        self.http = httpx.AsyncClient(headers={"X-API-Key": api_key}, timeout=60)
-        self.ingest_url, self.search_url = ingest_url.rstrip("/"), search_url.rstrip("/")
+        self.documents = AsyncIngestClient(ingest_url, api_key)
+        self.http = self.documents.http  # its pool and API key, for the search API
+        self.search_url = search_url.rstrip("/")
         self.namespace = namespace
 
-    async def ingest_all(self, eval_set: EvalSet, concurrency: int = 16) -> None:
-        gate = asyncio.Semaphore(concurrency)
+    async def index(self, eval_set: EvalSet) -> None:
+        """Every document of the set ingested, then waited for until settled, with a progress bar for each."""
+        documents = [
+            # A title is required; an untitled document is named by its id.
+            Document(eval_set.text(i), eval_set.corpus[i]["title"] or i, i)
+            for i in eval_set.corpus
+        ]
         with Progress(console=console) as progress:
-            task = progress.add_task(f"ingest {eval_set.name}", total=len(eval_set.corpus))
-
-            async def ingest(document_id: str) -> None:
-                async with gate:
-                    body = {
-                        "text": eval_set.text(document_id),
-                        "namespace": self.namespace,
-                        "document_id": document_id,
-                        # A title is required; an untitled document is named by its id.
-                        "metadata": {"title": eval_set.corpus[document_id]["title"] or document_id},
-                    }
-                    response = await self.http.post(f"{self.ingest_url}/ingest", json=body)
-                    response.raise_for_status()
-                    progress.advance(task)
-
-            await asyncio.gather(*(ingest(i) for i in eval_set.corpus))
-
-    async def wait_indexed(self, ids: Sequence[str]) -> None:
-        """Until every document is settled. Documents are checked in the order they were accepted and a round
-        stops at the first one still on its way, so waiting costs the system almost nothing."""
-        pending = list(ids)
-        with Progress(console=console) as progress:
-            task = progress.add_task("index", total=len(ids))
-            while pending:
-                response = await self.http.get(
-                    f"{self.ingest_url}/ingest/{pending[0]}", params={"namespace": self.namespace}
-                )
-                if response.json().get("status") in ("indexed", "duplicate", "failed"):
-                    pending.pop(0)
-                    progress.update(task, completed=len(ids) - len(pending))
-                else:
-                    await asyncio.sleep(0.5)
+            ingest = progress.add_task(f"ingest {eval_set.name}", total=len(documents))
+            ids = await self.documents.ingest_all(
+                self.namespace, documents, on_accepted=lambda _: progress.advance(ingest)
+            )
+            index = progress.add_task("index", total=len(ids))
+            await self.documents.wait_until_settled(
+                self.namespace, ids, on_settled=lambda done, _: progress.update(index, completed=done)
+            )
 
     async def rankings(self, queries: dict[str, str], **options: Any) -> dict[str, list[str]]:
         gate = asyncio.Semaphore(8)
@@ -301,9 +283,11 @@ async def _through_api(
     eval_set: EvalSet, api: tuple[str, str, str], namespace: str, alphas: Sequence[float]
 ) -> dict[str, float]:
     client = Client(*api, namespace=namespace)
-    await client.ingest_all(eval_set)
-    await client.wait_indexed(list(eval_set.corpus))
-    return await measure(client, eval_set, alphas)
+    try:
+        await client.index(eval_set)
+        return await measure(client, eval_set, alphas)
+    finally:
+        await client.documents.aclose()
 
 
 def _print(results: dict[str, dict[str, float]], how: str) -> None:

@@ -1,6 +1,6 @@
 """Locust users for `ragtrace load-gen`: ingests of the bundled corpus and searches in all three modes.
 
-Run by ragtrace/loadgen/__init__.py in its own process (Locust patches the standard library with gevent);
+Run by ragtrace_tools/loadgen/__init__.py in its own process (Locust patches the standard library with gevent);
 everything it needs comes in RAGTRACE_LOADGEN_* variables. The documents it ingested are written to
 RAGTRACE_LOADGEN_DOCUMENTS at the end, for the freshness measurement.
 """
@@ -11,12 +11,12 @@ import itertools
 import json
 import os
 import random
-import time
 from pathlib import Path
 from typing import Any
 
-import requests
 from locust import HttpUser, between, events, task
+
+from ragtrace_tools.client import Document, IngestClient
 
 INGEST_URL = os.environ["RAGTRACE_LOADGEN_INGEST_URL"].rstrip("/")
 SEARCH_URL = os.environ["RAGTRACE_LOADGEN_SEARCH_URL"].rstrip("/")
@@ -37,37 +37,22 @@ _modes = itertools.cycle(MODES)  # in turn, so even a short run measures every m
 ingested: list[str] = []
 
 
-def _document(number: int) -> dict[str, Any]:
+def _document(number: int, document_id: str) -> Document:
     """The corpus cycled; each copy is distinct content, so it is indexed rather than reported duplicate."""
     passage = CORPUS[number % len(CORPUS)]
-    return {
-        "document_id": f"load-{number}",
-        "namespace": NAMESPACE,
-        "text": f"{passage['text']} (load-test copy {number})",
-        "metadata": {"title": passage["title"]},
-    }
+    return Document(f"{passage['text']} (load-test copy {number})", passage["title"], document_id)
 
 
 @events.test_start.add_listener  # type: ignore[untyped-decorator]  # locust's events are untyped
 def seed(**_: Any) -> None:
-    """The corpus indexed once before the clock starts, so every search has passages to find."""
-    headers = {"X-API-Key": API_KEY}
-    seeds = [f"seed-{i}" for i in range(SEED_DOCUMENTS)]
-    for i, document_id in enumerate(seeds):
-        body = {**_document(i), "document_id": document_id}
-        requests.post(f"{INGEST_URL}/ingest", json=body, headers=headers, timeout=10).raise_for_status()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        states = [
-            requests.get(f"{INGEST_URL}/ingest/{d}", params={"namespace": NAMESPACE}, headers=headers, timeout=10)
-            .json()
-            .get("status")
-            for d in seeds
-        ]
-        if all(state == "indexed" for state in states):
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"the seed documents were not indexed within 120 s: {states}")
+    """The corpus indexed once before the clock starts, so every search has passages to find. Through the
+    ingest client, not Locust's: the seeding is not part of the measured load."""
+    seeds = (_document(i, f"seed-{i}") for i in range(SEED_DOCUMENTS))
+    with IngestClient(INGEST_URL, API_KEY, timeout=10) as client:
+        statuses = client.ingest_and_wait(NAMESPACE, seeds, timeout_s=120)
+    not_indexed = {d: (s["status"], s.get("error")) for d, s in statuses.items() if s["status"] != "indexed"}
+    if not_indexed:
+        raise RuntimeError(f"seed documents not indexed: {not_indexed}")
 
 
 @events.test_stop.add_listener  # type: ignore[untyped-decorator]
@@ -86,10 +71,12 @@ class RagUser(HttpUser):
 
     @task(INGEST_WEIGHT)
     def ingest(self) -> None:
-        document = _document(next(_numbers) + SEED_DOCUMENTS)
-        with self.client.post("/ingest", json=document, name="POST /ingest", catch_response=True) as response:
+        number = next(_numbers) + SEED_DOCUMENTS
+        document_id = f"load-{number}"
+        body = _document(number, document_id).body(NAMESPACE)
+        with self.client.post("/ingest", json=body, name="POST /ingest", catch_response=True) as response:
             if response.status_code == 202:
-                ingested.append(document["document_id"])
+                ingested.append(document_id)
             else:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
 

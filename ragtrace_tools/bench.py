@@ -31,7 +31,8 @@ from rich.table import Table
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
-from ragtrace.evaluation import EvalSet
+from ragtrace_tools.client import AsyncIngestClient, Document
+from ragtrace_tools.evaluation import EvalSet
 
 console = Console()
 
@@ -118,48 +119,17 @@ class Bench:
     api_key: str
     results: dict[str, Any] = field(default_factory=dict)
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            headers={"X-API-Key": self.api_key}, timeout=60, limits=httpx.Limits(max_connections=64)
-        )
+    def client(self) -> AsyncIngestClient:
+        return AsyncIngestClient(self.ingest_url, self.api_key, limits=httpx.Limits(max_connections=64))
 
-    async def _ingest(self, http: httpx.AsyncClient, namespace: str, passages: dict[str, str]) -> None:
-        gate = asyncio.Semaphore(16)
-
-        async def post(document_id: str, text: str) -> None:
-            async with gate:
-                response = await http.post(
-                    f"{self.ingest_url}/ingest",
-                    json={
-                        "text": text,
-                        "namespace": namespace,
-                        "document_id": document_id,
-                        "metadata": {"title": f"bench {document_id}"},
-                    },
-                )
-                response.raise_for_status()
-
-        await asyncio.gather(*(post(d, t) for d, t in passages.items()))
-
-    async def _statuses(self, http: httpx.AsyncClient, namespace: str, ids: Sequence[str]) -> list[dict[str, Any]]:
-        """Each document's final status, polled in accept order (cheap for the system under test)."""
-        done: list[dict[str, Any]] = []
-        for document_id in ids:
-            while True:
-                status = (
-                    await http.get(f"{self.ingest_url}/ingest/{document_id}", params={"namespace": namespace})
-                ).json()
-                if status["status"] in ("indexed", "failed", "duplicate"):
-                    done.append(status)
-                    break
-                await asyncio.sleep(0.2)
-        return done
+    @staticmethod
+    def _documents(passages: dict[str, str]) -> list[Document]:
+        return [Document(text, f"bench {document_id}", document_id) for document_id, text in passages.items()]
 
     async def indexing(self, passages: dict[str, str]) -> dict[str, Any]:
         namespace = f"bench-{uuid.uuid4().hex[:8]}"
-        async with self.client() as http:
-            await self._ingest(http, namespace, passages)
-            statuses = await self._statuses(http, namespace, list(passages))
+        async with self.client() as client:
+            statuses = list((await client.ingest_and_wait(namespace, self._documents(passages))).values())
         first = min(datetime.fromisoformat(s["accepted_at"]) for s in statuses)
         last = max(datetime.fromisoformat(s["indexed_at"]) for s in statuses)
         chunks = sum(s["chunks"] for s in statuses)
@@ -176,14 +146,14 @@ class Bench:
     async def freshness(self, passages: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
         namespace = f"fresh-{uuid.uuid4().hex[:8]}"
         ids = list(passages)[: int(rate * seconds)]
-        async with self.client() as http:
+        async with self.client() as client:
             started = time.monotonic()
             tasks = []
-            for number, document_id in enumerate(ids):
+            for number, document in enumerate(self._documents({i: passages[i] for i in ids})):
                 await asyncio.sleep(max(0.0, started + number / rate - time.monotonic()))
-                tasks.append(asyncio.create_task(self._ingest(http, namespace, {document_id: passages[document_id]})))
+                tasks.append(asyncio.create_task(client.ingest(namespace, document)))
             await asyncio.gather(*tasks)
-            statuses = await self._statuses(http, namespace, ids)
+            statuses = list((await client.wait_until_settled(namespace, ids)).values())
         lags = [
             (datetime.fromisoformat(s["indexed_at"]) - datetime.fromisoformat(s["accepted_at"])).total_seconds()
             for s in statuses
@@ -202,7 +172,8 @@ class Bench:
     ) -> dict[str, Any]:
         latencies: list[float] = []
         gate = asyncio.Semaphore(concurrency)
-        async with self.client() as http:
+        async with self.client() as client:
+            http = client.http  # its pool and API key, for the search API
 
             async def one(number: int) -> None:
                 # A unique word: the result cache and the query-embedding cache both miss.

@@ -24,9 +24,10 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from ragtrace.bench import percentile
-from ragtrace.devstack.supervisor import Component, Supervisor
-from ragtrace.evaluation import Client, EvalSet
+from ragtrace_tools.bench import percentile
+from ragtrace_tools.client import Document
+from ragtrace_tools.devstack.supervisor import Component, Supervisor
+from ragtrace_tools.evaluation import Client, EvalSet
 
 console = Console()
 
@@ -74,8 +75,7 @@ class Drills:
 
     async def prepare(self) -> None:
         corpus = EvalSet("drill", {d: {"title": d, "text": t} for d, t in CORPUS.items()}, {}, {})
-        await self.client.ingest_all(corpus)
-        await self.client.wait_indexed(list(CORPUS))
+        await self.client.index(corpus)
 
     async def burst(self) -> Outcome:
         idle = [(await self.search(query=f"how do tides work {i}"))[1] for i in range(8)]
@@ -125,19 +125,15 @@ class Drills:
         document_id = "during-restart-" + uuid.uuid4().hex[:6]
         await asyncio.to_thread(supervisor.stop, component)
         try:
-            body = {"text": "Accepted while the indexer restarts: auroras glow.", "namespace": self.namespace}
-            response = await self.client.http.post(
-                f"{self.target.ingest_url}/ingest",
-                json={**body, "document_id": document_id, "metadata": {"title": "restart"}},
-            )
-            response.raise_for_status()
+            text = "Accepted while the indexer restarts: auroras glow."
+            await self.client.documents.ingest(self.namespace, Document(text, "restart", document_id))
         finally:
             started = time.monotonic()
             await asyncio.to_thread(supervisor.start, component)
         metrics_back = time.monotonic() - started
         series = (await self.client.http.get(self.target.indexer_metrics_url)).text
         gauge = f'ragtrace_index_chunks{{backend="{self.target.backend}",namespace="{self.namespace}"}}' in series
-        await self.client.wait_indexed([document_id])
+        await self.client.documents.wait_until_settled(self.namespace, [document_id])
         indexed_after = time.monotonic() - started
         hits, _ = await self.search(query="auroras glow", mode="keyword")
         found = any(s["document_id"] == document_id for s in hits.json().get("sources", []))
@@ -177,7 +173,7 @@ async def run_drills(target: Target) -> list[Outcome]:
         ]
         return [await step() for step in steps]
     finally:
-        await drills.client.http.aclose()
+        await drills.client.documents.aclose()
 
 
 def report(outcomes: list[Outcome]) -> None:
