@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv proto infra up down status test lint clean eval bench bench-device load-gen drill \
+.PHONY: help install venv proto infra up down status test lint clean eval bench bench-device load-gen drill asyncapi \
 	cluster-start cluster-stop cluster-status cluster-logs
 
 help: ## List the targets
@@ -57,6 +57,9 @@ bench: install ## Speed and memory of the running stack (make up): bench/results
 
 bench-device: install ## Embedding (MiniLM, bge-m3-sized) and index search in-process on the best device (CUDA when present)
 	$(RAGTRACE) bench-device
+
+asyncapi: install ## The AsyncAPI description of the topics, messages and headers (FastStream): docs/asyncapi.json
+	$(RAGTRACE) asyncapi
 
 drill: install ## Failure drills against the running stack (make up): a table of expected, observed, verdict
 	$(RAGTRACE) drill
