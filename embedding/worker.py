@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 
 from faststream import Context, FastStream
@@ -26,6 +27,7 @@ from ragtrace.messaging import (
     DeliveryPolicy,
     Publisher,
     batch_subscriber,
+    ensure_topics,
     new_broker,
 )
 from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED
@@ -210,7 +212,7 @@ def declare(broker: KafkaBroker, settings: EmbeddingSettings, kafka: KafkaSettin
     """The worker's topics on `broker`: a batch subscriber on the documents topic and publishers of chunk
     batches and dead letters (also what the AsyncAPI document describes)."""
     # A chunk batch may wait for a broker that restarts; the batch is retried as a whole meanwhile.
-    publisher = Publisher(broker, kafka, timeout_s=30.0)
+    publisher = Publisher(broker, kafka, timeout_s=30.0, creates_topics=False)
     publisher.declare(kafka.chunks_topic, ChunkBatch, "One document's chunks and vectors, or its deletion")
     publisher.declare(
         kafka.dead_letter_topic(kafka.documents_topic),
@@ -222,7 +224,7 @@ def declare(broker: KafkaBroker, settings: EmbeddingSettings, kafka: KafkaSettin
         broker,
         kafka,
         kafka.documents_topic,
-        GROUP,
+        kafka.group_prefix + GROUP,
         settings.max_batch_documents,
         "Documents accepted by the ingest API, embedded in batches across documents",
     )
@@ -247,7 +249,7 @@ def create_app(settings: EmbeddingSettings, kafka: KafkaSettings) -> FastStream:
             on_dead_letter=lambda ref, error: asyncio.to_thread(lifecycle.fail, ref, error),
         )
     )
-    app = FastStream(broker, logger=None)
+    app = FastStream(broker, logger=None, on_startup=[partial(ensure_topics, kafka)])
     app.context.set_global("embedding", Embedding(kafka, store, EmbeddingEngine(settings), publisher))
     return app
 

@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 
 from faststream import Context, FastStream
@@ -25,7 +26,15 @@ from ragtrace.cache import bump_namespace
 from ragtrace.clients import redis_client
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.lifecycle import DocumentLifecycle, owns
-from ragtrace.messaging import Batch, CurrentBatch, DeliveryPolicy, Publisher, batch_subscriber, new_broker
+from ragtrace.messaging import (
+    Batch,
+    CurrentBatch,
+    DeliveryPolicy,
+    Publisher,
+    batch_subscriber,
+    ensure_topics,
+    new_broker,
+)
 from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED, observe
 from ragtrace.runtime import document_store, run_worker
 from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
@@ -177,7 +186,7 @@ def _document_chunks(batch: ChunkBatch) -> DocumentChunks:
 def declare(broker: KafkaBroker, settings: IndexerSettings, kafka: KafkaSettings) -> Publisher:
     """The worker's topics on `broker`: a batch subscriber on the chunks topic and the publisher of its dead
     letters (also what the AsyncAPI document describes)."""
-    dead_letters = Publisher(broker, kafka, timeout_s=30.0)
+    dead_letters = Publisher(broker, kafka, timeout_s=30.0, creates_topics=False)
     dead_letters.declare(
         kafka.dead_letter_topic(kafka.chunks_topic),
         ChunkBatch,
@@ -185,7 +194,12 @@ def declare(broker: KafkaBroker, settings: IndexerSettings, kafka: KafkaSettings
     )
 
     @batch_subscriber(
-        broker, kafka, kafka.chunks_topic, GROUP, settings.max_batch, "Chunk batches, written to the index"
+        broker,
+        kafka,
+        kafka.chunks_topic,
+        kafka.group_prefix + GROUP,
+        settings.max_batch,
+        "Chunk batches, written to the index",
     )
     async def index_chunks(
         batches: list[ChunkBatch], delivered: CurrentBatch, work: Annotated[Indexing, Context("indexing")]
@@ -211,7 +225,7 @@ def create_app(settings: IndexerSettings, kafka: KafkaSettings) -> FastStream:
     indexing = Indexing(
         store, open_vector_store(VectorStoreSettings(), WeaviateSettings()), redis_client(RedisSettings())
     )
-    app = FastStream(broker, logger=None, after_shutdown=[indexing.close])
+    app = FastStream(broker, logger=None, on_startup=[partial(ensure_topics, kafka)], after_shutdown=[indexing.close])
     app.context.set_global("indexing", indexing)
     return app
 

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeAlias, cast
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import IllegalStateError, KafkaError
 from faststream import Context
@@ -96,6 +96,7 @@ def new_broker(settings: KafkaSettings, *middlewares: Any, request_timeout_ms: i
         graceful_timeout=30.0,
         middlewares=middlewares,
         logger=log,
+        log_level=logging.DEBUG,  # FastStream's "Received"/"Processed" lines, one per batch
     )
 
 
@@ -111,8 +112,11 @@ class Publisher:
     Kafka is down; a failed call costs the producer, since an idempotent producer whose sequence numbers went
     out of step while the broker restarted never sends again, so the next call starts a fresh one."""
 
-    def __init__(self, broker: KafkaBroker, settings: KafkaSettings, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, broker: KafkaBroker, settings: KafkaSettings, timeout_s: float | None = None, creates_topics: bool = True
+    ) -> None:
         self.broker = broker
+        self.creates_topics = creates_topics  # False: the application creates them at start-up
         self.settings = settings
         self.timeout_s = timeout_s or settings.publish_timeout_s
         self._publishers: dict[str, DefaultPublisher] = {}
@@ -144,7 +148,8 @@ class Publisher:
         async with self._lock:
             if self._connected:
                 return
-            await ensure_topics(self.settings)
+            if self.creates_topics:
+                await ensure_topics(self.settings)
             if self._renewing:  # the broker is up; only its producer was given up
                 fast = self._fast_producer()
                 producer = AIOKafkaProducer(**self.broker._connection_kwargs)
@@ -294,7 +299,9 @@ class BatchDelivery(BaseMiddleware):
         self.policy = policy
 
     async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
-        records: tuple[Record, ...] = msg.raw_message
+        if isinstance(msg.raw_message, ConsumerRecord):
+            return await call_next(msg)  # not a batch subscriber's message
+        records: Sequence[Record] = msg.raw_message
         started = time.perf_counter()
         deliveries = [Delivery(record, self._processing_span(record)) for record in records]
         try:
@@ -431,8 +438,8 @@ class BatchDelivery(BaseMiddleware):
     async def _record_lag(self, consumer: Any) -> None:
         """Per assigned partition: its end (as last fetched) less this consumer's position. Partitions that
         moved to another member in a rebalance drop out, so lag is reported once per partition."""
-        if consumer is None:
-            return
+        if not isinstance(consumer, AIOKafkaConsumer):
+            return  # FastStream's in-memory test broker has no real consumer
         assigned: set[TopicPartition] = consumer.assignment()
         for tp in assigned:
             highwater = consumer.highwater(tp)

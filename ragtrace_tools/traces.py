@@ -22,6 +22,7 @@ class SpanView:
     end_ns: int
     status: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    scope: str = ""  # the instrumentation scope (the tracer's name) that made the span
 
 
 def _hex_id(value: str) -> str:
@@ -57,6 +58,7 @@ def parse_trace(body: dict[str, Any]) -> list[SpanView]:
     for batch in body.get("batches", body.get("resourceSpans", [])):
         service = str(_attributes(batch.get("resource", {}).get("attributes")).get("service.name", "unknown"))
         for scope in batch.get("scopeSpans", batch.get("instrumentationLibrarySpans", [])):
+            scope_name = str(scope.get("scope", scope.get("instrumentationLibrary", {})).get("name", ""))
             for span in scope.get("spans", []):
                 spans.append(
                     SpanView(
@@ -72,6 +74,7 @@ def parse_trace(body: dict[str, Any]) -> list[SpanView]:
                         .removeprefix("STATUS_CODE_")
                         .lower(),
                         attributes=_attributes(span.get("attributes")),
+                        scope=scope_name,
                     )
                 )
     return sorted(spans, key=lambda s: s.start_ns)

@@ -32,6 +32,9 @@ def _path_to_root(span: SpanView, by_id: dict[str, SpanView]) -> list[SpanView]:
     return path
 
 
+AIOKAFKA_SCOPE = "opentelemetry.instrumentation.aiokafka"
+
+
 def test_one_trace_follows_a_document_through_every_process(faiss_pipeline: Pipeline, trace_store: Services) -> None:
     namespace = "trace-" + uuid.uuid4().hex[:8]
     accepted = faiss_pipeline.ingest("Seismographs record the motion of the ground.", namespace, "seismo")
@@ -58,11 +61,24 @@ def test_one_trace_follows_a_document_through_every_process(faiss_pipeline: Pipe
     assert chain == [
         ("indexer-worker", "index write"),
         ("indexer-worker", f"process {kafka.chunks_topic}"),
-        ("embedding-worker", f"send {kafka.chunks_topic}"),
+        ("embedding-worker", f"{kafka.chunks_topic} send"),
         ("embedding-worker", f"process {kafka.documents_topic}"),
-        ("ingest-api", f"send {kafka.documents_topic}"),
+        ("ingest-api", f"{kafka.documents_topic} send"),
         ("ingest-api", "POST /ingest"),
     ]
+    # The messaging spans are opentelemetry-instrumentation-aiokafka's, and only theirs: one send per hop,
+    # and the consumer's receive span in the same tree.
+    messaging = [s for s in spans if s.scope == AIOKAFKA_SCOPE]
+    assert sorted((s.service, s.name) for s in messaging) == sorted(
+        [
+            ("ingest-api", f"{kafka.documents_topic} send"),
+            ("embedding-worker", f"{kafka.documents_topic} receive"),
+            ("embedding-worker", f"{kafka.chunks_topic} send"),
+            ("indexer-worker", f"{kafka.chunks_topic} receive"),
+        ]
+    )
+    for send in (s for s in messaging if s.name.endswith(" send")):
+        assert send.kind == "producer" and by_id[send.parent_span_id].service == send.service
     names = {(s.service, s.name) for s in spans}
     assert {
         ("ingest-api", "upload document"),
@@ -81,8 +97,9 @@ def test_one_trace_follows_a_document_through_every_process(faiss_pipeline: Pipe
     assert isinstance(consumer.attributes["messaging.kafka.offset"], int)
     assert consumer.attributes["document.id"] == "seismo"
     assert consumer.attributes["ragtrace.namespace"] == namespace
-    producer = next(s for s in spans if s.name == f"send {kafka.documents_topic}")
-    assert producer.kind == "producer" and producer.attributes["messaging.operation.type"] == "send"
+    producer = next(s for s in spans if s.name == f"{kafka.documents_topic} send")
+    assert producer.attributes["messaging.destination.name"] == kafka.documents_topic
+    assert producer.attributes["messaging.system"] == "kafka"
     embed = next(s for s in spans if s.name == "embed")
     assert embed.attributes["ragtrace.chunk.count"] == 1
     assert embed.attributes["ragtrace.embedding.model"] == "all-MiniLM-L6-v2"
