@@ -13,7 +13,6 @@ import logging
 
 import grpc
 import numpy as np
-from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
@@ -122,7 +121,6 @@ async def serve(settings: EmbeddingSettings) -> None:
 
 
 def main() -> None:
-    GrpcAioInstrumentorServer().instrument()
     run_async_service("embedding-service", lambda: serve(EmbeddingSettings()))
 
 
