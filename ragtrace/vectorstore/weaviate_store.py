@@ -78,6 +78,11 @@ def _weaviate_call(method: Callable[Concatenate[WeaviateStore, P], R]) -> Callab
         except _UNREACHABLE as error:
             self.reset()
             raise DependencyUnavailable("weaviate", f"no answer ({type(error).__name__})") from error
+        except ValueError as error:
+            # grpc's answer to a call on a channel that another thread's reset() closed after Weaviate failed
+            if "closed channel" not in str(error):
+                raise
+            raise DependencyUnavailable("weaviate", "the connection was closed after a failure") from error
 
     functools.update_wrapper(wrapper, method)
     return wrapper
@@ -205,6 +210,10 @@ class WeaviateStore:
             self.models().data.delete_by_id(_model_uuid(namespace))  # no chunks, so no model
 
     def _recorded_model(self, namespace: str) -> EmbeddingModel | None:
+        # The tenant's existence first, over REST: a Weaviate that is down fails this at once, where the gRPC
+        # lookup below would retry with a backoff of seconds first.
+        if not self.collection().tenants.exists(namespace):
+            return None
         found = self.models().query.fetch_object_by_id(_model_uuid(namespace))
         if found is None:
             return None
