@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv proto infra up down status test lint clean eval bench bench-device load-gen drill asyncapi \
+.PHONY: help install venv proto infra up down status test test-unit lint clean eval bench bench-device load-gen drill asyncapi \
 	cluster-start cluster-stop cluster-status cluster-logs
 
 help: ## List the targets
@@ -45,8 +45,12 @@ down: ## Stop every process `make up` started, and nothing else
 status: ## Each component: up/down, port, pid, log path
 	@$(RAGTRACE) stack status
 
-test: install ## Run the whole test suite against real servers (pytest exit 5, no tests, is a failure)
+test: install ## Run the whole test suite, tests/unit and the real-server tier (pytest exit 5, no tests, is a failure)
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating that as a failure"; exit 1; fi; exit $$rc
+
+test-unit: venv proto ## The fast tier: tests/unit, no servers, well under a minute
+	@rc=0; $(BIN)/pytest tests/unit $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating that as a failure"; exit 1; fi; exit $$rc
 
 eval: install ## nDCG@10 of each search mode and of BM25, dense and RRF baselines on every set in ../shared/data/eval/, through the running stack (make up)

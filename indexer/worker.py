@@ -180,6 +180,7 @@ def _document_chunks(batch: ChunkBatch) -> DocumentChunks:
         document_id=batch.document_id,
         metadata=batch.metadata,
         chunks=[IndexedChunk(c.chunk_id, c.chunk_no, c.text, c.start, c.end, c.vector) for c in batch.chunks],
+        model=batch.model,
     )
 
 

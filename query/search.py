@@ -4,10 +4,8 @@ generate. query/server.py serves it over gRPC."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -17,15 +15,15 @@ from opentelemetry import trace
 from prometheus_client import Histogram
 
 from query.generation import Answer, Generator
-from query.settings import MODE_NAMES, MODES, SearchSettings
+from query.settings import SearchSettings
 from ragtrace.cache import SearchCache, normalize_query
 from ragtrace.clients import channel_ready, grpc_channel
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.metrics import LATENCY_BUCKETS, observe
-from ragtrace.schemas import NAMESPACE_PATTERN
+from ragtrace.query_contract import MODES, ResolvedQuery, SearchDefaults
 from ragtrace.telemetry import trace_id_hex
 from ragtrace.v1 import embedding_pb2, embedding_pb2_grpc, search_pb2
-from ragtrace.vectorstore import Hit, VectorStore
+from ragtrace.vectorstore import EmbeddingModel, Hit, VectorStore, check_model
 
 tracer = trace.get_tracer("ragtrace.search")
 
@@ -35,13 +33,6 @@ SEARCH_DURATION = Histogram(
     ["mode", "cache"],
     buckets=LATENCY_BUCKETS,
 )
-
-MAX_TOP_K = 100
-MAX_GENERATED_TOKENS = 4096
-
-
-class InvalidSearch(ValueError):
-    """The request cannot be served as given: gRPC INVALID_ARGUMENT, HTTP 422."""
 
 
 class QueryEmbedder(Protocol):
@@ -100,59 +91,18 @@ class LocalEmbedder:
         return np.asarray(vectors[0], dtype=np.float32)
 
 
-@dataclass
-class Query:
-    """A validated request, with the service's defaults filled in."""
-
-    text: str
-    namespace: str
-    top_k: int
-    mode: search_pb2.SearchMode
-    alpha: float
-    filters: dict[str, str]
-    generate: bool
-    max_tokens: int
-
-    def cache_parameters(self, generator_model: str) -> dict[str, Any]:
-        return {
-            "q": normalize_query(self.text),
-            "k": self.top_k,
-            "mode": self.mode,
-            "alpha": round(self.alpha, 4),
-            "filters": self.filters,
-            "generate": self.generate,
-            "max_tokens": self.max_tokens,
-            "llm": generator_model if self.generate else "",
-        }
-
-
-def validate(request: search_pb2.SearchRequest, settings: SearchSettings, default_max_tokens: int) -> Query:
-    problems = []
-    text = request.query.strip()
-    if not text:
-        problems.append("query: must not be empty")
-    elif len(text) > settings.max_query_chars:
-        problems.append(f"query: at most {settings.max_query_chars} characters (got {len(text)})")
-    namespace = request.namespace or "default"
-    if not re.match(NAMESPACE_PATTERN, namespace):
-        problems.append(f"namespace: '{namespace}' does not match {NAMESPACE_PATTERN}")
-    top_k = request.top_k or settings.default_top_k
-    if not 1 <= top_k <= MAX_TOP_K:
-        problems.append(f"top_k: must be between 1 and {MAX_TOP_K} (got {top_k})")
-    mode = request.mode or MODES[settings.default_mode]
-    if mode not in MODE_NAMES:
-        problems.append(f"mode: unknown mode {request.mode}")
-    alpha = request.alpha if request.HasField("alpha") else settings.default_alpha
-    if not 0.0 <= alpha <= 1.0:
-        problems.append(f"alpha: must be between 0 and 1 (got {alpha})")
-    max_tokens = request.max_tokens or default_max_tokens
-    if not 1 <= max_tokens <= MAX_GENERATED_TOKENS:
-        problems.append(f"max_tokens: must be between 1 and {MAX_GENERATED_TOKENS}")
-    if any(not key for key in request.filters):
-        problems.append("filters: keys must not be empty")
-    if problems:
-        raise InvalidSearch("; ".join(problems))
-    return Query(text, namespace, top_k, mode, alpha, dict(request.filters), request.generate, max_tokens)
+def cache_parameters(query: ResolvedQuery, generator_model: str) -> dict[str, Any]:
+    """What a cached result depends on, besides its namespace's version."""
+    return {
+        "q": normalize_query(query.query),
+        "k": query.top_k,
+        "mode": MODES[query.mode],
+        "alpha": round(query.alpha, 4),
+        "filters": query.filters,
+        "generate": query.generate,
+        "max_tokens": query.max_tokens,
+        "llm": generator_model if query.generate else "",
+    }
 
 
 def _source(hit: Hit) -> search_pb2.Source:
@@ -177,6 +127,12 @@ class SearchService:
         self.embedder = embedder
         self.cache = cache
         self.generator = generator
+        self.defaults = SearchDefaults(
+            top_k=settings.default_top_k,
+            mode=settings.default_mode,
+            alpha=settings.default_alpha,
+            max_tokens=generator.settings.default_max_tokens,
+        )
 
     async def search(self, request: search_pb2.SearchRequest) -> search_pb2.SearchResponse:
         response: search_pb2.SearchResponse | None = None
@@ -194,7 +150,7 @@ class SearchService:
     async def stream(self, request: search_pb2.SearchRequest) -> AsyncIterator[search_pb2.SearchEvent]:
         """Sources first, then answer tokens, then the final metadata."""
         started = time.perf_counter()
-        query = validate(request, self.settings, self.generator.settings.default_max_tokens)
+        query = ResolvedQuery.from_proto(request, self.defaults)
         key = await self._cache_key(query)
         with tracer.start_as_current_span("cache lookup", attributes={"ragtrace.namespace": query.namespace}) as span:
             cached = await self.cache.get(key)
@@ -206,7 +162,7 @@ class SearchService:
             response.metadata.timings_ms.total = (time.perf_counter() - started) * 1000
             cached_answer = response.answer
             response.answer = ""
-            observe(SEARCH_DURATION.labels(MODE_NAMES[query.mode], "hit"), time.perf_counter() - started)
+            observe(SEARCH_DURATION.labels(query.mode, "hit"), time.perf_counter() - started)
             yield search_pb2.SearchEvent(sources=response)
             if cached_answer:
                 yield search_pb2.SearchEvent(token=cached_answer)
@@ -214,17 +170,21 @@ class SearchService:
             return
 
         metadata = search_pb2.SearchMetadata(
-            trace_id=trace_id_hex(), mode=query.mode, top_k=query.top_k, namespace=query.namespace, alpha=query.alpha
+            trace_id=trace_id_hex(),
+            mode=MODES[query.mode],
+            top_k=query.top_k,
+            namespace=query.namespace,
+            alpha=query.alpha,
         )
         hits = await self._retrieve(query, metadata)
         metadata.num_sources = len(hits)
         sources = [_source(hit) for hit in hits]
-        observe(SEARCH_DURATION.labels(MODE_NAMES[query.mode], "miss"), time.perf_counter() - started)
+        observe(SEARCH_DURATION.labels(query.mode, "miss"), time.perf_counter() - started)
         yield search_pb2.SearchEvent(sources=search_pb2.SearchResponse(sources=sources, metadata=metadata))
 
         answer = Answer()
         if query.generate:
-            async for token in self.generator.answer(query.text, query.namespace, hits, query.max_tokens, answer):
+            async for token in self.generator.answer(query.query, query.namespace, hits, query.max_tokens, answer):
                 yield search_pb2.SearchEvent(token=token)
         metadata.generator = answer.generator if query.generate else "none"
         metadata.generator_reason = answer.reason if query.generate else "generation not requested"
@@ -240,8 +200,8 @@ class SearchService:
             final = search_pb2.SearchResponse(answer=answer.text, sources=sources, metadata=metadata)
             await self.cache.put(key, final.SerializeToString())
 
-    async def _cache_key(self, query: Query) -> str | None:
-        return await self.cache.result_key(query.namespace, query.cache_parameters(self.generator.settings.model))
+    async def _cache_key(self, query: ResolvedQuery) -> str | None:
+        return await self.cache.result_key(query.namespace, cache_parameters(query, self.generator.settings.model))
 
     async def _embed(self, text: str, metadata: search_pb2.SearchMetadata) -> np.ndarray:
         started = time.perf_counter()
@@ -257,9 +217,16 @@ class SearchService:
         metadata.timings_ms.embed = (time.perf_counter() - started) * 1000
         return vector
 
-    async def _retrieve(self, query: Query, metadata: search_pb2.SearchMetadata) -> list[Hit]:
-        mode = MODE_NAMES[query.mode]
-        vector = None if mode == "keyword" else await self._embed(query.text, metadata)
+    async def _check_model(self, namespace: str, vector: np.ndarray) -> None:
+        """The query's vector must come from the model that indexed the namespace: ModelMismatch if not."""
+        indexed = await asyncio.to_thread(self.store.embedding_model, namespace)
+        check_model(namespace, indexed, EmbeddingModel(self.embedder.model, len(vector)))
+
+    async def _retrieve(self, query: ResolvedQuery, metadata: search_pb2.SearchMetadata) -> list[Hit]:
+        mode = query.mode
+        vector = None if mode == "keyword" else await self._embed(query.query, metadata)
+        if vector is not None:
+            await self._check_model(query.namespace, vector)
         wanted = self.settings.filter_candidates if query.filters else query.top_k
         started = time.perf_counter()
         with tracer.start_as_current_span(
@@ -273,12 +240,12 @@ class SearchService:
             },
         ) as span:
             if vector is None:
-                hits = await asyncio.to_thread(self.store.keyword_search, query.namespace, query.text, wanted)
+                hits = await asyncio.to_thread(self.store.keyword_search, query.namespace, query.query, wanted)
             elif mode == "vector":
                 hits = await asyncio.to_thread(self.store.search, query.namespace, vector.tolist(), wanted)
             else:
                 hits = await asyncio.to_thread(
-                    self.store.hybrid_search, query.namespace, query.text, vector.tolist(), wanted, query.alpha
+                    self.store.hybrid_search, query.namespace, query.query, vector.tolist(), wanted, query.alpha
                 )
             hits = _filtered(hits, query.filters)[: query.top_k]
             _score_attributes(span, hits)

@@ -1,7 +1,8 @@
 """SearchService over gRPC (with the health checking protocol).
 
-Errors keep their meaning: INVALID_ARGUMENT (bad request), NOT_FOUND (unknown namespace), UNAVAILABLE with
-the dependency named in the trailing metadata key `dependency`, DEADLINE_EXCEEDED.
+Errors keep their meaning: INVALID_ARGUMENT (bad request, see ragtrace/query_contract.py), NOT_FOUND (unknown
+namespace), FAILED_PRECONDITION (the query's embedding model is not the one that indexed the namespace; both
+named), UNAVAILABLE with the dependency named in the trailing metadata key `dependency`, DEADLINE_EXCEEDED.
 
 Run: `python -m query.server` (127.0.0.1:50061 by default).
 """
@@ -14,16 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
-from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-from opentelemetry.instrumentation.redis import RedisInstrumentor
 
 from query.generation import Generator
-from query.search import GrpcEmbedder, InvalidSearch, LocalEmbedder, QueryEmbedder, SearchService
+from query.search import GrpcEmbedder, LocalEmbedder, QueryEmbedder, SearchService
 from query.settings import SEARCH_SERVICE_HEALTH, LLMSettings, SearchSettings
 from ragtrace.cache import SearchCache
 from ragtrace.clients import redis_client
-from ragtrace.errors import DependencyUnavailable
+from ragtrace.errors import DependencyUnavailable, InvalidInput, ModelMismatch
 from ragtrace.runtime import run_async_service, start_grpc_server
 from ragtrace.settings import RedisSettings, WeaviateSettings
 from ragtrace.v1 import search_pb2, search_pb2_grpc
@@ -33,9 +31,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# The errors a search answers with a status of their own (`_abort`); any other is INTERNAL.
+SEARCH_ERRORS = (InvalidInput, ModelMismatch, UnknownNamespace, DependencyUnavailable, TimeoutError)
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
-    if isinstance(error, InvalidSearch):
+    if isinstance(error, InvalidInput):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    if isinstance(error, ModelMismatch):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     if isinstance(error, UnknownNamespace):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"namespace '{error.args[0]}' has no documents")
     if isinstance(error, DependencyUnavailable):
@@ -62,13 +66,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         try:
             async for event in self.service.stream(request):
                 yield event
-        except (InvalidSearch, UnknownNamespace, DependencyUnavailable, TimeoutError) as error:
+        except SEARCH_ERRORS as error:
             await _abort(context, error)
 
     async def _guarded(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
-        except (InvalidSearch, UnknownNamespace, DependencyUnavailable, TimeoutError) as error:
+        except SEARCH_ERRORS as error:
             await _abort(context, error)
 
 
@@ -112,10 +116,6 @@ async def serve(settings: SearchSettings) -> None:
 
 
 def main() -> None:
-    GrpcAioInstrumentorServer().instrument()
-    GrpcAioInstrumentorClient().instrument()
-    HTTPXClientInstrumentor().instrument()
-    RedisInstrumentor().instrument()
     run_async_service("search-service", lambda: serve(SearchSettings()))
 
 

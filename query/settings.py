@@ -3,20 +3,10 @@ HTTP gateway (RAGTRACE_GATEWAY_*)."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ragtrace.v1 import search_pb2
-
-MODES: dict[str, search_pb2.SearchMode] = {
-    "vector": search_pb2.SEARCH_MODE_VECTOR,
-    "keyword": search_pb2.SEARCH_MODE_KEYWORD,
-    "hybrid": search_pb2.SEARCH_MODE_HYBRID,
-}
-MODE_NAMES: dict[int, str] = {value: name for name, value in MODES.items()}
-
+from ragtrace.query_contract import DEFAULT_TOP_K, ModeName
 
 # The search service's name in gRPC health: SERVING while its index and embedding service answer.
 SEARCH_SERVICE_HEALTH = "ragtrace.v1.SearchService"
@@ -30,10 +20,10 @@ class SearchSettings(BaseSettings):
     # gRPC address of the EmbeddingService; empty: embed in this process (loads the model here).
     embedding_target: str = "127.0.0.1:50062"
     embedding_timeout_s: float = 1.0  # a frozen embedding service is a 503 within about a second
-    default_top_k: int = 5
-    default_mode: Literal["vector", "keyword", "hybrid"] = "hybrid"
+    # For gRPC callers that leave a field unset; the limits are the query contract's (ragtrace/query_contract.py).
+    default_top_k: int = DEFAULT_TOP_K
+    default_mode: ModeName = "hybrid"
     default_alpha: float = 0.7  # hybrid: the vector ranking's weight in rank fusion (README, Evaluation)
-    max_query_chars: int = 2000
     cache_ttl_s: int = 300
     embedding_cache_ttl_s: int = 86_400
     filter_candidates: int = 200  # with metadata filters, how many results are filtered down to top_k

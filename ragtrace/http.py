@@ -1,13 +1,15 @@
-"""What every ragtrace HTTP service shares: JSON errors a person can act on, a body-size limit enforced
-while reading, /healthz and /metrics, and OpenTelemetry instrumentation."""
+"""What every ragtrace HTTP service shares: JSON errors a person can act on (domain errors mapped to their
+HTTP status here, once), a body-size limit enforced while reading, /healthz, /readyz and /metrics, and
+OpenTelemetry instrumentation. Each service adds its routers (module-level APIRouters) and its lifespan,
+which puts the service's state on `app.state` for its dependencies (`<service>/deps.py`) to hand out."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -17,11 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragtrace.auth import AuthSettings
-from ragtrace.errors import ConcurrentUpdate, DependencyUnavailable
+from ragtrace.errors import ConcurrentUpdate, DependencyUnavailable, DocumentNotFound, error_location, field_errors
 from ragtrace.metrics import OPERATIONS_PATHS, HttpMetrics
 from ragtrace.schemas import ErrorBody
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+# A FastAPI dependency naming the service's readiness checks: dependency name → check.
+Readiness = Callable[..., Mapping[str, ReadinessCheck]]
 
 
 def error_response(
@@ -31,17 +35,13 @@ def error_response(
     return JSONResponse(body, status_code=code, headers=dict(headers or {}))
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc if part != "body") or "body"
-
-
 async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
     errors = cast(RequestValidationError, exc).errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         message = "the body is not valid JSON: " + "; ".join(str(e.get("ctx", {}).get("error", "")) for e in errors)
     else:
-        message = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors)
-    details = [{"location": _location(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
+        message = field_errors(errors)
+    details = [{"location": error_location(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
     return error_response(422, "invalid_request", message, details=details)
 
 
@@ -58,6 +58,10 @@ async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
 
 async def _concurrent_update(_: Request, exc: Exception) -> JSONResponse:
     return error_response(status.HTTP_409_CONFLICT, "conflict", str(exc), headers={"Retry-After": "1"})
+
+
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(status.HTTP_404_NOT_FOUND, "not_found", str(exc))
 
 
 _ERROR_NAMES = {
@@ -145,6 +149,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "No or an unknown API key",
         403: "The API key may not use this namespace",
         404: "No such document or namespace",
+        409: "A concurrent update of the same record (retry after Retry-After), or a search embedded with a model"
+        " other than the namespace's (both named)",
         413: "The body is over the size limit",
         415: "The file type is not supported",
         422: "The request is invalid: the message names each field and problem",
@@ -155,14 +161,23 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def create_service_app(
-    title: str, max_body_bytes: int, readiness: Mapping[str, ReadinessCheck], **fastapi_args: Any
+    title: str,
+    max_body_bytes: int,
+    readiness: Readiness | Mapping[str, ReadinessCheck],
+    routers: Sequence[APIRouter] = (),
+    **fastapi_args: Any,
 ) -> FastAPI:
-    """A FastAPI app with ragtrace's error format, body limit, /healthz, /readyz, /metrics and tracing."""
+    """A FastAPI app with ragtrace's error format, body limit, /healthz, /readyz, /metrics and tracing, and
+    the service's routers. `readiness` is best a dependency, so that it reaches the state the lifespan made."""
+    if isinstance(readiness, Mapping):
+        fixed = readiness
+        readiness = lambda: fixed  # noqa: E731
     app = FastAPI(title=title, responses=ERROR_RESPONSES, **fastapi_args)
     app.state.auth = AuthSettings()
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(DependencyUnavailable, _dependency_down)
     app.add_exception_handler(ConcurrentUpdate, _concurrent_update)
+    app.add_exception_handler(DocumentNotFound, _not_found)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # FastAPI's own HTTPException is one too
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(HeaderSizeLimit, max_bytes=MAX_HEADER_BYTES)
@@ -185,13 +200,17 @@ def create_service_app(
         return Response(encode(REGISTRY), media_type=content_type)
 
     @app.get("/readyz", tags=["operations"])
-    async def readyz() -> JSONResponse:
+    # A default rather than Annotated: the dependency is local, and annotations here are strings.
+    async def readyz(checks: Mapping[str, ReadinessCheck] = Depends(readiness)) -> JSONResponse:
         """Every dependency answers."""
-        outcomes = await asyncio.gather(*(check() for check in readiness.values()), return_exceptions=True)
-        down = {name: str(outcome) for name, outcome in zip(readiness, outcomes, strict=True) if outcome is not None}
+        outcomes = await asyncio.gather(*(check() for check in checks.values()), return_exceptions=True)
+        down = {name: str(outcome) for name, outcome in zip(checks, outcomes, strict=True) if outcome is not None}
         if down:
             return error_response(503, "not_ready", "unavailable: " + ", ".join(sorted(down)), details=[down])
-        return JSONResponse({"status": "ready", "dependencies": sorted(readiness)})
+        return JSONResponse({"status": "ready", "dependencies": sorted(checks)})
+
+    for router in routers:
+        app.include_router(router)
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls=",".join(p.lstrip("/") for p in OPERATIONS_PATHS))
     return app

@@ -3,18 +3,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from embedding.engine import EmbeddingEngine
-from embedding.settings import EmbeddingSettings
 from ragtrace.vectorstore import Backend
 from ragtrace_tools.devstack.servers import free_port
 from ragtrace_tools.devstack.services import ServicePorts, Services
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from tests.infra import Infra, provide_infra
 from tests.pipeline import LLM_API_KEY, Pipeline, start_pipeline
+
+if TYPE_CHECKING:
+    from embedding.engine import EmbeddingEngine
 
 
 @pytest.fixture(scope="session")
@@ -93,5 +95,8 @@ def pipeline(request: pytest.FixtureRequest) -> Pipeline:
 
 @pytest.fixture(scope="session")
 def engine() -> EmbeddingEngine:
-    """The embedding model in the test process, to embed queries."""
+    """The embedding model in the test process, to embed queries (torch imported only when a test asks)."""
+    from embedding.engine import EmbeddingEngine
+    from embedding.settings import EmbeddingSettings
+
     return EmbeddingEngine(EmbeddingSettings())

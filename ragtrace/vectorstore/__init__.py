@@ -2,6 +2,9 @@
 
 Every namespace is its own store (a FAISS/SQLite file, a Weaviate tenant): one can never read another's.
 Writes are idempotent: `write` replaces all of a document's chunks, keyed by deterministic chunk ids.
+Each namespace records the embedding model its vectors come from (`embedding_model`), so that a search never
+compares vectors of two models: a write of another model's vectors into a namespace that still holds chunks,
+and a query embedded with another model, are refused with ModelMismatch naming both.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ragtrace.errors import ModelMismatch
 from ragtrace.settings import WeaviateSettings
 
 Item = TypeVar("Item", bound=Hashable)
@@ -58,6 +62,37 @@ class DocumentChunks:
     document_id: str
     metadata: Mapping[str, Any]
     chunks: Sequence[IndexedChunk]
+    model: str | None = None  # the embedding model of the vectors (ChunkBatch.model)
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """The model a namespace's vectors come from, and their dimension."""
+
+    name: str
+    dimension: int
+
+    def __str__(self) -> str:
+        return f"'{self.name}' (dimension {self.dimension})"
+
+
+def written_model(namespace: str, upserts: Sequence[DocumentChunks]) -> EmbeddingModel | None:
+    """The one embedding model of the chunks a write brings (None when none is named)."""
+    models = {
+        EmbeddingModel(document.model, len(document.chunks[0].vector))
+        for document in upserts
+        if document.model is not None and document.chunks
+    }
+    if len(models) > 1:
+        first, second = sorted(models, key=str)[:2]
+        raise ModelMismatch(namespace, str(first), str(second))
+    return next(iter(models), None)
+
+
+def check_model(namespace: str, indexed: EmbeddingModel | None, given: EmbeddingModel | None) -> None:
+    """ModelMismatch, naming both, when vectors of `given` would meet a namespace holding `indexed`'s."""
+    if indexed is not None and given is not None and indexed != given:
+        raise ModelMismatch(namespace, str(indexed), str(given))
 
 
 @dataclass(frozen=True)
@@ -95,6 +130,10 @@ class VectorStore(Protocol):
 
     def count(self, namespace: str, document_id: str | None = None) -> int:
         """Chunks in the namespace, or of one document."""
+        ...
+
+    def embedding_model(self, namespace: str) -> EmbeddingModel | None:
+        """The model whose vectors the namespace holds, as `write` recorded it; None when it holds none."""
         ...
 
     def namespaces(self) -> list[str]:

@@ -26,11 +26,14 @@ from ragtrace.vectorstore import (
     HYBRID_CANDIDATES,
     Backend,
     DocumentChunks,
+    EmbeddingModel,
     Hit,
     UnknownNamespace,
+    check_model,
     expanded_query,
     feedback_ids,
     fused_ranking,
+    written_model,
 )
 
 _SCHEMA = """
@@ -48,6 +51,11 @@ CREATE TABLE IF NOT EXISTS chunks (
     vector BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);
+CREATE TABLE IF NOT EXISTS embedding_model (  -- one row while the namespace holds chunks
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    model TEXT NOT NULL,
+    dimension INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
@@ -112,6 +120,7 @@ class FaissStore:
             return self._namespaces[namespace]
 
     def write(self, namespace: str, upserts: Sequence[DocumentChunks], deletes: Sequence[str]) -> None:
+        model = written_model(namespace, upserts)
         ns = self._open(namespace, create=True)
         replaced = [d.document_id for d in upserts] + list(deletes)
         with ns.lock:
@@ -122,6 +131,7 @@ class FaissStore:
                     ids = [row[0] for row in db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))]
                     db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
                     db.executemany("INSERT INTO changes(op, id) VALUES ('remove', ?)", [(i,) for i in ids])
+                _record_model(db, namespace, model)
                 for document in upserts:
                     metadata = json.dumps(dict(document.metadata))
                     title = str(document.metadata.get("title", ""))
@@ -141,6 +151,8 @@ class FaissStore:
                             ),
                         )
                         db.execute("INSERT INTO changes(op, id) VALUES ('add', ?)", (cursor.lastrowid,))
+                if not _holds_chunks(db):
+                    db.execute("DELETE FROM embedding_model")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -234,6 +246,14 @@ class FaissStore:
                 return int(ns.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
             return int(ns.db.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (document_id,)).fetchone()[0])
 
+    def embedding_model(self, namespace: str) -> EmbeddingModel | None:
+        try:
+            ns = self._open(namespace, create=False)
+        except UnknownNamespace:
+            return None
+        with ns.lock:
+            return _recorded_model(ns.db)
+
     def namespaces(self) -> list[str]:
         return sorted(path.stem for path in self.data_dir.glob("*.sqlite"))
 
@@ -247,6 +267,27 @@ class FaissStore:
             for ns in self._namespaces.values():
                 ns.db.close()
             self._namespaces.clear()
+
+
+def _recorded_model(db: sqlite3.Connection) -> EmbeddingModel | None:
+    row = db.execute("SELECT model, dimension FROM embedding_model").fetchone()
+    return EmbeddingModel(str(row[0]), int(row[1])) if row else None
+
+
+def _holds_chunks(db: sqlite3.Connection) -> bool:
+    return bool(db.execute("SELECT EXISTS (SELECT 1 FROM chunks)").fetchone()[0])
+
+
+def _record_model(db: sqlite3.Connection, namespace: str, model: EmbeddingModel | None) -> None:
+    """Inside the write's transaction, once the replaced chunks are gone: the chunks that stay must be the
+    written model's, else the write is refused (ModelMismatch, rolled back)."""
+    if model is None:
+        return
+    if _holds_chunks(db):
+        check_model(namespace, _recorded_model(db), model)
+    db.execute(
+        "INSERT OR REPLACE INTO embedding_model(id, model, dimension) VALUES (1, ?, ?)", (model.name, model.dimension)
+    )
 
 
 def _matches(db: sqlite3.Connection, query: str, top_k: int) -> list[tuple[int, float]]:

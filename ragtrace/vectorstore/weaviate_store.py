@@ -1,4 +1,5 @@
-"""Weaviate backend: one multi-tenant collection, one tenant per namespace (tenants never see each other).
+"""Weaviate backend: one multi-tenant collection, one tenant per namespace (tenants never see each other),
+and a small plain collection beside it (`<collection>Model`) with each namespace's embedding model.
 
 The client connects on first use and again after a failure, so a service starts while Weaviate is down and
 recovers when it returns; a Weaviate that does not answer is DependencyUnavailable("weaviate").
@@ -19,6 +20,7 @@ from weaviate.classes.config import Configure, DataType, Property, Tokenization,
 from weaviate.classes.data import DataObject
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
 from weaviate.collections import Collection
+from weaviate.collections.classes.filters import _Filters
 
 from ragtrace.clients import weaviate_client
 from ragtrace.errors import DependencyUnavailable
@@ -28,9 +30,12 @@ from ragtrace.vectorstore import (
     HYBRID_CANDIDATES,
     Backend,
     DocumentChunks,
+    EmbeddingModel,
     Hit,
     UnknownNamespace,
+    check_model,
     expanded_query,
+    written_model,
 )
 
 P = ParamSpec("P")
@@ -45,6 +50,12 @@ _PROPERTIES = [
     Property(name="start", data_type=DataType.INT),
     Property(name="end", data_type=DataType.INT),
     Property(name="metadata", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
+]
+
+_MODEL_PROPERTIES = [
+    Property(name="namespace", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+    Property(name="model", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+    Property(name="dimension", data_type=DataType.INT),
 ]
 
 _UNREACHABLE = (
@@ -67,6 +78,11 @@ def _weaviate_call(method: Callable[Concatenate[WeaviateStore, P], R]) -> Callab
         except _UNREACHABLE as error:
             self.reset()
             raise DependencyUnavailable("weaviate", f"no answer ({type(error).__name__})") from error
+        except ValueError as error:
+            # grpc's answer to a call on a channel that another thread's reset() closed after Weaviate failed
+            if "closed channel" not in str(error):
+                raise
+            raise DependencyUnavailable("weaviate", "the connection was closed after a failure") from error
 
     functools.update_wrapper(wrapper, method)
     return wrapper
@@ -82,12 +98,13 @@ class WeaviateStore:
         self._lock = threading.Lock()
         self._client: weaviate.WeaviateClient | None = None
         self._collection: Collection[Any, Any] | None = None
+        self._models: Collection[Any, Any] | None = None
 
     def reset(self) -> None:
         with self._lock:
             if self._client is not None:
                 self._client.close()
-            self._client, self._collection = None, None
+            self._client, self._collection, self._models = None, None, None
 
     def collection(self) -> Collection[Any, Any]:
         with self._lock:
@@ -98,9 +115,27 @@ class WeaviateStore:
                 self._collection = client.collections.use(self.name)
             return self._collection
 
+    def models(self) -> Collection[Any, Any]:
+        """The namespaces' embedding models: one object per namespace, without a vector."""
+        self.collection()  # connects, and creates the chunks' collection on first use
+        with self._lock:
+            if self._models is None:
+                client = self._client
+                if client is None:  # reset by another thread since
+                    raise DependencyUnavailable("weaviate", "disconnected")
+                name = self.name + "Model"
+                if not client.collections.exists(name):
+                    _create(
+                        lambda: client.collections.create(
+                            name, properties=_MODEL_PROPERTIES, vector_config=Configure.Vectors.self_provided()
+                        )
+                    )
+                self._models = client.collections.use(name)
+            return self._models
+
     def _create(self, client: weaviate.WeaviateClient) -> None:
-        try:
-            client.collections.create(
+        _create(
+            lambda: client.collections.create(
                 self.name,
                 vector_config=Configure.Vectors.self_provided(
                     vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)
@@ -110,9 +145,7 @@ class WeaviateStore:
                 ),
                 properties=_PROPERTIES,
             )
-        except weaviate.exceptions.UnexpectedStatusCodeError as error:
-            if "already exists" not in str(error):  # another worker created it first
-                raise
+        )
 
     def _tenant(self, namespace: str, must_exist: bool) -> Collection[Any, Any]:
         collection = self.collection()
@@ -129,10 +162,27 @@ class WeaviateStore:
 
     @_weaviate_call
     def write(self, namespace: str, upserts: Sequence[DocumentChunks], deletes: Sequence[str]) -> None:
+        model = written_model(namespace, upserts)
         tenant = self._tenant(namespace, must_exist=False)
         replaced = [d.document_id for d in upserts] + list(deletes)
+        indexed = self._recorded_model(namespace)
+        if model is not None and indexed is not None and model != indexed:
+            kept = (
+                Filter.all_of([Filter.by_property("document_id").not_equal(d) for d in replaced]) if replaced else None
+            )
+            if self._count(namespace, kept):  # chunks of the other model stay: refused before anything changes
+                check_model(namespace, indexed, model)
         if replaced and self.collection().tenants.exists(namespace):
             tenant.data.delete_many(where=Filter.by_property("document_id").contains_any(replaced))
+        if model is not None and model != indexed:
+            self.models().data.insert_many(
+                [
+                    DataObject(
+                        uuid=_model_uuid(namespace),
+                        properties={"namespace": namespace, "model": model.name, "dimension": model.dimension},
+                    )
+                ]
+            )
         objects: list[DataObject[Mapping[str, Any], None]] = [
             DataObject(
                 uuid=object_uuid(namespace, chunk.chunk_id),
@@ -156,6 +206,22 @@ class WeaviateStore:
             if result.has_errors:
                 first = next(iter(result.errors.values()))
                 raise RuntimeError(f"Weaviate rejected {len(result.errors)} of {len(objects)} chunks: {first.message}")
+        elif indexed is not None and deletes and not self._count(namespace):
+            self.models().data.delete_by_id(_model_uuid(namespace))  # no chunks, so no model
+
+    def _recorded_model(self, namespace: str) -> EmbeddingModel | None:
+        # The tenant's existence first, over REST: a Weaviate that is down fails this at once, where the gRPC
+        # lookup below would retry with a backoff of seconds first.
+        if not self.collection().tenants.exists(namespace):
+            return None
+        found = self.models().query.fetch_object_by_id(_model_uuid(namespace))
+        if found is None:
+            return None
+        return EmbeddingModel(str(found.properties["model"]), int(str(found.properties["dimension"])))
+
+    @_weaviate_call
+    def embedding_model(self, namespace: str) -> EmbeddingModel | None:
+        return self._recorded_model(namespace)
 
     @_weaviate_call
     def search(self, namespace: str, vector: Sequence[float], top_k: int) -> list[Hit]:
@@ -202,11 +268,13 @@ class WeaviateStore:
 
     @_weaviate_call
     def count(self, namespace: str, document_id: str | None = None) -> int:
+        return self._count(namespace, Filter.by_property("document_id").equal(document_id) if document_id else None)
+
+    def _count(self, namespace: str, where: _Filters | None = None) -> int:
         collection = self.collection()
         if not collection.tenants.exists(namespace):
             return 0
         tenant = collection.with_tenant(namespace)
-        where = Filter.by_property("document_id").equal(document_id) if document_id else None
         return int(tenant.aggregate.over_all(filters=where, total_count=True).total_count or 0)
 
     def namespaces(self) -> list[str]:
@@ -214,6 +282,18 @@ class WeaviateStore:
 
     def close(self) -> None:
         self.reset()
+
+
+def _create(create: Callable[[], object]) -> None:
+    try:
+        create()
+    except weaviate.exceptions.UnexpectedStatusCodeError as error:
+        if "already exists" not in str(error):  # another worker created it first
+            raise
+
+
+def _model_uuid(namespace: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ragtrace:{namespace}"))
 
 
 def _hit(properties: Mapping[str, Any], score: float) -> Hit:

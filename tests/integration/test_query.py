@@ -13,7 +13,10 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from embedding.settings import BUNDLED_MODEL
+from ragtrace.errors import ModelMismatch
 from ragtrace.v1 import search_pb2, search_pb2_grpc
+from ragtrace.vectorstore import DocumentChunks, EmbeddingModel, IndexedChunk
 from tests.conftest import LLMServer
 from tests.infra import Infra
 from tests.pipeline import TENANT_KEY, Pipeline, session_server, timed, wait_until
@@ -191,6 +194,32 @@ def test_no_match_means_no_llm_call_and_a_clear_answer(faiss_pipeline: Pipeline,
     assert body["answer"] == f"No relevant documents were found in namespace '{namespace}'."
     assert body["metadata"]["generator"] == "none"
     assert llm_server.completions() == calls, "no LLM call without sources"
+
+
+def _foreign_document(document_id: str, text: str, model: str, dimension: int) -> DocumentChunks:
+    """A document as another embedding model would have indexed it."""
+    chunk = IndexedChunk(f"{document_id}:0", 0, text, 0, len(text), [dimension**-0.5] * dimension)
+    return DocumentChunks(document_id, {"title": document_id}, [chunk], model=model)
+
+
+def test_a_namespace_is_searched_only_with_the_model_that_indexed_it(pipeline: Pipeline) -> None:
+    indexed, foreign = _namespace(), _namespace()
+    _ingest_corpus(pipeline, indexed, {"one": ("One", "A single document about glaciers.")})
+    with pipeline.vector_store() as store:
+        minilm = store.embedding_model(indexed)
+        assert minilm is not None and minilm.name == BUNDLED_MODEL, "the indexer records the model it was given"
+        with pytest.raises(ModelMismatch) as refused:
+            store.write(indexed, [_foreign_document("two", "Fjords.", "other-model", minilm.dimension)], [])
+        assert BUNDLED_MODEL in str(refused.value) and "other-model" in str(refused.value)
+        store.write(foreign, [_foreign_document("ice", "Glaciers carve fjords.", "other-model", minilm.dimension)], [])
+        assert store.embedding_model(foreign) == EmbeddingModel("other-model", minilm.dimension)
+    assert _search(pipeline, indexed, "glaciers", mode="vector", generate=False)["sources"]
+    for mode in ("vector", "hybrid"):
+        response = pipeline.search(query="glaciers", namespace=foreign, mode=mode, generate=False)
+        assert response.status_code == 409, response.text
+        assert "other-model" in response.json()["message"] and BUNDLED_MODEL in response.json()["message"]
+    keyword = _search(pipeline, foreign, "glaciers", mode="keyword", generate=False)
+    assert [s["document_id"] for s in keyword["sources"]] == ["ice"], "keyword search compares no vectors"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,150 @@
+"""The ingest use cases, free of HTTP: accept a version of a document, delete it, say where it is.
+
+Order of effects for an accepted version: its raw text to MinIO → the status record names this request as
+the document's owner (`accepted`, a conditional write) → event to Kafka (keyed by namespace/document_id,
+idempotent producer, acks=all). If the event cannot be published, DependencyUnavailable("kafka") is raised
+after the previous status record is restored (a new document's becomes `failed`), so the refused request
+owns nothing and an event the producer still delivers afterwards has no effect; no document is reported
+accepted without its event. Concurrent posts of one document end with the last accepted version stored,
+described and indexed (ragtrace/lifecycle.py). Errors are the domain's (DocumentNotFound,
+DependencyUnavailable, ConcurrentUpdate): ragtrace/http.py maps each to its HTTP answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+
+from ragtrace.errors import DependencyUnavailable, DocumentNotFound
+from ragtrace.lifecycle import SETTLED, Claim, DocumentLifecycle
+from ragtrace.messaging import Publisher
+from ragtrace.schemas import (
+    DocumentEvent,
+    DocumentStatus,
+    EventType,
+    IngestAccepted,
+    StoredDocument,
+    content_hash,
+    message_key,
+    utcnow,
+)
+from ragtrace.settings import KafkaSettings
+from ragtrace.storage import DocumentStore
+from ragtrace.telemetry import trace_id_hex
+
+tracer = trace.get_tracer("ragtrace.ingest")
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Ingestion:
+    """The ingest use cases, over the document lifecycle and the event publisher."""
+
+    def __init__(self, store: DocumentStore, publisher: Publisher, kafka: KafkaSettings) -> None:
+        self.store = store
+        self.lifecycle = DocumentLifecycle(store)
+        self.publisher = publisher
+        self.kafka = kafka
+        self._bucket_ready = False
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        if not self._bucket_ready:
+            await asyncio.to_thread(self.store.ensure_bucket)
+            self._bucket_ready = True
+        return await asyncio.to_thread(function, *args)
+
+    async def accept(
+        self, namespace: str, document_id: str | None, text: str, metadata: dict[str, Any]
+    ) -> IngestAccepted:
+        """Store the version and announce it; a re-post of settled, unchanged content changes nothing."""
+        document_id = document_id or uuid.uuid4().hex
+        digest = content_hash(text)
+        span = trace.get_current_span()
+        span.set_attributes({"document.id": document_id, "ragtrace.namespace": namespace})
+        current = await self._call(self.lifecycle.status, namespace, document_id)
+        if current is not None and current.content_hash == digest and current.status in SETTLED:
+            span.set_attribute("ragtrace.unchanged", True)
+            return self._accepted(current)
+        document = StoredDocument(
+            document_id=document_id,
+            namespace=namespace,
+            text=text,
+            metadata=metadata,
+            content_hash=digest,
+            ingested_at=utcnow(),
+            ingest_id=uuid.uuid4().hex,
+        )
+        key = self.store.version_key(namespace, document_id, document.ingest_id)
+        with tracer.start_as_current_span(
+            "upload document", attributes={"ragtrace.bucket": self.store.bucket, "ragtrace.key": key}
+        ):
+            claim = await self._call(self.lifecycle.accept, document)
+        event = DocumentEvent(
+            type=EventType.UPSERT,
+            document_id=document_id,
+            namespace=namespace,
+            ingest_id=document.ingest_id,
+            content_hash=digest,
+            bucket=self.store.bucket,
+            key=key,
+            accepted_at=document.ingested_at,
+        )
+        await self._publish(event, claim)
+        log.info("accepted document %s in namespace %s (%d characters)", document_id, namespace, len(text))
+        return self._accepted(claim.status)
+
+    async def delete(self, namespace: str, document_id: str) -> DocumentStatus:
+        """Mark the document `deleting` and announce it; its chunks leave the index through the same flow."""
+        claim = await self._call(self.lifecycle.begin_delete, namespace, document_id)
+        if claim is None:
+            raise DocumentNotFound(namespace, document_id)
+        event = DocumentEvent(
+            type=EventType.DELETE,
+            document_id=document_id,
+            namespace=namespace,
+            ingest_id=claim.status.ingest_id or "",
+            accepted_at=claim.status.updated_at,
+        )
+        await self._publish(event, claim)
+        return claim.status
+
+    async def _publish(self, event: DocumentEvent, claim: Claim) -> None:
+        """Announce the claim on Kafka. Refused: ownership goes back before the caller hears of it, so the
+        event, should the producer still deliver it, finds nothing to act on."""
+        try:
+            await self.publisher.publish(
+                self.kafka.documents_topic, message_key(event.namespace, event.document_id), event
+            )
+        except DependencyUnavailable as error:
+            await self._call(self.lifecycle.give_back, claim, str(error))
+            raise
+        await self._call(self.lifecycle.committed, claim)
+
+    async def status_of(self, namespace: str, document_id: str) -> DocumentStatus:
+        current = await self._call(self.lifecycle.status, namespace, document_id)
+        if current is None:
+            raise DocumentNotFound(namespace, document_id)
+        return current
+
+    def _accepted(self, status: DocumentStatus) -> IngestAccepted:
+        return IngestAccepted(
+            document_id=status.document_id,
+            namespace=status.namespace,
+            status=status.status,
+            bucket=self.store.bucket,
+            key=status.key or "",
+            content_hash=status.content_hash or "",
+            trace_id=trace_id_hex(),
+        )
+
+    async def check_kafka(self) -> None:
+        await self.publisher.check()
+
+    async def check_minio(self) -> None:
+        await asyncio.to_thread(self.store.ensure_bucket)

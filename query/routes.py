@@ -1,0 +1,107 @@
+"""The gateway's routes: JSON and server-sent events over the gRPC SearchService, and a page.
+
+    POST /api/search          SearchQuery in, SearchResult out (ragtrace/query_contract.py)
+    POST /api/search/stream   the same, answered as server-sent events: sources, token..., done
+    GET  /                    a small search page
+
+gRPC status → HTTP, here once: INVALID_ARGUMENT 422, NOT_FOUND 404, FAILED_PRECONDITION 409 (the query's
+embedding model is not the namespace's, both named), UNAVAILABLE 503 (naming the dependency),
+DEADLINE_EXCEEDED 504, anything else 502.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import FileResponse, StreamingResponse
+
+from query.deps import SearchClientDep
+from ragtrace.auth import Authenticated
+from ragtrace.errors import DependencyUnavailable
+from ragtrace.query_contract import SearchMetadata, SearchQuery, SearchResult
+
+STATIC = Path(__file__).parent / "static"
+
+router = APIRouter()
+
+_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    grpc.StatusCode.NOT_FOUND: status.HTTP_404_NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION: status.HTTP_409_CONFLICT,
+}
+
+
+def http_error(error: grpc.aio.AioRpcError) -> Exception:
+    """The HTTP answer to a failed search call."""
+    code, details = error.code(), error.details() or ""
+    if code in _STATUS:
+        return HTTPException(_STATUS[code], details)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, f"the search took too long: {details}")
+    if code is grpc.StatusCode.UNAVAILABLE:
+        dependency = dict(error.trailing_metadata() or ()).get("dependency")
+        return DependencyUnavailable(str(dependency or "search-service"), details)
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, f"the search service failed: {code.name}: {details}")
+
+
+def _event(name: str, data: Any) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html")
+
+
+@router.post("/api/search", tags=["search"], response_model=SearchResult)
+async def search(body: SearchQuery, principal: Authenticated, client: SearchClientDep) -> SearchResult:
+    """Sources for the query and, with `generate`, an answer citing them."""
+    principal.authorize(body.namespace)
+    try:
+        response = await client.search(body.to_proto())
+    except grpc.aio.AioRpcError as error:
+        raise http_error(error) from error
+    return SearchResult.from_proto(response)
+
+
+@router.post(
+    "/api/search/stream",
+    tags=["search"],
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "Server-sent events: sources, token..., done", "content": {"text/event-stream": {}}}
+    },
+)
+async def search_stream(body: SearchQuery, principal: Authenticated, client: SearchClientDep) -> StreamingResponse:
+    """The same search as server-sent events: `sources` (SearchResult's sources and metadata), then `token`
+    events (`text`), then `done` (the final SearchMetadata)."""
+    principal.authorize(body.namespace)
+    call = await client.stream(body.to_proto())
+    try:
+        first = await call.read()  # errors before the first event are answered with their HTTP status
+    except grpc.aio.AioRpcError as error:
+        raise http_error(error) from error
+
+    async def events() -> AsyncIterator[bytes]:
+        event: Any = first
+        try:
+            while event is not grpc.aio.EOF:
+                kind = event.WhichOneof("event")
+                if kind == "sources":
+                    yield _event("sources", SearchResult.from_proto(event.sources).model_dump(exclude={"answer"}))
+                elif kind == "token":
+                    yield _event("token", {"text": event.token})
+                elif kind == "done":
+                    yield _event("done", SearchMetadata.from_proto(event.done).model_dump())
+                event = await call.read()
+        except grpc.aio.AioRpcError as error:
+            yield _event("error", {"code": error.code().name, "message": error.details()})
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
