@@ -54,7 +54,7 @@ Obj = dict[str, Any]
 # What the README tells Kind users to give Docker, per overlay (CPUs, GiB of memory, GiB of disk, GPUs). The
 # README's numbers are these (tests/test_cluster_check.py holds them together); they come from the sums of
 # requests this check prints.
-DOCKER: dict[str, tuple[int, int, int, int]] = {"cpu": (6, 12, 80, 0), "gpu": (8, 24, 120, 3)}
+DOCKER: dict[str, tuple[int, int, int, int]] = {"cpu": (6, 12, 80, 0), "gpu": (8, 28, 120, 3)}
 # Kind's nodes share Docker's disk; the images (the ragtrace image with torch is several GB, loaded into every
 # node, vLLM's about 10 GB) take about half of it, local-path volumes may take the other half.
 VOLUME_SHARE = 0.5
@@ -499,12 +499,13 @@ class ControlPlane:
         self._stop.set()
         if self._provisioner:
             self._provisioner.join(timeout=5)
+        # Nothing here needs a graceful shutdown (the API server's takes many seconds): a short grace, then kill.
         for _, process in reversed(self.processes):
             if process.poll() is None:
                 process.terminate()
         for _, process in reversed(self.processes):
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -635,8 +636,9 @@ def _problem(plane: ControlPlane, obj: Obj) -> str | None:
             return f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 1)} ready"
     elif kind == "DaemonSet":
         desired = status.get("desiredNumberScheduled", 0)
-        if desired == 0 or status.get("numberReady", 0) < desired:
-            return f"{status.get('numberReady', 0)}/{desired} ready (scheduled on {desired} nodes)"
+        workers = [n for n in node_shapes(plane.overlay, plane.cluster) if not n.control_plane]
+        if desired < len(workers) or status.get("numberReady", 0) < desired:
+            return f"{status.get('numberReady', 0)}/{desired} ready, for {len(workers)} workers (tolerations?)"
     elif kind == "Job":
         if _condition(live, "Complete") != "True":
             return f"not complete; {_conditions(live) or 'no conditions'}"
@@ -797,11 +799,32 @@ def resource_sums(objects: list[Obj], nodes: list[NodeShape]) -> dict[str, dict[
 
 def describe_sums(overlay: str, sums: dict[str, dict[str, float]]) -> str:
     request, limit = sums["requests"], sums["limits"]
-    gpus = f", {request[GPU_RESOURCE]:.0f} GPUs" if request[GPU_RESOURCE] else ""
+    # GPUs are given as limits only (an extended resource's request is its limit).
+    gpus = f", {limit[GPU_RESOURCE]:.0f} GPUs" if limit[GPU_RESOURCE] else ""
     return (
         f"overlay {overlay}: requests {request['cpu']:.2f} CPU, {request['memory']:.1f} GiB{gpus}; "
         f"limits {limit['cpu']:.2f} CPU, {limit['memory']:.1f} GiB"
     )
+
+
+def gpu_pods_on_gpu_nodes(plane: ControlPlane, expected: float) -> bool:
+    """Every pod that asks for a GPU runs on a node that advertises them, as many as the overlay asks for."""
+    gpu_nodes = {
+        n["metadata"]["name"] for n in plane.items("/api/v1/nodes") if n["status"]["allocatable"].get(GPU_RESOURCE)
+    }
+    placed = {
+        f"{p['metadata']['namespace']}/{p['metadata']['name']}": p["spec"].get("nodeName", "")
+        for p in plane.items("/api/v1/pods")
+        for c in p["spec"]["containers"]
+        if c.get("resources", {}).get("limits", {}).get(GPU_RESOURCE)
+    }
+    if placed:
+        log("GPU pods: " + ", ".join(f"{pod} on {node}" for pod, node in sorted(placed.items())))
+    wrong = {pod: node for pod, node in placed.items() if node not in gpu_nodes}
+    if wrong or len(placed) != expected:
+        log(f"FAIL: {len(placed)} GPU pods for {expected:.0f} GPUs asked; not on a GPU node: {wrong}")
+        return False
+    return True
 
 
 def render(overlay: str, kind_dir: Path = KIND) -> list[Obj]:
@@ -833,6 +856,8 @@ def check_overlay(overlay: str, timeout: float) -> bool:
         report = wait_until_up(plane, objects, timeout)
         if report:
             log(f"FAIL {overlay}: not up after {timeout:.0f} s:\n" + "\n".join(report))
+            return False
+        if not gpu_pods_on_gpu_nodes(plane, resource_sums(objects, shapes)["limits"][GPU_RESOURCE]):
             return False
         log(f"PASS {overlay}: {len(checked(objects))} objects up in {time.monotonic() - started:.0f} s")
     return True

@@ -60,7 +60,7 @@ def test_the_readme_gives_kind_what_the_check_simulates() -> None:
         stated = f"requests {sums['requests']['cpu']:.1f} CPU and {sums['requests']['memory']:.1f} GiB"
         assert stated in readme, f"README: the {overlay} overlay {stated}"
         if gpus:
-            assert sums["requests"][GPU_RESOURCE] == gpus and f"{gpus} GPUs" in readme
+            assert sums["limits"][GPU_RESOURCE] == gpus and f"{gpus} GPUs" in readme
 
 
 # Broken copies --------------------------------------------------------------------------------------------
