@@ -711,12 +711,18 @@ def _pending_pods(plane: ControlPlane, namespaces: set[str]) -> list[tuple[str, 
     return problems
 
 
+# The HPAs' complaints that the metrics API is not served: true of every HPA here (no metrics-server runs).
+NO_METRICS = ("FailedGetResourceMetric", "FailedComputeMetricsReplicas")
+
+
 def _events(plane: ControlPlane, namespace: str, name: str, also: Sequence[str] = ()) -> list[str]:
     """Warnings about the object, what it owns (its ReplicaSets and pods: names that start with its own) and the
     objects named in `also` (a pod's claims)."""
     lines = []
     for event in plane.items(f"/api/v1/namespaces/{namespace}/events"):
         involved = event["involvedObject"].get("name", "")
+        if event.get("reason") in NO_METRICS:
+            continue
         if event.get("type") == "Warning" and (involved in (name, *also) or involved.startswith(f"{name}-")):
             source = event.get("source", {}).get("component") or event.get("reportingComponent", "")
             lines.append(
