@@ -12,7 +12,7 @@ PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
 .PHONY: help install venv proto infra up down status test test-unit lint clean eval bench bench-device load-gen drill asyncapi \
-	cluster-start cluster-stop cluster-status cluster-logs
+	cluster-start cluster-stop cluster-status cluster-logs cluster-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,tools]'
 	@touch $@
 
-infra: ## Install Kafka, MinIO, Weaviate and Redis (pinned in infra/local/versions.env)
+infra: ## Install Kafka, MinIO, Weaviate, Redis, the Kubernetes control plane, etcd and kwok (pinned in infra/local/versions.env)
 	infra/local/install.sh
 
 up: install ## Start the whole pipeline on 127.0.0.1 and print the endpoints
@@ -82,6 +82,10 @@ cluster-stop: ## Kind: delete the cluster
 
 cluster-status: ## Kind: nodes, pods, autoscalers
 	infra/kind/cluster.sh status
+
+CHECK_ARGS ?=
+cluster-check: install ## Both overlays applied to a real control plane (etcd, API server, controllers, scheduler) on simulated nodes
+	$(BIN)/python infra/kind/clustercheck.py $(CHECK_ARGS)
 
 cluster-logs: ## Kind: follow one service's logs (SERVICE=embedding-worker)
 	infra/kind/cluster.sh logs $(SERVICE)

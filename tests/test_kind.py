@@ -77,9 +77,10 @@ def _kubernetes_version() -> str:
     cluster = yaml.safe_load((KIND / "cluster.yaml").read_text())
     images = {node["image"] for node in cluster["nodes"]}
     assert len(images) == 1, "every node runs the same kindest/node"
-    match = re.fullmatch(r"kindest/node:v(\d+\.\d+)\.\d+", images.pop())
-    assert match
-    return f"{match.group(1)}.0"
+    match = re.fullmatch(r"kindest/node:(v(\d+\.\d+)\.\d+)@sha256:[0-9a-f]{64}", images.pop())
+    assert match, "kindest/node pinned by version and digest"
+    assert match.group(1) == pinned_versions()["KUBERNETES_VERSION"], "make cluster-check runs the Kind version"
+    return f"{match.group(2)}.0"
 
 
 def _pod_templates(objects: Objects) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:

@@ -23,32 +23,6 @@ need() {
   done
 }
 
-# The untracked secret files, from the committed examples, each "generate" replaced by a random value.
-ensure_secrets() {
-  for name in rag-system monitoring; do
-    local file="$here/secrets/$name.env"
-    [ -f "$file" ] && continue
-    log "creating $file (random credentials; it is not committed)"
-    while IFS= read -r line; do
-      if [[ "$line" == *=generate ]]; then
-        echo "${line%generate}$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
-      else
-        echo "$line"
-      fi
-    done < "$file.example" > "$file"
-    chmod 600 "$file"
-  done
-}
-
-render() {
-  local kustomize="${RAGTRACE_CACHE_DIR:-$HOME/.cache/ragtrace}/kustomize-$(sed -n 's/^KUSTOMIZE_VERSION=//p' "$root/infra/local/versions.env")/kustomize"
-  if [ -x "$kustomize" ]; then
-    "$kustomize" build --load-restrictor LoadRestrictionsNone "$here/overlays/$overlay"
-  else
-    kubectl kustomize --load-restrictor LoadRestrictionsNone "$here/overlays/$overlay"
-  fi
-}
-
 wait_for_rollouts() {
   for namespace in rag-system monitoring; do
     for kind in statefulset deployment daemonset; do
@@ -64,7 +38,7 @@ wait_for_rollouts() {
 start() {
   need docker kind kubectl
   [ -d "$here/overlays/$overlay" ] || { log "no overlay '$overlay' (cpu or gpu)"; exit 2; }
-  ensure_secrets
+  "$here/apply.sh" secrets
   if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
     log "cluster $cluster exists"
   else
@@ -73,8 +47,8 @@ start() {
   log "building $image"
   docker build -t "$image" "$root"
   kind load docker-image "$image" --name "$cluster"
-  log "applying overlay $overlay"
-  render | kubectl --context "$context" apply -f -
+  # The same render and apply as `make cluster-check` runs against its control plane.
+  "$here/apply.sh" apply "$overlay" --context "$context"
   # A rebuilt image under the same tag: restart the ragtrace pods so they run it.
   kubectl --context "$context" -n rag-system rollout restart deployment -l app.kubernetes.io/component=ragtrace-service
   wait_for_rollouts

@@ -8,7 +8,12 @@
 #   promtool       Debian's prometheus package: checks and unit-tests monitoring/'s config and rules
 #   redis-exporter Debian's prometheus-redis-exporter: the tests check the names monitoring/ queries
 #   kustomize      built from its Go module: renders infra/kind's overlays for validation
-# Usage: infra/local/install.sh [kafka|minio|weaviate|redis|chromium|promtool|redis-exporter|kustomize ...]
+#   kubernetes     kube-apiserver, kube-controller-manager, kube-scheduler and kubectl, built from the
+#                  k8s.io/kubernetes module: the real control plane of `make cluster-check`
+#   etcd           Debian's etcd-server: the control plane's store
+#   kwok           built from its Go module, with its stage files: simulated nodes for `make cluster-check`
+# Usage: infra/local/install.sh [kafka|minio|weaviate|redis|chromium|promtool|redis-exporter|kustomize|
+#                                kubernetes|etcd|kwok ...]
 #        (no argument: all of them)
 set -euo pipefail
 
@@ -46,6 +51,72 @@ go_build() {
   rm -rf "$dest" && mv "$tmp" "$dest"
 }
 
+# need_disk GIB WHAT PATH...: fail before a large step rather than half-way through it.
+need_disk() {
+  local gib="$1" what="$2"; shift 2
+  local path free
+  for path in "$@"; do
+    mkdir -p "$path"
+    free="$(df -Pk "$path" | awk 'NR == 2 {print int($4 / 1048576)}')"
+    if [ "$free" -lt "$gib" ]; then
+      log "$what needs about $gib GiB free on the disk of $path; only $free GiB are free: make room and rerun"
+      exit 1
+    fi
+  done
+}
+
+# The control plane of `make cluster-check`, from the k8s.io/kubernetes module. Its go.mod points every
+# k8s.io/* staging module at ./staging (and go.work ties them together): outside Kubernetes' own tree those
+# replaces must become plain requirements at the matching v0.x release, and the sample-* modules, which
+# nothing built here imports and which are not published at that version, are dropped. `go mod tidy` is not
+# run: it would resolve the whole test graph. The version ldflags make the binaries (and kubectl's skew
+# check) report the real version instead of v0.0.0.
+install_kubernetes() {
+  local dest="$cache/kubernetes-$KUBERNETES_VERSION"
+  [ -f "$dest/.complete" ] && return 0
+  need go "Kubernetes is built from its Go module: install Go 1.24 or newer"
+  need_disk "$KUBERNETES_DISK_GIB" "Building Kubernetes" "$cache" "$(go env GOMODCACHE)" "$(go env GOCACHE)"
+  log "Kubernetes $KUBERNETES_VERSION: building the control plane and kubectl (about 12 min cold; Go caches it)"
+  local module; module="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  [ -d "$module" ] || { log "go mod download k8s.io/kubernetes@$KUBERNETES_VERSION failed"; exit 1; }
+  local tmp; tmp="$(mktemp -d "$cache/.kubernetes.XXXXXX")"
+  # The module cache is read-only: build in a writable copy, removed afterwards (about 140 MB).
+  cp -r "$module" "$tmp/src" && chmod -R u+w "$tmp/src"
+  local staging="v0.${KUBERNETES_VERSION#v1.}" edits=() name
+  rm -f "$tmp/src/go.work" "$tmp/src/go.work.sum"
+  for name in $(sed -n 's|^\t\(k8s.io/[a-z0-9-]*\) => ./staging/.*|\1|p' "$tmp/src/go.mod"); do
+    case "$name" in
+      k8s.io/sample-*) edits+=("-dropreplace=$name" "-droprequire=$name") ;;
+      *) edits+=("-dropreplace=$name" "-require=$name@$staging") ;;
+    esac
+  done
+  (cd "$tmp/src" && go mod edit "${edits[@]}")
+  local major="${KUBERNETES_VERSION#v}"; major="${major%%.*}"
+  local minor="${KUBERNETES_VERSION#v*.}"; minor="${minor%%.*}"
+  local flags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION"
+  flags+=" -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor"
+  flags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  (cd "$tmp/src" && GOWORK=off GOFLAGS="-mod=mod -buildvcs=false" go build -trimpath -ldflags "$flags" -o "$tmp/" \
+    ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubectl)
+  rm -rf "$tmp/src"
+  touch "$tmp/.complete"
+  rm -rf "$dest" && mv "$tmp" "$dest"
+}
+
+# kwok (simulated nodes and pods) and the stage files that move its pods and nodes through their lifecycle.
+install_kwok() {
+  local dest="$cache/kwok-$KWOK_VERSION"
+  [ -f "$dest/.complete" ] && return 0
+  need go "kwok is built from its Go module: install Go 1.24 or newer"
+  log "kwok $KWOK_VERSION: go install sigs.k8s.io/kwok/cmd/kwok"
+  local tmp; tmp="$(mktemp -d "$cache/.kwok.XXXXXX")"
+  GOBIN="$tmp" GOFLAGS=-buildvcs=false go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  local module; module="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  cp -r "$module/kustomize/stage" "$tmp/stage" && chmod -R u+w "$tmp/stage"
+  touch "$tmp/.complete"
+  rm -rf "$dest" && mv "$tmp" "$dest"
+}
+
 # apt_install COMMAND PACKAGE: install the Debian package unless COMMAND is already on PATH.
 apt_install() {
   local command="$1" package="$2"
@@ -58,7 +129,7 @@ apt_install() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis chromium promtool redis-exporter kustomize)
+[ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis chromium promtool redis-exporter kustomize kubernetes etcd kwok)
 
 # One installer at a time per cache (make up and make test may run side by side).
 exec 9>"$cache/.install.lock"
@@ -73,6 +144,9 @@ for component in "${components[@]}"; do
     promtool) apt_install promtool prometheus ;;
     redis-exporter) apt_install prometheus-redis-exporter prometheus-redis-exporter ;;
     kustomize) go_build kustomize "$KUSTOMIZE_MODULE" "$KUSTOMIZE_VERSION" "$KUSTOMIZE_MODULE" ;;
+    kubernetes) install_kubernetes ;;
+    etcd) apt_install etcd etcd-server ;;
+    kwok) install_kwok ;;
     *) log "unknown component '$component' (see the usage line at the top of this script)"; exit 2 ;;
   esac
 done
