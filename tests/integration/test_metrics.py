@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import grpc
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from ragtrace.v1 import search_pb2, search_pb2_grpc
 from ragtrace_tools.devstack.servers import free_port
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from tests.infra import Infra
@@ -146,8 +148,11 @@ def test_requests_are_counted_by_route_template_and_status(faiss_pipeline: Pipel
     with faiss_pipeline.http() as client:
         assert client.post("/ingest", json={"text": " ", "metadata": {"title": "t"}}).status_code == 422
         assert client.get("/ingest/doc-0", params={"namespace": traffic.namespace}).status_code == 200
-    # Valid at the gateway, refused by the search service: INVALID_ARGUMENT, which the gateway answers with 422.
-    assert faiss_pipeline.search(query="q", namespace=traffic.namespace, filters={"": "x"}).status_code == 422
+    # The gateway checks the same query contract before calling, so the INVALID_ARGUMENT comes from a gRPC client.
+    address = f"127.0.0.1:{faiss_pipeline.services.ports.search_grpc}"
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as refused:
+        search_pb2_grpc.SearchServiceStub(channel).Search(search_pb2.SearchRequest(query="q", top_k=500), timeout=5)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert ingest_count("422") == rejected + 1
     assert status_count() == looked_up + 1  # one series for every document id
     assert search_calls("INVALID_ARGUMENT") == invalid + 1
