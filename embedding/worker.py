@@ -9,7 +9,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Annotated
 
 from faststream import Context, FastStream
@@ -24,14 +23,12 @@ from ragtrace.lifecycle import LIVE, DocumentLifecycle, owns
 from ragtrace.messaging import (
     Batch,
     CurrentBatch,
-    DeliveryPolicy,
     Publisher,
     batch_subscriber,
-    ensure_topics,
     new_broker,
 )
 from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED
-from ragtrace.runtime import document_store, run_worker
+from ragtrace.runtime import document_store, run_worker, worker_app
 from ragtrace.schemas import (
     Chunk,
     ChunkBatch,
@@ -238,20 +235,18 @@ def declare(broker: KafkaBroker, settings: EmbeddingSettings, kafka: KafkaSettin
 
 def create_app(settings: EmbeddingSettings, kafka: KafkaSettings) -> FastStream:
     store = document_store()
-    lifecycle = DocumentLifecycle(store)
     broker = new_broker(kafka)
     publisher = declare(broker, settings, kafka)
-    broker.add_middleware(
-        DeliveryPolicy(
-            group=kafka.group_prefix + GROUP,
-            model=DocumentEvent,
-            dead_letters=publisher,
-            on_dead_letter=lambda ref, error: asyncio.to_thread(lifecycle.fail, ref, error),
-        )
+    embedding = Embedding(kafka, store, EmbeddingEngine(settings), publisher)
+    return worker_app(
+        broker,
+        kafka,
+        group=GROUP,
+        model=DocumentEvent,
+        dead_letters=publisher,
+        store=store,
+        use_case=("embedding", embedding),
     )
-    app = FastStream(broker, logger=None, on_startup=[partial(ensure_topics, kafka)])
-    app.context.set_global("embedding", Embedding(kafka, store, EmbeddingEngine(settings), publisher))
-    return app
 
 
 def main() -> None:

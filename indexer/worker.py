@@ -11,7 +11,6 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Annotated
 
 from faststream import Context, FastStream
@@ -29,14 +28,12 @@ from ragtrace.lifecycle import DocumentLifecycle, owns
 from ragtrace.messaging import (
     Batch,
     CurrentBatch,
-    DeliveryPolicy,
     Publisher,
     batch_subscriber,
-    ensure_topics,
     new_broker,
 )
 from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED, observe
-from ragtrace.runtime import document_store, run_worker
+from ragtrace.runtime import document_store, run_worker, worker_app
 from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
 from ragtrace.settings import KafkaSettings, RedisSettings, WeaviateSettings
 from ragtrace.storage import DocumentStore
@@ -212,23 +209,20 @@ def declare(broker: KafkaBroker, settings: IndexerSettings, kafka: KafkaSettings
 
 def create_app(settings: IndexerSettings, kafka: KafkaSettings) -> FastStream:
     store = document_store()
-    lifecycle = DocumentLifecycle(store)
     broker = new_broker(kafka)
     dead_letters = declare(broker, settings, kafka)
-    broker.add_middleware(
-        DeliveryPolicy(
-            group=kafka.group_prefix + GROUP,
-            model=ChunkBatch,
-            dead_letters=dead_letters,
-            on_dead_letter=lambda ref, error: asyncio.to_thread(lifecycle.fail, ref, error),
-        )
+    index = open_vector_store(VectorStoreSettings(), WeaviateSettings())
+    indexing = Indexing(store, index, redis_client(RedisSettings()))
+    return worker_app(
+        broker,
+        kafka,
+        group=GROUP,
+        model=ChunkBatch,
+        dead_letters=dead_letters,
+        store=store,
+        use_case=("indexing", indexing),
+        after_shutdown=[indexing.close],
     )
-    indexing = Indexing(
-        store, open_vector_store(VectorStoreSettings(), WeaviateSettings()), redis_client(RedisSettings())
-    )
-    app = FastStream(broker, logger=None, on_startup=[partial(ensure_topics, kafka)], after_shutdown=[indexing.close])
-    app.context.set_global("indexing", indexing)
-    return app
 
 
 def main() -> None:

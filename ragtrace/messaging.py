@@ -249,6 +249,7 @@ class Delivery:
 
     record: Record
     span: trace.Span
+    event: DocumentRef | None = None  # decoded once, when the batch arrives
     attempts: int = 0
     error: Exception | None = None
 
@@ -276,7 +277,7 @@ CurrentBatch = Annotated[Batch, Context("ragtrace_batch")]
 DeadLetterHook = Callable[[DocumentRef, Exception], Awaitable[object]]
 
 
-@dataclass(frozen=True)
+@dataclass
 class DeliveryPolicy:
     """How a worker's batches are delivered: FastStream broker middleware (one per worker broker)."""
 
@@ -287,7 +288,7 @@ class DeliveryPolicy:
     max_attempts: int = 3
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
-    _lag_reported: set[TopicPartition] = field(default_factory=set)
+    lag_reported: set[TopicPartition] = field(default_factory=set)  # partitions with a lag series
 
     def __call__(self, msg: Any, /, *, context: Any) -> BatchDelivery:
         return BatchDelivery(msg, context=context, policy=self)
@@ -346,6 +347,7 @@ class BatchDelivery(BaseMiddleware):
             superseded = last.get((event.namespace, event.document_id))
             if superseded is not None:
                 skip_message(superseded.span, "superseded by a later event in the same batch")
+            delivery.event = event
             last[(event.namespace, event.document_id)] = delivery
         current = set(map(id, last.values()))
         return [d for d in deliveries if id(d) in current]
@@ -380,9 +382,15 @@ class BatchDelivery(BaseMiddleware):
     ) -> None:
         """Call the handler with the pending messages, again and again while a dependency is down: nothing is
         dead-lettered for an outage, and nothing is committed until it passes."""
-        subset = copy.copy(msg)  # its own decode cache: the handler decodes just these messages
+        subset = copy.copy(msg)  # the handler is given just these messages, decoded once already
         subset.raw_message = tuple(d.record for d in pending)
         subset.body = [d.record.value for d in pending]
+        events = [d.event for d in pending]
+
+        async def decoded(_: StreamMessage[Any]) -> list[DocumentRef | None]:
+            return events
+
+        subset.set_decoder(decoded)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DependencyUnavailable),
             wait=wait_exponential(multiplier=self.policy.backoff_s, max=self.policy.max_backoff_s),
@@ -450,10 +458,9 @@ class BatchDelivery(BaseMiddleware):
             except IllegalStateError:
                 continue  # revoked meanwhile
             CONSUMER_LAG.labels(tp.topic, str(tp.partition), self.policy.group).set(max(highwater - position, 0))
-        for tp in self.policy._lag_reported - assigned:
+        for tp in self.policy.lag_reported - assigned:
             CONSUMER_LAG.remove(tp.topic, str(tp.partition), self.policy.group)
-        self.policy._lag_reported.clear()
-        self.policy._lag_reported.update(assigned)
+        self.policy.lag_reported = assigned
 
 
 def batch_subscriber(

@@ -7,21 +7,26 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import grpc
 import uvicorn
 from faststream import FastStream
+from faststream.kafka import KafkaBroker
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from prometheus_client import start_http_server
 
 from ragtrace.clients import minio_client
 from ragtrace.http import ReadinessCheck
+from ragtrace.lifecycle import DocumentLifecycle
+from ragtrace.messaging import DeliveryPolicy, Publisher, ensure_topics
 from ragtrace.metrics import GrpcMetrics
-from ragtrace.settings import MinioSettings
+from ragtrace.schemas import DocumentRef
+from ragtrace.settings import KafkaSettings, MinioSettings
 from ragtrace.storage import DocumentStore
 from ragtrace.telemetry import instrument_all
 
@@ -128,6 +133,40 @@ def stop_on_signal(server: grpc.aio.Server, grace_s: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(server.stop(grace_s)))
+
+
+def worker_app(
+    broker: KafkaBroker,
+    kafka: KafkaSettings,
+    *,
+    group: str,
+    model: type[DocumentRef],
+    dead_letters: Publisher,
+    store: DocumentStore,
+    use_case: tuple[str, object],
+    after_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> FastStream:
+    """A worker's FastStream application: its broker with the batch-delivery middleware (a dead-lettered
+    event marks its document failed), the topics created at start-up, and its use case in FastStream's
+    context under the name its subscriber asks for."""
+    lifecycle = DocumentLifecycle(store)
+
+    async def mark_failed(ref: DocumentRef, error: Exception) -> None:
+        await asyncio.to_thread(lifecycle.fail, ref, error)
+
+    broker.add_middleware(
+        DeliveryPolicy(
+            group=kafka.group_prefix + group,
+            model=model,
+            dead_letters=dead_letters,
+            on_dead_letter=mark_failed,
+        )
+    )
+    app = FastStream(
+        broker, logger=None, on_startup=[partial(ensure_topics, kafka)], after_shutdown=list(after_shutdown)
+    )
+    app.context.set_global(*use_case)
+    return app
 
 
 def run_worker(service: str, app: Callable[[], FastStream], metrics_port: int) -> None:
