@@ -1,4 +1,7 @@
-"""Embedding worker: documents topic → download → chunk → embed (one batch across documents) → chunks topic.
+"""Embedding worker: documents topic → chunk → embed (one batch across documents) → chunks topic.
+
+Stateless: each upsert event carries its version's text, and whether the event still owns its document is
+decided by the indexer before it writes (ragtrace/lifecycle.py), so this worker never reads MinIO.
 
 Run: `python -m embedding.worker`. One consumer group; add processes to scale out (up to the partitions).
 """
@@ -19,7 +22,6 @@ from opentelemetry.trace import Link
 from embedding.engine import EmbeddingEngine, TextChunk
 from embedding.settings import EmbeddingSettings
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.lifecycle import LIVE, DocumentLifecycle, owns
 from ragtrace.messaging import (
     Batch,
     CurrentBatch,
@@ -33,15 +35,12 @@ from ragtrace.schemas import (
     Chunk,
     ChunkBatch,
     DocumentEvent,
-    DocumentState,
     EventType,
-    StoredDocument,
     chunk_id,
     message_key,
 )
 from ragtrace.settings import KafkaSettings
-from ragtrace.storage import DocumentStore
-from ragtrace.telemetry import record_batch_share, skip_message
+from ragtrace.telemetry import record_batch_share
 
 tracer = trace.get_tracer("ragtrace.embedding")
 GROUP = "embedding"  # the consumer group, after the deployment's group prefix
@@ -52,41 +51,29 @@ class _Prepared:
     index: int
     event: DocumentEvent
     span: trace.Span
-    document: StoredDocument | None = None  # None: a deletion to forward
-    chunks: Sequence[TextChunk] = ()
+    chunks: Sequence[TextChunk] = ()  # none: a deletion to forward
 
 
 class Embedding:
     """The worker's use case: a batch of document events becomes one chunk batch per document."""
 
-    def __init__(self, kafka: KafkaSettings, store: DocumentStore, engine: EmbeddingEngine, chunks: Publisher) -> None:
+    def __init__(self, kafka: KafkaSettings, engine: EmbeddingEngine, chunks: Publisher) -> None:
         self.kafka = kafka
-        self.store = store
-        self.lifecycle = DocumentLifecycle(store)
         self.engine = engine
         self.chunks = chunks
 
     async def handle(self, events: Sequence[DocumentEvent], delivered: Batch) -> None:
-        # The documents of a batch are prepared concurrently: mostly waiting on MinIO.
-        outcomes = await asyncio.gather(
-            *(self._prepare_traced(index, event, delivered.span(index)) for index, event in enumerate(events)),
-            return_exceptions=True,
-        )
         prepared: list[_Prepared] = []
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, DependencyUnavailable):
-                raise outcome
-            if isinstance(outcome, Exception):  # this message's own failure: retried, then dead-lettered
-                delivered.fail(index, outcome)
-            elif isinstance(outcome, _Prepared):
-                prepared.append(outcome)
+        for index, event in enumerate(events):
+            span = delivered.span(index)
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    prepared.append(self._prepare(index, event, span))
+            except Exception as error:  # this message's own failure: retried, then dead-lettered
+                delivered.fail(index, error)
         await self._embed_and_publish(prepared, delivered)
 
-    async def _prepare_traced(self, index: int, event: DocumentEvent, span: trace.Span) -> _Prepared | None:
-        with trace.use_span(span, end_on_exit=False):
-            return await self._prepare(index, event, span)
-
-    async def _prepare(self, index: int, event: DocumentEvent, span: trace.Span) -> _Prepared | None:
+    def _prepare(self, index: int, event: DocumentEvent, span: trace.Span) -> _Prepared:
         span.set_attributes(
             {
                 "document.id": event.document_id,
@@ -94,40 +81,19 @@ class Embedding:
                 "ragtrace.event.type": event.type.value,
             }
         )
-        status = await asyncio.to_thread(self.lifecycle.status, event.namespace, event.document_id)
-        if not owns(status, event):
-            skip_message(span, "superseded by a newer request about the document")
-            return None
         if event.type is EventType.DELETE:
             return _Prepared(index, event, span)
-        with tracer.start_as_current_span("download document") as download:
-            document = await asyncio.to_thread(self.lifecycle.read_version, event, event.key or status.key or "")
-            download.set_attribute("ragtrace.found", document is not None)
-        if document is None:
-            skip_message(span, "superseded by a newer version of the document")
-            return None
-        await asyncio.to_thread(self.lifecycle.transition, event, DocumentState.PROCESSING)
-        owner = await asyncio.to_thread(self.store.hash_owner, event.namespace, document.content_hash)
-        if owner and owner != event.document_id and await self._owns_content(event.namespace, owner, document):
-            span.set_attribute("ragtrace.duplicate_of", owner)
-            await asyncio.to_thread(self.lifecycle.transition, event, DocumentState.DUPLICATE, duplicate_of=owner)
-            # Remove chunks of any earlier version of this document; its status stays "duplicate".
-            return _Prepared(index, event.model_copy(update={"type": EventType.DELETE}), span)
-        if owner != event.document_id:
-            await asyncio.to_thread(self.store.claim_hash, event.namespace, document.content_hash, event.document_id)
+        if event.text is None:
+            raise ValueError("an upsert event without its text")
         with tracer.start_as_current_span("chunk") as chunk_span:
-            chunks = self.engine.chunk(document.text)
+            chunks = self.engine.chunk(event.text)
             chunk_span.set_attributes(
                 {"ragtrace.chunk.count": len(chunks), "ragtrace.chunk.tokens": self.engine.chunk_tokens}
             )
-        return _Prepared(index, event, span, document, chunks)
-
-    async def _owns_content(self, namespace: str, owner: str, document: StoredDocument) -> bool:
-        status = await asyncio.to_thread(self.lifecycle.status, namespace, owner)
-        return status is not None and status.status in LIVE and status.content_hash == document.content_hash
+        return _Prepared(index, event, span, chunks)
 
     async def _embed_and_publish(self, prepared: list[_Prepared], delivered: Batch) -> None:
-        upserts = [p for p in prepared if p.document is not None]
+        upserts = [p for p in prepared if p.event.type is EventType.UPSERT]
         texts = [c.text for p in upserts for c in p.chunks]
         start_ns = time.time_ns()
         with tracer.start_as_current_span(
@@ -160,7 +126,7 @@ class Embedding:
 
     def _chunk_batch(self, item: _Prepared, vectors: list[list[float]], start_ns: int, end_ns: int) -> ChunkBatch:
         event = item.event
-        if item.document is None:
+        if event.type is EventType.DELETE:
             return ChunkBatch(
                 type=EventType.DELETE,
                 document_id=event.document_id,
@@ -186,8 +152,8 @@ class Embedding:
             document_id=event.document_id,
             namespace=event.namespace,
             ingest_id=event.ingest_id,
-            content_hash=item.document.content_hash,
-            metadata=item.document.metadata,
+            content_hash=event.content_hash,
+            metadata=event.metadata,
             model=self.engine.model_name,
             dimension=self.engine.dimension,
             accepted_at=event.accepted_at,
@@ -234,17 +200,16 @@ def declare(broker: KafkaBroker, settings: EmbeddingSettings, kafka: KafkaSettin
 
 
 def create_app(settings: EmbeddingSettings, kafka: KafkaSettings) -> FastStream:
-    store = document_store()
     broker = new_broker(kafka)
     publisher = declare(broker, settings, kafka)
-    embedding = Embedding(kafka, store, EmbeddingEngine(settings), publisher)
+    embedding = Embedding(kafka, EmbeddingEngine(settings), publisher)
     return worker_app(
         broker,
         kafka,
         group=GROUP,
         model=DocumentEvent,
         dead_letters=publisher,
-        store=store,
+        store=document_store(),
         use_case=("embedding", embedding),
     )
 

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from ragtrace.cache import bump_namespace
 from ragtrace.clients import redis_client
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.lifecycle import DocumentLifecycle, owns
+from ragtrace.lifecycle import DocumentLifecycle, Owned
 from ragtrace.messaging import (
     Batch,
     CurrentBatch,
@@ -63,6 +63,8 @@ class _Item:
     index: int
     batch: ChunkBatch
     span: trace.Span
+    owned: Owned
+    duplicate_of: str | None = None  # another document in the namespace already holds this content
 
 
 class Indexing:
@@ -77,22 +79,23 @@ class Indexing:
 
     async def handle(self, batches: Sequence[ChunkBatch], delivered: Batch) -> None:
         checks = await asyncio.gather(
-            *(self._current(chunks, delivered.span(index)) for index, chunks in enumerate(batches)),
+            *(self._owned(chunks, delivered.span(index)) for index, chunks in enumerate(batches)),
             return_exceptions=True,
         )
         by_namespace: dict[str, list[_Item]] = defaultdict(list)
-        for index, check in enumerate(checks):
+        for index, (batch, check) in enumerate(zip(batches, checks, strict=True)):
             if isinstance(check, DependencyUnavailable):
                 raise check
             if isinstance(check, Exception):
                 delivered.fail(index, check)
-            elif isinstance(check, ChunkBatch):
-                by_namespace[check.namespace].append(_Item(index, check, delivered.span(index)))
+            elif isinstance(check, Owned):
+                by_namespace[batch.namespace].append(_Item(index, batch, delivered.span(index), check))
         for namespace, items in by_namespace.items():
+            await asyncio.to_thread(self._find_duplicates, namespace, items)
             await self._write(namespace, items, delivered)
 
-    async def _current(self, batch: ChunkBatch, span: trace.Span) -> ChunkBatch | None:
-        """The batch, or None when a newer request about its document supersedes it."""
+    async def _owned(self, batch: ChunkBatch, span: trace.Span) -> Owned | None:
+        """The document's record, or None when a newer request about the document supersedes the batch."""
         span.set_attributes(
             {
                 "document.id": batch.document_id,
@@ -105,15 +108,31 @@ class Indexing:
             span.set_attributes(
                 {"ragtrace.embedding.model": batch.model, "ragtrace.embedding.dimension": batch.dimension or 0}
             )
-        status = await asyncio.to_thread(self.lifecycle.status, batch.namespace, batch.document_id)
-        if not owns(status, batch):
+        owned = await asyncio.to_thread(self.lifecycle.read_owned, batch)
+        if owned is None:
             skip_message(span, "superseded by a newer request about the document")
-            return None
-        return batch
+        return owned
+
+    def _find_duplicates(self, namespace: str, items: list[_Item]) -> None:
+        """Mark each upsert whose content another document of the namespace holds, in the index or earlier in
+        this batch; the first holder is the original."""
+        held: dict[str, str] = {}
+        for item in items:
+            digest = item.batch.content_hash
+            if item.batch.type is not EventType.UPSERT or not digest:
+                continue
+            holders = [d for d in self.index.documents_with_content(namespace, digest) if d != item.batch.document_id]
+            item.duplicate_of = holders[0] if holders else held.get(digest)
+            if item.duplicate_of is None:
+                held.setdefault(digest, item.batch.document_id)
+            else:
+                item.span.set_attribute("ragtrace.duplicate_of", item.duplicate_of)
 
     async def _write(self, namespace: str, items: list[_Item], delivered: Batch) -> None:
-        upserts = [_document_chunks(i.batch) for i in items if i.batch.type is EventType.UPSERT]
-        deletes = [i.batch.document_id for i in items if i.batch.type is EventType.DELETE]
+        indexed = [i for i in items if i.batch.type is EventType.UPSERT and i.duplicate_of is None]
+        upserts = [_document_chunks(i.batch) for i in indexed]
+        # A duplicate's earlier chunks go, as a deleted document's do.
+        deletes = [i.batch.document_id for i in items if i.batch.type is EventType.DELETE or i.duplicate_of]
         start_ns = time.time_ns()
         try:
             with tracer.start_as_current_span(
@@ -152,20 +171,31 @@ class Indexing:
         batch = item.batch
         DOCUMENTS_PROCESSED.labels("indexer", batch.type.value).inc()
         CHUNKS_PROCESSED.labels("indexer").inc(len(batch.chunks))
-        if batch.type is EventType.UPSERT:
+        if batch.type is EventType.DELETE:
+            await asyncio.to_thread(self.lifecycle.settle, batch, item.owned, DocumentState.DELETED, chunks=0)
+        elif item.duplicate_of is not None:
+            await asyncio.to_thread(
+                self.lifecycle.settle,
+                batch,
+                item.owned,
+                DocumentState.DUPLICATE,
+                chunks=0,
+                error=None,
+                duplicate_of=item.duplicate_of,
+            )
+        else:
             indexed_at = utcnow()
             await asyncio.to_thread(
-                self.lifecycle.transition,
+                self.lifecycle.settle,
                 batch,
+                item.owned,
                 DocumentState.INDEXED,
                 chunks=len(batch.chunks),
                 error=None,
+                duplicate_of=None,
                 indexed_at=indexed_at,
             )
             observe(FRESHNESS, (indexed_at - batch.accepted_at).total_seconds(), item.span)
-            return
-        # False for a duplicate's earlier chunks, removed while its status stays as it is
-        await asyncio.to_thread(self.lifecycle.finish_delete, batch)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.index.close)
@@ -178,6 +208,7 @@ def _document_chunks(batch: ChunkBatch) -> DocumentChunks:
         metadata=batch.metadata,
         chunks=[IndexedChunk(c.chunk_id, c.chunk_no, c.text, c.start, c.end, c.vector) for c in batch.chunks],
         model=batch.model,
+        content_hash=batch.content_hash,
     )
 
 

@@ -1,13 +1,13 @@
 """The ingest use cases, free of HTTP: accept a version of a document, delete it, say where it is.
 
-Order of effects for an accepted version: its raw text to MinIO → the status record names this request as
-the document's owner (`accepted`, a conditional write) → event to Kafka (keyed by namespace/document_id,
-idempotent producer, acks=all). If the event cannot be published, DependencyUnavailable("kafka") is raised
-after the previous status record is restored (a new document's becomes `failed`), so the refused request
-owns nothing and an event the producer still delivers afterwards has no effect; no document is reported
-accepted without its event. Concurrent posts of one document end with the last accepted version stored,
-described and indexed (ragtrace/lifecycle.py). Errors are the domain's (DocumentNotFound,
-DependencyUnavailable, ConcurrentUpdate): ragtrace/http.py maps each to its HTTP answer.
+Order of effects for an accepted version: one conditional write of the document's record in MinIO stores
+its text and names this request as the document's owner (`accepted`) → event to Kafka, carrying the text
+(keyed by namespace/document_id, idempotent producer, acks=all). If the event cannot be published,
+DependencyUnavailable("kafka") is raised after the previous record is restored (a new document's becomes
+`failed`), so the refused request owns nothing and an event the producer still delivers afterwards has no
+effect; no document is reported accepted without its event. Concurrent posts of one document end with the
+last accepted version stored, described and indexed (ragtrace/lifecycle.py). Errors are the domain's
+(DocumentNotFound, DependencyUnavailable, ConcurrentUpdate): ragtrace/http.py maps each to its HTTP answer.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ from typing import Any, TypeVar
 from opentelemetry import trace
 
 from ragtrace.errors import DependencyUnavailable, DocumentNotFound
-from ragtrace.lifecycle import SETTLED, Claim, DocumentLifecycle
+from ragtrace.lifecycle import Claim, DocumentLifecycle
 from ragtrace.messaging import Publisher
 from ragtrace.schemas import (
     DocumentEvent,
     DocumentStatus,
     EventType,
     IngestAccepted,
-    StoredDocument,
     content_hash,
     message_key,
     utcnow,
@@ -67,33 +66,23 @@ class Ingestion:
         digest = content_hash(text)
         span = trace.get_current_span()
         span.set_attributes({"document.id": document_id, "ragtrace.namespace": namespace})
-        current = await self._call(self.lifecycle.status, namespace, document_id)
-        if current is not None and current.content_hash == digest and current.status in SETTLED:
-            span.set_attribute("ragtrace.unchanged", True)
-            return self._accepted(current)
-        document = StoredDocument(
-            document_id=document_id,
-            namespace=namespace,
-            text=text,
-            metadata=metadata,
-            content_hash=digest,
-            ingested_at=utcnow(),
-            ingest_id=uuid.uuid4().hex,
-        )
-        key = self.store.version_key(namespace, document_id, document.ingest_id)
+        key = self.store.record_key(namespace, document_id)
         with tracer.start_as_current_span(
             "upload document", attributes={"ragtrace.bucket": self.store.bucket, "ragtrace.key": key}
         ):
-            claim = await self._call(self.lifecycle.accept, document)
+            claim = await self._call(self.lifecycle.accept, namespace, document_id, text, metadata, digest, utcnow())
+        if not claim.changed:
+            span.set_attribute("ragtrace.unchanged", True)
+            return self._accepted(claim.status)
         event = DocumentEvent(
             type=EventType.UPSERT,
             document_id=document_id,
             namespace=namespace,
-            ingest_id=document.ingest_id,
+            ingest_id=claim.status.ingest_id or "",
             content_hash=digest,
-            bucket=self.store.bucket,
-            key=key,
-            accepted_at=document.ingested_at,
+            text=text,
+            metadata=metadata,
+            accepted_at=claim.status.accepted_at or utcnow(),
         )
         await self._publish(event, claim)
         log.info("accepted document %s in namespace %s (%d characters)", document_id, namespace, len(text))
@@ -124,7 +113,6 @@ class Ingestion:
         except DependencyUnavailable as error:
             await self._call(self.lifecycle.give_back, claim, str(error))
             raise
-        await self._call(self.lifecycle.committed, claim)
 
     async def status_of(self, namespace: str, document_id: str) -> DocumentStatus:
         current = await self._call(self.lifecycle.status, namespace, document_id)
@@ -138,7 +126,7 @@ class Ingestion:
             namespace=status.namespace,
             status=status.status,
             bucket=self.store.bucket,
-            key=status.key or "",
+            key=self.store.record_key(status.namespace, status.document_id),
             content_hash=status.content_hash or "",
             trace_id=trace_id_hex(),
         )

@@ -64,7 +64,7 @@ async def ingest_file(
 async def document_status(
     document_id: DocumentId, principal: Authenticated, ingestion: IngestionDep, namespace: NamespaceQuery = "default"
 ) -> DocumentStatus:
-    """Where a document is: accepted, processing, indexed, duplicate, failed, deleting or deleted."""
+    """Where a document is: accepted, indexed, duplicate, failed, deleting or deleted."""
     principal.authorize(namespace)
     return await ingestion.status_of(namespace, document_id)
 

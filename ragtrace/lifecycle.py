@@ -1,42 +1,43 @@
-"""The document lifecycle: which request owns a document, and every write of its status record.
+"""The document lifecycle: which request owns a document, and every write of its record.
 
-One rule decides whether an event may act: **the event still owns the document when the status record names
-its request** (`owns`). Every request that changes a document (an upsert or a delete through the ingest API)
-first makes itself the owner with a conditional write of the status record, and only then announces itself
-on Kafka; every later change of the record (processing, indexed, failed, deleted) is a conditional write that
-checks ownership again. Two concurrent requests can therefore never both win, and whichever wins last is the
-version that is stored, described and indexed:
+One rule decides whether an event may act: **the event still owns the document when its record's status
+names the event's request** (`owns`). Every request that changes a document (an upsert or a delete through
+the ingest API) first makes itself the owner with a conditional write of the record, and only then announces
+itself on Kafka; every later change of the record (indexed, duplicate, failed, deleted) is a conditional
+write that checks ownership again. Two concurrent requests can therefore never both win, and whichever wins
+last is the version that is stored, described and indexed:
 
-- A version's raw text is written once under its own key (`{namespace}/{document_id}/{ingest_id}.json`), so a
-  request that loses never overwrites what the winner stored.
-- Events are published after the status write, so an event that a consumer sees is either the owner's, or was
-  superseded before the consumer looked (and is skipped), or is superseded after the consumer looked (and the
-  newer owner's event comes later in the same partition).
+- A version's text is written into the record by the same conditional write that makes its request the
+  owner, so a request that loses never overwrites what the winner stored.
+- Events are published after the record is written, so an event that a consumer sees is either the owner's,
+  or was superseded before the consumer looked (and is skipped), or is superseded after the consumer looked
+  (and the newer owner's event comes later in the same partition).
 - A request whose event cannot be published gives ownership back (the previous record is restored) before
   its caller is told it failed; should its event still arrive, it owns nothing.
+
+A document costs four round trips to MinIO in all: the ingest API reads and writes its record (`accept`),
+the indexer reads it before the index write (`read_owned`) and writes the outcome against the ETag it read
+(`settle`). Only when another writer got there in between does a write read again.
 
 Everything here is synchronous MinIO I/O: async callers use `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from typing_extensions import TypeIs
 
-from ragtrace.errors import ConcurrentUpdate, DependencyUnavailable
-from ragtrace.schemas import DocumentRef, DocumentState, DocumentStatus, StoredDocument, utcnow
+from ragtrace.errors import ConcurrentUpdate
+from ragtrace.schemas import DocumentRecord, DocumentRef, DocumentState, DocumentStatus, utcnow
 from ragtrace.storage import Conflict, DocumentStore
-
-log = logging.getLogger(__name__)
 
 # States in which a re-post of the same content needs no new work: done, and consistent.
 SETTLED = (DocumentState.INDEXED, DocumentState.DUPLICATE)
-# States in which a document's content is (or is about to be) in the index.
-LIVE = (DocumentState.ACCEPTED, DocumentState.PROCESSING, DocumentState.INDEXED)
 # How many times a conditional write is retried against concurrent writers of the same document.
 MAX_ATTEMPTS = 50
 
@@ -48,10 +49,26 @@ def owns(status: DocumentStatus | None, ref: DocumentRef) -> TypeIs[DocumentStat
 
 @dataclass(frozen=True)
 class Claim:
-    """A request that made itself the document's owner, and the record it replaced."""
+    """What a request's write left in the record, and the record it replaced (the same when nothing changed)."""
 
-    status: DocumentStatus
-    previous: DocumentStatus | None
+    record: DocumentRecord
+    previous: DocumentRecord | None
+
+    @property
+    def status(self) -> DocumentStatus:
+        return self.record.status
+
+    @property
+    def changed(self) -> bool:
+        return self.record is not self.previous
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A record as an event that owns the document read it, with the ETag its outcome is written against."""
+
+    record: DocumentRecord
+    etag: str
 
 
 class DocumentLifecycle:
@@ -59,75 +76,103 @@ class DocumentLifecycle:
         self.store = store
 
     def status(self, namespace: str, document_id: str) -> DocumentStatus | None:
-        return self.store.get_status(namespace, document_id)
+        record, _ = self.store.read(namespace, document_id)
+        return record.status if record is not None else None
 
     # ingest API: taking and giving back ownership
 
-    def accept(self, document: StoredDocument) -> Claim:
-        """Store the version, then make its request the owner, whatever the record says now."""
-        key = self.store.put_version(document)
-        accepted = DocumentStatus(
-            document_id=document.document_id,
-            namespace=document.namespace,
-            status=DocumentState.ACCEPTED,
-            content_hash=document.content_hash,
-            ingest_id=document.ingest_id,
-            key=key,
-            accepted_at=document.ingested_at,
+    def accept(
+        self,
+        namespace: str,
+        document_id: str,
+        text: str,
+        metadata: dict[str, Any],
+        content_hash: str,
+        accepted_at: datetime,
+    ) -> Claim:
+        """Store the version and make a new request its owner, whatever the record says now; unless the record
+        already holds this content, settled, which a re-post leaves as it is (`Claim.changed` is False)."""
+        version = DocumentRecord(
+            status=DocumentStatus(
+                document_id=document_id,
+                namespace=namespace,
+                status=DocumentState.ACCEPTED,
+                content_hash=content_hash,
+                ingest_id=uuid.uuid4().hex,
+                key=self.store.record_key(namespace, document_id),
+                accepted_at=accepted_at,
+            ),
+            text=text,
+            metadata=metadata,
         )
-        previous, _ = self._replace(document.namespace, document.document_id, lambda _: accepted)
-        return Claim(accepted, previous)
+
+        def accepted(current: DocumentRecord | None) -> DocumentRecord | None:
+            return None if current is not None and _settled_with(current, content_hash) else version
+
+        previous, written = self._replace(namespace, document_id, accepted)
+        if written is None and previous is not None:
+            return Claim(previous, previous)
+        return Claim(written or version, previous)
 
     def begin_delete(self, namespace: str, document_id: str) -> Claim | None:
         """Make a new deletion request the owner; None if there is no document to delete."""
         ingest_id = uuid.uuid4().hex
 
-        def deleting(current: DocumentStatus | None) -> DocumentStatus | None:
-            if current is None or current.status is DocumentState.DELETED:
+        def deleting(current: DocumentRecord | None) -> DocumentRecord | None:
+            if current is None or current.status.status is DocumentState.DELETED:
                 return None
-            return current.model_copy(
+            status = current.status.model_copy(
                 update={"status": DocumentState.DELETING, "ingest_id": ingest_id, "updated_at": utcnow(), "error": None}
             )
+            return DocumentRecord(status=status)  # the text goes with the request that deletes it
 
-        previous, status = self._replace(namespace, document_id, deleting)
-        return Claim(status, previous) if status is not None else None
-
-    def committed(self, claim: Claim) -> None:
-        """The claim's event is on Kafka: the version it replaced is no longer needed (best effort)."""
-        superseded = claim.previous.key if claim.previous is not None else None
-        if claim.status.status is DocumentState.ACCEPTED and superseded and superseded != claim.status.key:
-            self._remove_quietly(superseded)
+        previous, written = self._replace(namespace, document_id, deleting)
+        return Claim(written, previous) if written is not None else None
 
     def give_back(self, claim: Claim, reason: str) -> None:
         """The claim's event could not be published: restore what it replaced (a new document becomes
-        `failed`), unless a newer request owns the document by now, and drop the version it stored."""
+        `failed`), unless a newer request owns the document by now."""
+        status = claim.status
 
-        def restored(current: DocumentStatus | None) -> DocumentStatus | None:
-            if not owns(current, _ref(claim.status)):
+        def restored(current: DocumentRecord | None) -> DocumentRecord | None:
+            if current is None or not owns(current.status, _ref(status)):
                 return None
             if claim.previous is not None:
-                return claim.previous.model_copy(update={"updated_at": utcnow()})
-            return DocumentStatus(
-                document_id=claim.status.document_id,
-                namespace=claim.status.namespace,
+                return _moved(claim.previous, claim.previous.status.status)
+            failed = DocumentStatus(
+                document_id=status.document_id,
+                namespace=status.namespace,
                 status=DocumentState.FAILED,
-                content_hash=claim.status.content_hash,
+                content_hash=status.content_hash,
                 error=f"not accepted: {reason}",
             )
+            return DocumentRecord(status=failed)
 
-        self._replace(claim.status.namespace, claim.status.document_id, restored)
-        if claim.status.status is DocumentState.ACCEPTED and claim.status.key:
-            self._remove_quietly(claim.status.key)
+        self._replace(status.namespace, status.document_id, restored)
 
-    # workers: transitions of the owner's record
+    # workers: the owner's outcome
+
+    def read_owned(self, ref: DocumentRef) -> Owned | None:
+        """The document's record, if the event's request still owns it."""
+        record, etag = self.store.read(ref.namespace, ref.document_id)
+        if record is None or etag is None or not owns(record.status, ref):
+            return None
+        return Owned(record, etag)
+
+    def settle(self, ref: DocumentRef, owned: Owned, state: DocumentState, **fields: object) -> bool:
+        """Write the event's outcome into the record it read; if the record changed since (an earlier
+        delivery's outcome, a newer request), decide again on what it says now. True if it was written."""
+        try:
+            self.store.write(_moved(owned.record, state, **fields), owned.etag)
+        except Conflict:
+            return self.transition(ref, state, **fields)
+        return True
 
     def transition(self, ref: DocumentRef, state: DocumentState, **fields: object) -> bool:
         """Move the document to `state` if the event's request still owns it; True if it did."""
 
-        def moved(current: DocumentStatus | None) -> DocumentStatus | None:
-            if not owns(current, ref):
-                return None
-            return current.model_copy(update={**fields, "status": state, "updated_at": utcnow()})
+        def moved(current: DocumentRecord | None) -> DocumentRecord | None:
+            return _moved(current, state, **fields) if current is not None and owns(current.status, ref) else None
 
         _, written = self._replace(ref.namespace, ref.document_id, moved)
         return written is not None
@@ -137,48 +182,34 @@ class DocumentLifecycle:
         request still owns it."""
         return self.transition(ref, DocumentState.FAILED, error=f"{type(error).__name__}: {error}")
 
-    def finish_delete(self, ref: DocumentRef) -> bool:
-        """The index no longer has the document: drop its version and its content claim, mark it deleted.
-        Only for the document's current deletion request; True if it was that."""
-        status = self.store.get_status(ref.namespace, ref.document_id)
-        if not owns(status, ref) or status.status is not DocumentState.DELETING:
-            return False
-        if status.content_hash:
-            self.store.release_hash(ref.namespace, status.content_hash, ref.document_id)
-        if status.key:
-            self.store.remove(status.key)
-        return self.transition(ref, DocumentState.DELETED, chunks=0)
-
-    def read_version(self, ref: DocumentRef, key: str) -> StoredDocument | None:
-        """The stored version an event points to, if it is still there and still the event's."""
-        document = self.store.get_version(key)
-        return document if document is not None and document.ingest_id == ref.ingest_id else None
-
     # plumbing
 
     def _replace(
-        self, namespace: str, document_id: str, change: Callable[[DocumentStatus | None], DocumentStatus | None]
-    ) -> tuple[DocumentStatus | None, DocumentStatus | None]:
+        self, namespace: str, document_id: str, change: Callable[[DocumentRecord | None], DocumentRecord | None]
+    ) -> tuple[DocumentRecord | None, DocumentRecord | None]:
         """Read the record, ask `change` for its successor (None: leave it as it is), write that conditionally,
         and start again when another writer got there first. Returns the record read last and the one written
         (None if none was)."""
         for _ in range(MAX_ATTEMPTS):
-            current, etag = self.store.read_status(namespace, document_id)
+            current, etag = self.store.read(namespace, document_id)
             successor = change(current)
             if successor is None:
                 return current, None
             try:
-                self.store.write_status(successor, etag)
+                self.store.write(successor, etag)
             except Conflict:
                 continue
             return current, successor
         raise ConcurrentUpdate(f"document '{document_id}' in namespace '{namespace}' is being changed concurrently")
 
-    def _remove_quietly(self, key: str) -> None:
-        try:
-            self.store.remove(key)
-        except DependencyUnavailable as error:  # an orphaned version costs storage, never correctness
-            log.warning("could not remove superseded version %s: %s", key, error)
+
+def _moved(record: DocumentRecord, state: DocumentState, **fields: object) -> DocumentRecord:
+    status = record.status.model_copy(update={**fields, "status": state, "updated_at": utcnow()})
+    return record.model_copy(update={"status": status})
+
+
+def _settled_with(record: DocumentRecord, content_hash: str) -> bool:
+    return record.status.content_hash == content_hash and record.status.status in SETTLED
 
 
 def _ref(status: DocumentStatus) -> DocumentRef:

@@ -1,4 +1,5 @@
-"""The Kafka layer: the only module that talks to FastStream's Kafka broker and to aiokafka.
+"""The Kafka layer: with ragtrace/kafka_admin.py (the operator side), the only module that talks to FastStream's
+Kafka broker and to aiokafka.
 
 - Topics are created by the application with explicit partitions (auto-creation is off in ragtrace's Kafka).
 - Producing: an idempotent producer (acks=all) behind FastStream publishers declared on the broker; a publish
@@ -44,7 +45,14 @@ from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from ragtrace.errors import DependencyUnavailable, PoisonMessage
-from ragtrace.metrics import CONSUMER_LAG, DEAD_LETTERS, WORKER_BATCH_DURATION, WORKER_BATCH_SIZE, WORKER_MESSAGES
+from ragtrace.metrics import (
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    WORKER_BATCH_DURATION,
+    WORKER_BATCH_SIZE,
+    WORKER_IN_FLIGHT,
+    WORKER_MESSAGES,
+)
 from ragtrace.schemas import DocumentEvent, DocumentRef
 from ragtrace.settings import KafkaSettings
 from ragtrace.telemetry import extract_context, messaging_attributes, skip_message, span_failed
@@ -303,14 +311,16 @@ class BatchDelivery(BaseMiddleware):
         if isinstance(msg.raw_message, ConsumerRecord):
             return await call_next(msg)  # not a batch subscriber's message
         records: Sequence[Record] = msg.raw_message
+        topic = records[0].topic
         started = time.perf_counter()
         deliveries = [Delivery(record, self._processing_span(record)) for record in records]
+        WORKER_IN_FLIGHT.labels(topic).inc(len(records))
         try:
             await self._deliver(call_next, msg, await self._current(deliveries))
         finally:
+            WORKER_IN_FLIGHT.labels(topic).dec(len(records))
             for delivery in deliveries:
                 delivery.span.end()
-        topic = records[0].topic
         WORKER_BATCH_SIZE.labels(topic).observe(len(records))
         WORKER_BATCH_DURATION.labels(topic).observe(time.perf_counter() - started)
         await self._record_lag(getattr(msg, "consumer", None))

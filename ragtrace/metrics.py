@@ -59,6 +59,11 @@ WORKER_BATCH_DURATION = Histogram(
     ["topic"],
     buckets=LATENCY_BUCKETS,
 )
+WORKER_IN_FLIGHT = Gauge(
+    "ragtrace_worker_messages_in_flight",
+    "Messages a worker has taken from Kafka and not finished yet (their batch is being handled)",
+    ["topic"],
+)
 DOCUMENTS_PROCESSED = Counter(
     "ragtrace_documents_processed",
     "Documents a worker acted on, by stage (embedding, indexer) and event type (upsert, delete)",

@@ -101,8 +101,7 @@ class IngestRequest(BaseModel):
 
 
 class DocumentState(StrEnum):
-    ACCEPTED = "accepted"
-    PROCESSING = "processing"
+    ACCEPTED = "accepted"  # stored and announced; the workers have not finished it yet
     INDEXED = "indexed"
     DUPLICATE = "duplicate"
     FAILED = "failed"
@@ -121,7 +120,7 @@ class IngestAccepted(BaseModel):
 
 
 class DocumentStatus(BaseModel):
-    """The status record of one document (stored next to it; returned by GET /ingest/{id})."""
+    """Where one document is (part of its record in MinIO; returned by GET /documents/{id})."""
 
     document_id: str
     namespace: str
@@ -131,7 +130,7 @@ class DocumentStatus(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     content_hash: str | None = None
     ingest_id: str | None = None  # the request that owns the document (see ragtrace/lifecycle.py)
-    key: str | None = None  # where the current version's raw text is stored
+    key: str | None = None  # the object holding the document's record (DocumentRecord)
     duplicate_of: str | None = None
     accepted_at: datetime | None = None
     indexed_at: datetime | None = None
@@ -147,17 +146,13 @@ class ErrorBody(BaseModel):
 # Stored document and Kafka events ------------------------------------------------------------------------
 
 
-class StoredDocument(BaseModel):
-    """One version of a raw document as kept in MinIO (bucket `documents`, key
-    `{namespace}/{document_id}/{ingest_id}.json`)."""
+class DocumentRecord(BaseModel):
+    """A document's one object in MinIO (bucket `documents`, key `{namespace}/{document_id}.json`): its status,
+    and the raw text and metadata of the version that owns it (ragtrace/lifecycle.py)."""
 
-    document_id: str
-    namespace: str
-    text: str
-    metadata: dict[str, Any]
-    content_hash: str
-    ingested_at: datetime
-    ingest_id: str  # the request that stored this version; events of other requests are stale
+    status: DocumentStatus
+    text: str | None = None  # None once the document is being deleted, or was never accepted
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class DocumentRef(BaseModel):
@@ -176,12 +171,14 @@ class EventType(StrEnum):
 
 
 class DocumentEvent(DocumentRef):
-    """On the documents topic, keyed by `{namespace}/{document_id}` so one document's events stay ordered."""
+    """On the documents topic, keyed by `{namespace}/{document_id}` so one document's events stay ordered.
+    An upsert carries its version's text (bounded by the ingest API's body limit, below Kafka's message
+    limit), so the embedding worker never reads it back from MinIO."""
 
     type: EventType
     content_hash: str | None = None
-    bucket: str | None = None
-    key: str | None = None
+    text: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
     accepted_at: datetime
 
 

@@ -1,13 +1,15 @@
-"""Raw documents, their status records and the content-hash registry, kept in MinIO.
+"""Documents kept in MinIO: one object per document, holding its record (ragtrace.schemas.DocumentRecord):
+its status and the raw text and metadata of the version that owns it.
 
 Layout of the bucket (default `documents`):
-    {namespace}/{document_id}/{ingest_id}.json  one accepted version of the document (StoredDocument), never
-                                                 rewritten: the request that stored it is in its name
-    _status/{namespace}/{document_id}.json      its status record (DocumentStatus): which version is current
-    _hashes/{namespace}/{sha256}                the document that owns this content in the namespace
-Namespaces cannot start with "_", so the bookkeeping prefixes never collide with documents.
+    {namespace}/{document_id}.json   the document's record
 
-Status records are only ever written conditionally (S3 preconditions: `If-Match` on the ETag that was read,
+One object per document keeps a document's whole life to four round trips: the ingest API reads the record
+and writes the new version into it; the indexer reads it (does the event still own the document?) and writes
+the outcome. The event carries the text, so the embedding worker never reads MinIO; duplicate content is
+found in the index, which knows each document's content hash.
+
+Records are only ever written conditionally (S3 preconditions: `If-Match` on the ETag that was read,
 `If-None-Match: *` for a record that did not exist), so two writers can never both win: the loser gets
 `Conflict` and reads again. The rules built on this are in ragtrace/lifecycle.py.
 
@@ -17,19 +19,16 @@ The MinIO client is synchronous; async callers go through `asyncio.to_thread`.
 from __future__ import annotations
 
 import functools
-import io
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import urllib3
 from minio import Minio
 from minio.error import S3Error
-from pydantic import BaseModel
 
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.schemas import DocumentStatus, StoredDocument
+from ragtrace.schemas import DocumentRecord
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -75,95 +74,36 @@ class DocumentStore:
                     raise
 
     @staticmethod
-    def version_key(namespace: str, document_id: str, ingest_id: str) -> str:
-        return f"{namespace}/{document_id}/{ingest_id}.json"
+    def record_key(namespace: str, document_id: str) -> str:
+        return f"{namespace}/{document_id}.json"
 
-    # raw document versions
-
-    @_minio_call
-    def put_version(self, document: StoredDocument) -> str:
-        key = self.version_key(document.namespace, document.document_id, document.ingest_id)
-        self._put(key, document, {"content-hash": document.content_hash})
-        return key
+    # records: read with their ETag, written only if that ETag is still current
 
     @_minio_call
-    def get_version(self, key: str) -> StoredDocument | None:
-        document, _ = self._get(key, StoredDocument)
-        return document
-
-    @_minio_call
-    def remove(self, key: str) -> None:
-        self.client.remove_object(self.bucket, key)
-
-    # status records: read with their ETag, written only if that ETag is still current
-
-    @_minio_call
-    def read_status(self, namespace: str, document_id: str) -> tuple[DocumentStatus | None, str | None]:
-        return self._get(self._status_key(namespace, document_id), DocumentStatus)
-
-    def get_status(self, namespace: str, document_id: str) -> DocumentStatus | None:
-        status, _ = self.read_status(namespace, document_id)
-        return status
-
-    @_minio_call
-    def write_status(self, status: DocumentStatus, etag: str | None) -> None:
-        """Write the record if it is still the one read with `etag` (None: if there is still none), else
-        raise Conflict."""
-        precondition: dict[str, str | list[str] | tuple[str]] = (
-            {"If-Match": f'"{etag}"'} if etag else {"If-None-Match": "*"}
-        )
-        self._put(self._status_key(status.namespace, status.document_id), status, precondition=precondition)
-
-    @staticmethod
-    def _status_key(namespace: str, document_id: str) -> str:
-        return f"_status/{namespace}/{document_id}.json"
-
-    # content-hash registry: which document owns a given content in a namespace
-
-    @_minio_call
-    def hash_owner(self, namespace: str, digest: str) -> str | None:
+    def read(self, namespace: str, document_id: str) -> tuple[DocumentRecord | None, str | None]:
+        """The record and its ETag; (None, None) when the document has none."""
         try:
-            response = self.client.get_object(self.bucket, self._hash_key(namespace, digest))
+            response = self.client.get_object(self.bucket, self.record_key(namespace, document_id))
         except S3Error as error:
             if error.code == "NoSuchKey":
-                return None
+                return None, None
             raise
         try:
-            return response.read().decode()
+            etag = response.headers.get("etag", "").strip('"') or None
+            return DocumentRecord.model_validate_json(response.read()), etag
         finally:
             response.close()
             response.release_conn()
 
     @_minio_call
-    def claim_hash(self, namespace: str, digest: str, document_id: str) -> None:
-        data = document_id.encode()
-        self.client.put_object(self.bucket, self._hash_key(namespace, digest), io.BytesIO(data), len(data))
-
-    @_minio_call
-    def release_hash(self, namespace: str, digest: str, document_id: str) -> None:
-        """Drop the registry entry, if this document is the one that owns it."""
-        if self.hash_owner(namespace, digest) == document_id:
-            self.client.remove_object(self.bucket, self._hash_key(namespace, digest))
-
-    @staticmethod
-    def _hash_key(namespace: str, digest: str) -> str:
-        return f"_hashes/{namespace}/{digest.removeprefix('sha256:')}"
-
-    # plumbing
-
-    def _put(
-        self,
-        key: str,
-        model: BaseModel,
-        metadata: dict[str, str | list[str] | tuple[str]] | None = None,
-        precondition: dict[str, str | list[str] | tuple[str]] | None = None,
-    ) -> None:
-        data = model.model_dump_json().encode()
-        if precondition is None:
-            self.client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), content_type="application/json", metadata=metadata
-            )
-            return
+    def write(self, record: DocumentRecord, etag: str | None) -> None:
+        """Write the record if it is still the one read with `etag` (None: if there is still none), else
+        raise Conflict."""
+        precondition: dict[str, str | list[str] | tuple[str]] = (
+            {"If-Match": f'"{etag}"'} if etag else {"If-None-Match": "*"}
+        )
+        key = self.record_key(record.status.namespace, record.status.document_id)
+        data = record.model_dump_json().encode()
         # put_object has no parameter for S3's preconditions (it would send them as user metadata); the
         # client's own single-request PutObject sends headers as given.
         headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": "application/json", **precondition}
@@ -173,16 +113,3 @@ class DocumentStore:
             if error.code in _PRECONDITION_FAILED:
                 raise Conflict(key) from error
             raise
-
-    def _get(self, key: str, model: type[ModelT]) -> tuple[ModelT | None, str | None]:
-        try:
-            response = self.client.get_object(self.bucket, key)
-        except S3Error as error:
-            if error.code == "NoSuchKey":
-                return None, None
-            raise
-        try:
-            return model.model_validate_json(response.read()), response.headers.get("etag", "").strip('"') or None
-        finally:
-            response.close()
-            response.release_conn()

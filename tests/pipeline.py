@@ -15,9 +15,8 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
+from ragtrace.kafka_admin import group_lag
 from ragtrace.settings import KafkaSettings
 from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open_vector_store
 from ragtrace_tools.client import Document, IngestClient, NotSettled
@@ -124,42 +123,11 @@ class Pipeline:
             self.kafka.chunks_topic: self.kafka.group_prefix + "indexer",
         }
         wait_until(
-            lambda: asyncio.run(_lag(self.kafka.bootstrap_servers, groups)) == 0,
+            lambda: asyncio.run(group_lag(self.kafka.bootstrap_servers, groups)) == 0,
             timeout_s,
             0.3,
             "the consumer groups to catch up",
         )
-
-
-async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [description] = await admin.describe_topics([topic])
-        return [p["partition"] for p in description["partitions"]]
-    finally:
-        await admin.close()
-
-
-async def _lag(bootstrap: str, groups: dict[str, str]) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await consumer.start()
-    await admin.start()
-    try:
-        total = 0
-        for topic, group in groups.items():
-            partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
-            ends = await consumer.end_offsets(partitions)
-            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
-            total += sum(
-                ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
-                for tp in partitions
-            )
-        return total
-    finally:
-        await admin.close()
-        await consumer.stop()
 
 
 @contextlib.contextmanager

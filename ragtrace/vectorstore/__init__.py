@@ -2,6 +2,8 @@
 
 Every namespace is its own store (a FAISS/SQLite file, a Weaviate tenant): one can never read another's.
 Writes are idempotent: `write` replaces all of a document's chunks, keyed by deterministic chunk ids.
+The index also knows the content hash each document's chunks come from, which is how the indexer finds
+duplicate content in a namespace without any other lookup.
 Each namespace records the embedding model its vectors come from (`embedding_model`), so that a search never
 compares vectors of two models: a write of another model's vectors into a namespace that still holds chunks,
 and a query embedded with another model, are refused with ModelMismatch naming both.
@@ -63,6 +65,7 @@ class DocumentChunks:
     metadata: Mapping[str, Any]
     chunks: Sequence[IndexedChunk]
     model: str | None = None  # the embedding model of the vectors (ChunkBatch.model)
+    content_hash: str | None = None  # of the text the chunks come from: duplicates are found by it
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,10 @@ class VectorStore(Protocol):
 
     def embedding_model(self, namespace: str) -> EmbeddingModel | None:
         """The model whose vectors the namespace holds, as `write` recorded it; None when it holds none."""
+        ...
+
+    def documents_with_content(self, namespace: str, content_hash: str) -> list[str]:
+        """The documents whose chunks in the namespace come from text with this content hash, sorted."""
         ...
 
     def namespaces(self) -> list[str]:

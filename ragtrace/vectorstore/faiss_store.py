@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS chunks (
     vector BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);
+CREATE TABLE IF NOT EXISTS documents (  -- the content each indexed document's chunks come from
+    document_id TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_by_content ON documents(content_hash);
 CREATE TABLE IF NOT EXISTS embedding_model (  -- one row while the namespace holds chunks
     id INTEGER PRIMARY KEY CHECK (id = 1),
     model TEXT NOT NULL,
@@ -130,9 +135,15 @@ class FaissStore:
                 for document_id in replaced:
                     ids = [row[0] for row in db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))]
                     db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+                    db.execute("DELETE FROM documents WHERE document_id = ?", (document_id,))
                     db.executemany("INSERT INTO changes(op, id) VALUES ('remove', ?)", [(i,) for i in ids])
                 _record_model(db, namespace, model)
                 for document in upserts:
+                    if document.content_hash and document.chunks:
+                        db.execute(
+                            "INSERT INTO documents(document_id, content_hash) VALUES (?, ?)",
+                            (document.document_id, document.content_hash),
+                        )
                     metadata = json.dumps(dict(document.metadata))
                     title = str(document.metadata.get("title", ""))
                     for chunk in document.chunks:
@@ -253,6 +264,17 @@ class FaissStore:
             return None
         with ns.lock:
             return _recorded_model(ns.db)
+
+    def documents_with_content(self, namespace: str, content_hash: str) -> list[str]:
+        try:
+            ns = self._open(namespace, create=False)
+        except UnknownNamespace:
+            return []
+        with ns.lock:
+            rows = ns.db.execute(
+                "SELECT document_id FROM documents WHERE content_hash = ? ORDER BY document_id", (content_hash,)
+            )
+            return [str(row[0]) for row in rows]
 
     def namespaces(self) -> list[str]:
         return sorted(path.stem for path in self.data_dir.glob("*.sqlite"))

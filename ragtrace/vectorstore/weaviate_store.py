@@ -50,6 +50,7 @@ _PROPERTIES = [
     Property(name="start", data_type=DataType.INT),
     Property(name="end", data_type=DataType.INT),
     Property(name="metadata", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
+    Property(name="content_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
 ]
 
 _MODEL_PROPERTIES = [
@@ -57,6 +58,10 @@ _MODEL_PROPERTIES = [
     Property(name="model", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
     Property(name="dimension", data_type=DataType.INT),
 ]
+
+# Chunks read to find the documents holding a content: a document's chunks share its hash, so a few hundred
+# objects name every holder that matters (the first one found is what a duplicate is reported against).
+HOLDERS_LIMIT = 256
 
 _UNREACHABLE = (
     weaviate.exceptions.WeaviateConnectionError,
@@ -113,6 +118,7 @@ class WeaviateStore:
                 if not client.collections.exists(self.name):
                     self._create(client)
                 self._collection = client.collections.use(self.name)
+                _add_missing_properties(self._collection)
             return self._collection
 
     def models(self) -> Collection[Any, Any]:
@@ -196,6 +202,7 @@ class WeaviateStore:
                     "start": chunk.start,
                     "end": chunk.end,
                     "metadata": json.dumps(dict(document.metadata)),
+                    "content_hash": document.content_hash or "",
                 },
             )
             for document in upserts
@@ -267,6 +274,17 @@ class WeaviateStore:
         return [_hit(o.properties, float(o.metadata.score or 0.0)) for o in result.objects]
 
     @_weaviate_call
+    def documents_with_content(self, namespace: str, content_hash: str) -> list[str]:
+        if not self.collection().tenants.exists(namespace):
+            return []
+        found = self._tenant(namespace, must_exist=False).query.fetch_objects(
+            filters=Filter.by_property("content_hash").equal(content_hash),
+            limit=HOLDERS_LIMIT,
+            return_properties=["document_id"],
+        )
+        return sorted({str(o.properties["document_id"]) for o in found.objects})
+
+    @_weaviate_call
     def count(self, namespace: str, document_id: str | None = None) -> int:
         return self._count(namespace, Filter.by_property("document_id").equal(document_id) if document_id else None)
 
@@ -290,6 +308,13 @@ def _create(create: Callable[[], object]) -> None:
     except weaviate.exceptions.UnexpectedStatusCodeError as error:
         if "already exists" not in str(error):  # another worker created it first
             raise
+
+
+def _add_missing_properties(collection: Collection[Any, Any]) -> None:
+    """A collection created by an earlier version gets the properties added since (they are all optional)."""
+    present = {p.name for p in collection.config.get().properties}
+    for missing in (p for p in _PROPERTIES if p.name not in present):
+        collection.config.add_property(missing)
 
 
 def _model_uuid(namespace: str) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from ragtrace.kafka_admin import controller_elected
 from ragtrace_tools.devstack.supervisor import Component
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -316,19 +317,8 @@ def _run_java(java: str, libs: Path, args: list[str]) -> None:
 
 def kafka_answers_metadata(bootstrap: str) -> bool:
     """True when the broker answers a real Metadata request and names a controller."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def describe() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-        await admin.start()
-        try:
-            cluster = await admin.describe_cluster()
-            return int(cluster.get("controller_id", -1)) >= 0
-        finally:
-            await admin.close()
-
     with _quiet("aiokafka"):  # refused connections while the broker starts are expected, not news
-        return asyncio.run(describe())
+        return asyncio.run(controller_elected(bootstrap))
 
 
 @contextlib.contextmanager

@@ -43,18 +43,18 @@ def _body(text: str, namespace: str, document_id: str, **metadata: Any) -> dict[
     return {"text": text, "namespace": namespace, "document_id": document_id, "metadata": {"title": "t", **metadata}}
 
 
-def _stored_versions(pipeline: Pipeline, namespace: str, document_id: str) -> dict[str, str]:
-    """The raw versions of a document in MinIO: key → text."""
+def _stored_text(pipeline: Pipeline, namespace: str, document_id: str) -> dict[str, str | None]:
+    """The document's objects in MinIO: key → the text its record holds."""
     client, bucket = minio_client(pipeline.infra.minio), pipeline.env["RAGTRACE_MINIO_BUCKET"]
-    versions = {}
-    for item in client.list_objects(bucket, prefix=f"{namespace}/{document_id}/"):
+    stored = {}
+    for item in client.list_objects(bucket, prefix=f"{namespace}/{document_id}"):
         response = client.get_object(bucket, item.object_name)
         try:
-            versions[item.object_name] = json.loads(response.read())["text"]
+            stored[item.object_name] = json.loads(response.read())["text"]
         finally:
             response.close()
             response.release_conn()
-    return versions
+    return stored
 
 
 def test_concurrent_posts_of_one_document_converge_on_one_version(faiss_pipeline: Pipeline) -> None:
@@ -92,7 +92,7 @@ def test_concurrent_posts_of_one_document_converge_on_one_version(faiss_pipeline
         final = faiss_pipeline.status(document_id, namespace)
         assert final["status"] == "indexed" and final == finals[document_id], final
         assert content_hash(indexed[document_id]) == final["content_hash"], "the index holds the version described"
-        stored = _stored_versions(faiss_pipeline, namespace, document_id)
+        stored = _stored_text(faiss_pipeline, namespace, document_id)
         assert stored == {final["key"]: indexed[document_id]}, "that version, and only it, is stored"
 
     # A re-post always repairs: whatever the state, a new version replaces it end to end.

@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from embedding.engine import EmbeddingEngine
-from tests.pipeline import Pipeline, topic_partitions, wait_until
+from ragtrace.kafka_admin import RawRecord, produce, read_topic
+from tests.metrics import value
+from tests.pipeline import Pipeline, wait_until
 
 TOPICS = ["thermometers", "volcanoes", "bread baking", "tidal energy", "honeybees", "glaciers", "jazz harmony"]
 
@@ -43,7 +44,7 @@ def test_an_ingested_document_becomes_indexed_and_searchable(pipeline: Pipeline,
         "Sourdough bread rises because wild yeast ferments the dough.", namespace, "sourdough", title="Bread"
     )
     assert fahrenheit["status"] == "accepted"
-    assert fahrenheit["key"].startswith(f"{namespace}/fahrenheit/"), "each version is stored under its own key"
+    assert fahrenheit["key"] == f"{namespace}/fahrenheit.json", "one object per document"
     assert len(fahrenheit["trace_id"]) == 32
 
     statuses = pipeline.wait_for(["fahrenheit", "sourdough"], namespace)
@@ -137,28 +138,7 @@ def _chunk_counts(pipeline: Pipeline, namespace: str, statuses: dict[str, dict[s
 
 async def _replay(bootstrap: str, topic: str, namespace: str) -> int:
     """Produce again every message of `topic` about `namespace`: same key, value and headers."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=64 * 1024 * 1024
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=64 * 1024 * 1024)
-    await consumer.start()
-    await producer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        replayed = 0
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for records in (await consumer.getmany(*partitions, timeout_ms=1000)).values():
-                for record in records:
-                    if record.key and record.key.decode().startswith(namespace + "/"):
-                        await producer.send_and_wait(topic, record.value, key=record.key, headers=list(record.headers))
-                        replayed += 1
-        return replayed
-    finally:
-        await producer.stop()
-        await consumer.stop()
+    return await produce(bootstrap, topic, await read_topic(bootstrap, topic, f"{namespace}/".encode()))
 
 
 def test_redelivered_events_leave_every_document_indexed_once(pipeline: Pipeline) -> None:
@@ -185,8 +165,10 @@ def test_killing_the_embedding_worker_mid_batch_loses_and_duplicates_nothing(pip
     for i, document_id in enumerate(ids):
         pipeline.ingest(_long_text(f"{TOPICS[i % len(TOPICS)]} (part {i})", 40), namespace, document_id)
     worker = pipeline.component("embedding-worker")
+    metrics = f"http://127.0.0.1:{pipeline.services.ports.embedding_metrics}/metrics"
     wait_until(
-        lambda: any(pipeline.status(d, namespace)["status"] in ("processing", "indexed") for d in ids),
+        lambda: value(httpx.get(metrics).text, "ragtrace_worker_messages_in_flight") > 0,
+        interval_s=0.02,
         what="the embedding worker to start on the batch",
     )
     pid = pipeline.supervisor.pid(worker.name)
@@ -200,19 +182,8 @@ def test_killing_the_embedding_worker_mid_batch_loses_and_duplicates_nothing(pip
     _chunk_counts(pipeline, namespace, statuses)
 
 
-async def _dead_letters(bootstrap: str, topic: str, key: bytes) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        found = []
-        for records in (await consumer.getmany(*partitions, timeout_ms=2000)).values():
-            found += [r for r in records if r.key == key]
-        return found
-    finally:
-        await consumer.stop()
+async def _dead_letters(bootstrap: str, topic: str, key: bytes) -> list[RawRecord]:
+    return [r for r in await read_topic(bootstrap, topic, key) if r.key == key]
 
 
 def test_a_poison_message_is_dead_lettered_and_later_documents_are_indexed(faiss_pipeline: Pipeline) -> None:
@@ -220,15 +191,8 @@ def test_a_poison_message_is_dead_lettered_and_later_documents_are_indexed(faiss
     bootstrap = faiss_pipeline.kafka.bootstrap_servers
     key = f"{namespace}/poison".encode()
 
-    async def send_poison() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await producer.start()
-        try:
-            await producer.send_and_wait(faiss_pipeline.kafka.documents_topic, b"\x00not a document event", key=key)
-        finally:
-            await producer.stop()
-
-    asyncio.run(send_poison())
+    poison = RawRecord(b"\x00not a document event", key)
+    asyncio.run(produce(bootstrap, faiss_pipeline.kafka.documents_topic, [poison]))
     faiss_pipeline.ingest("Glaciers carve valleys over millennia.", namespace, "after-poison")
     assert faiss_pipeline.wait_for(["after-poison"], namespace)["after-poison"]["chunks"] == 1
     dead_letter_topic = faiss_pipeline.kafka.dead_letter_topic(faiss_pipeline.kafka.documents_topic)

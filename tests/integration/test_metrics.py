@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import grpc
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
 
+from ragtrace.kafka_admin import RawRecord, produce, topic_partitions
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 from ragtrace_tools.devstack.servers import free_port
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
@@ -28,7 +28,7 @@ from tests.metrics import (
     samples,
     value,
 )
-from tests.pipeline import Pipeline, topic_partitions, wait_until
+from tests.pipeline import Pipeline, wait_until
 
 OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
 GPU_ONLY = {"ragtrace_gpu_memory_used_bytes", "ragtrace_gpu_memory_total_bytes"}
@@ -66,13 +66,9 @@ class Traffic:
 
 
 async def _send_poison(pipeline: Pipeline, namespace: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=pipeline.kafka.bootstrap_servers)
-    await producer.start()
-    try:
-        for topic in (pipeline.kafka.documents_topic, pipeline.kafka.chunks_topic):
-            await producer.send_and_wait(topic, b"\x00poison", key=f"{namespace}/poison".encode())
-    finally:
-        await producer.stop()
+    poison = RawRecord(b"\x00poison", f"{namespace}/poison".encode())
+    for topic in (pipeline.kafka.documents_topic, pipeline.kafka.chunks_topic):
+        await produce(pipeline.kafka.bootstrap_servers, topic, [poison])
 
 
 @pytest.fixture(scope="module")

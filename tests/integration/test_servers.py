@@ -8,14 +8,12 @@ import uuid
 import pytest
 import redis
 import weaviate
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import UnknownTopicOrPartitionError
 from minio.error import S3Error
 from weaviate.classes.config import Configure, DataType, Property
 from weaviate.classes.query import MetadataQuery
 
 from ragtrace.clients import minio_client, redis_client, weaviate_client
+from ragtrace.kafka_admin import RawRecord, create_topic, list_topics, produce, read_topic, topic_partitions
 from ragtrace.settings import RedisSettings, WeaviateSettings
 from tests.infra import Infra
 
@@ -27,68 +25,24 @@ def _name(prefix: str) -> str:
 async def test_kafka_produce_and_consume_with_headers_on_a_created_topic(infra: Infra) -> None:
     bootstrap = infra.kafka.bootstrap_servers
     topic = _name("it-topic")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    assert len(described[0]["partitions"]) == 3
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        sent = [
-            await producer.send_and_wait(
-                topic,
-                f"value-{i}".encode(),
-                key=f"doc-{i}".encode(),
-                headers=[("traceparent", f"00-{i:032x}-{i:016x}-01".encode())],
-            )
-            for i in range(5)
-        ]
-    finally:
-        await producer.stop()
-    assert {m.partition for m in sent} <= {0, 1, 2}
-
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=_name("it-group"),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        received: dict[bytes, tuple[bytes, dict[str, bytes]]] = {}
-        while len(received) < 5:
-            batch = await consumer.getmany(timeout_ms=10_000)
-            assert batch, "no records within 10 s"
-            for records in batch.values():
-                received.update({r.key: (r.value, dict(r.headers)) for r in records})
-        await consumer.commit()
-    finally:
-        await consumer.stop()
+    await create_topic(bootstrap, topic, partitions=3)
+    assert sorted(await topic_partitions(bootstrap, topic)) == [0, 1, 2]
+    sent = [
+        RawRecord(f"value-{i}".encode(), f"doc-{i}".encode(), [("traceparent", f"00-{i:032x}-{i:016x}-01".encode())])
+        for i in range(5)
+    ]
+    assert await produce(bootstrap, topic, sent) == 5
+    received = {r.key: (r.value, dict(r.headers)) for r in await read_topic(bootstrap, topic)}
+    assert len(received) == 5
     assert received[b"doc-3"] == (b"value-3", {"traceparent": f"00-{3:032x}-{3:016x}-01".encode()})
 
 
 async def test_kafka_does_not_create_topics_on_first_use(infra: Infra) -> None:
     bootstrap = infra.kafka.bootstrap_servers
     topic = _name("never-created")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-    await producer.start()
-    try:
-        with pytest.raises(UnknownTopicOrPartitionError):
-            await producer.send_and_wait(topic, b"x")
-    finally:
-        await producer.stop()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        assert topic not in await admin.list_topics()
-    finally:
-        await admin.close()
+    with pytest.raises(Exception, match="UnknownTopicOrPartition"):
+        await produce(bootstrap, topic, [RawRecord(b"x")], timeout_ms=2000)
+    assert topic not in await list_topics(bootstrap)
 
 
 def test_minio_put_stat_get(infra: Infra) -> None:

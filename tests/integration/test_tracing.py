@@ -82,7 +82,6 @@ def test_one_trace_follows_a_document_through_every_process(faiss_pipeline: Pipe
     names = {(s.service, s.name) for s in spans}
     assert {
         ("ingest-api", "upload document"),
-        ("embedding-worker", "download document"),
         ("embedding-worker", "chunk"),
         ("embedding-worker", "embed"),
     } <= names

@@ -37,7 +37,7 @@ class FakeIngestApi:
         self.reads[document_id] += 1
         self.order.append(document_id)
         done = self.reads[document_id] > self.checks and document_id not in self.stuck
-        state = self.final if done else "processing"
+        state = self.final if done else "accepted"
         return httpx.Response(200, json={"document_id": document_id, "status": state, "error": None})
 
 
@@ -68,7 +68,7 @@ def test_waiting_for_other_states_and_the_timeout() -> None:
         with pytest.raises(NotSettled) as late:
             client.wait_until_settled("ns", ["d0", "d1", "d2"], timeout_s=0.05)
     assert list(late.value.settled) == ["d0"] and late.value.pending == ["d1", "d2"]
-    assert "2 of 3 documents" in str(late.value) and "'d1', is processing" in str(late.value)
+    assert "2 of 3 documents" in str(late.value) and "'d1', is accepted" in str(late.value)
 
 
 def test_a_refused_document_raises_with_the_apis_answer() -> None:
