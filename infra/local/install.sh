@@ -12,8 +12,13 @@
 #                  k8s.io/kubernetes module: the real control plane of `make cluster-check`
 #   etcd           Debian's etcd-server: the control plane's store
 #   kwok           built from its Go module, with its stage files: simulated nodes for `make cluster-check`
+#   otelcol        the OpenTelemetry Collector, built by the collector builder from
+#                  monitoring/otel-collector/builder.yaml (the components its config.yaml uses)
+#   tempo          Grafana Tempo, built from its Go module
+#   loki           Grafana Loki, built from its Go module
+#   prometheus     Debian's prometheus package (the same package as promtool)
 # Usage: infra/local/install.sh [kafka|minio|weaviate|redis|chromium|promtool|redis-exporter|kustomize|
-#                                kubernetes|etcd|kwok ...]
+#                                kubernetes|etcd|kwok|otelcol|tempo|loki|prometheus ...]
 #        (no argument: all of them)
 set -euo pipefail
 
@@ -117,6 +122,42 @@ install_kwok() {
   rm -rf "$dest" && mv "$tmp" "$dest"
 }
 
+# The collector: its builder from the module proxy, then a collector with exactly the manifest's components.
+install_otelcol() {
+  local dest="$cache/otelcol-ragtrace-$OTELCOL_VERSION"
+  [ -x "$dest/otelcol-ragtrace" ] && return 0
+  need go "the OpenTelemetry Collector is built from its Go modules: install Go 1.24 or newer"
+  local manifest="$here/../../monitoring/otel-collector/builder.yaml"
+  if grep -E '^ +- gomod: ' "$manifest" | grep -v " $OTELCOL_VERSION\$" >/dev/null; then
+    log "every module in $manifest must be at $OTELCOL_VERSION (infra/local/versions.env)"; exit 1
+  fi
+  need_disk "$OBSERVABILITY_DISK_GIB" "Building the OpenTelemetry Collector" "$cache" "$(go env GOMODCACHE)"
+  log "OpenTelemetry Collector $OTELCOL_VERSION: collector builder (about 3 min cold; Go caches it)"
+  local tmp; tmp="$(mktemp -d "$cache/.otelcol.XXXXXX")"
+  GOBIN="$tmp/bin" GOFLAGS=-buildvcs=false go install "go.opentelemetry.io/collector/cmd/builder@$OTELCOL_VERSION"
+  GOFLAGS=-buildvcs=false "$tmp/bin/builder" --config "$manifest" --output-path "$tmp/build" >/dev/null
+  mkdir -p "$tmp/out" && mv "$tmp/build/otelcol-ragtrace" "$tmp/out/"
+  rm -rf "$dest" && mv "$tmp/out" "$dest" && rm -rf "$tmp"
+}
+
+# go_build_module NAME MODULE VERSION PACKAGE [go mod edit flags...]: `go build` a binary inside a writable
+# copy of its module (for modules whose replace directives `go install` refuses).
+go_build_module() {
+  local name="$1" module="$2" version="$3" package="$4"; shift 4
+  local dest="$cache/$name-$version"
+  [ -x "$dest/$name" ] && return 0
+  need go "$name is built from its Go module: install Go 1.24 or newer"
+  need_disk "$OBSERVABILITY_DISK_GIB" "Building $name" "$cache" "$(go env GOMODCACHE)" "$(go env GOCACHE)"
+  log "$name $version: go build $package in its module (about 10 min cold; Go caches it)"
+  local dir; dir="$(GONOSUMDB="$module" go mod download -json "$module@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  [ -d "$dir" ] || { log "go mod download $module@$version failed"; exit 1; }
+  local tmp; tmp="$(mktemp -d "$cache/.$name.XXXXXX")"
+  cp -r "$dir" "$tmp/src" && chmod -R u+w "$tmp/src"
+  [ $# -eq 0 ] || (cd "$tmp/src" && go mod edit "$@")
+  (cd "$tmp/src" && GONOSUMDB="$module" GOFLAGS="-mod=mod -buildvcs=false" go build -trimpath -o "$tmp/out/$name" "$package")
+  rm -rf "$dest" && mv "$tmp/out" "$dest" && rm -rf "$tmp"
+}
+
 # apt_install COMMAND PACKAGE: install the Debian package unless COMMAND is already on PATH.
 apt_install() {
   local command="$1" package="$2"
@@ -129,7 +170,8 @@ apt_install() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis chromium promtool redis-exporter kustomize kubernetes etcd kwok)
+[ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis chromium promtool redis-exporter kustomize kubernetes
+  etcd kwok otelcol tempo loki prometheus)
 
 # One installer at a time per cache (make up and make test may run side by side).
 exec 9>"$cache/.install.lock"
@@ -147,6 +189,11 @@ for component in "${components[@]}"; do
     kubernetes) install_kubernetes ;;
     etcd) apt_install etcd etcd-server ;;
     kwok) install_kwok ;;
+    otelcol) install_otelcol ;;
+    tempo) go_build_module tempo "$TEMPO_MODULE" "$TEMPO_VERSION" ./cmd/tempo ;;
+    # Loki's go.mod points its push package at a folder of its repository that the module does not carry.
+    loki) go_build_module loki "$LOKI_MODULE" "$LOKI_VERSION" ./cmd/loki -dropreplace=github.com/grafana/loki/pkg/push ;;
+    prometheus) apt_install prometheus prometheus ;;
     *) log "unknown component '$component' (see the usage line at the top of this script)"; exit 2 ;;
   esac
 done
