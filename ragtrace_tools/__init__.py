@@ -1,8 +1,8 @@
 """ragtrace's tools tier: what developers run, never what the image ships.
 
-The `ragtrace` CLI (ragtrace_tools.cli), the local-stack supervisor (devstack), the trace store and its reader
-(tracestore, traces), eval, bench, bench-device, the failure drills, load-gen, and the one client for "ingest,
-then wait until indexed" (client) that all of them share. Installed with the `tools` extra
+The `ragtrace` CLI (ragtrace_tools.cli), the local-stack supervisor (devstack, with the observability
+backends), the reader of Tempo's traces (traces), eval, bench, bench-device, the failure drills, load-gen, and
+the one client for "ingest, then wait until indexed" (client) that all of them share. Installed with the `tools` extra
 (`pip install -e '.[tools]'`; `make install` does it); the container image installs `.` alone.
 
 Dependencies point one way: tools → services (ingest, embedding, indexer, query) → core (ragtrace). The tools

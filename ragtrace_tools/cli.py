@@ -251,14 +251,16 @@ _KEY_ATTRIBUTES = (
 )
 
 
+TempoUrl = Annotated[
+    str | None, typer.Option(help="Tempo's HTTP API; default: $RAGTRACE_TRACE_QUERY_URL or the local stack's")
+]
+
+
 @app.command("trace")
 def show_trace(
     trace_id: Annotated[str, typer.Argument(help="32 hex digits, as in the trace_id of any API response")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the spans as JSON")] = False,
-    url: Annotated[
-        str | None,
-        typer.Option(help="Tempo (or the local trace store); default: $RAGTRACE_TRACE_QUERY_URL or the local stack's"),
-    ] = None,
+    url: TempoUrl = None,
 ) -> None:
     """A trace as a waterfall in the terminal: service, span, start offset, duration, key attributes."""
     from dataclasses import asdict
@@ -267,7 +269,7 @@ def show_trace(
 
     spans = fetch_trace(url or _stack_setting("RAGTRACE_TRACE_QUERY_URL"), trace_id)
     if spans is None:
-        console.print(f"[red]trace {trace_id} not found[/] (spans reach the store a moment after a request ends)")
+        console.print(f"[red]trace {trace_id} not found[/] (spans reach Tempo a moment after a request ends)")
         raise typer.Exit(1)
     if as_json:
         print(json.dumps([asdict(s) for s in spans], indent=2))
@@ -301,6 +303,40 @@ def show_trace(
     for root in roots:
         add(root, 0)
     console.print(f"trace {trace_id}: {len(spans)} spans, {(end - start) / 1e6:.1f} ms")
+    console.print(table)
+
+
+@app.command("traces")
+def find_traces(
+    traceql: Annotated[str, typer.Argument(help="A TraceQL query, e.g. '{ span.document.id = \"kafka-101\" }'")],
+    since: Annotated[float, typer.Option(help="Look back this many seconds")] = 3600,
+    limit: Annotated[int, typer.Option(help="At most this many traces")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the traces as JSON")] = False,
+    url: TempoUrl = None,
+) -> None:
+    """Traces matching a TraceQL query, newest first: trace id, root span, start, duration, services."""
+    import datetime
+    from dataclasses import asdict
+
+    import httpx
+
+    from ragtrace_tools.traces import search_traces
+
+    try:
+        found = search_traces(url or _stack_setting("RAGTRACE_TRACE_QUERY_URL"), traceql, since, limit)
+    except httpx.HTTPStatusError as error:
+        console.print(f"[red]Tempo refused the query ({error.response.status_code}):[/] {error.response.text.strip()}")
+        raise typer.Exit(2) from error
+    if as_json:
+        print(json.dumps([asdict(t) for t in found], indent=2))
+        return
+    table = Table("trace id", "root span", "started", "duration", "services", box=None)
+    for t in found:
+        started = datetime.datetime.fromtimestamp(t.start_ns / 1e9).strftime("%H:%M:%S")
+        table.add_row(
+            t.trace_id, f"{t.root_service}: {t.root_name}", started, f"{t.duration_ms:.0f} ms", ", ".join(t.services)
+        )
+    console.print(f"{len(found)} trace(s) match {traceql}")
     console.print(table)
 
 

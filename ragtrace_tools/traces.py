@@ -1,9 +1,11 @@
-"""Reading a trace back from Tempo's HTTP API (or the local trace store, which answers the same way)."""
+"""Reading traces back from Tempo's HTTP API: one trace by id (`/api/traces/<id>`) and a TraceQL search
+(`/api/search?q=<TraceQL>`)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,9 +83,52 @@ def parse_trace(body: dict[str, Any]) -> list[SpanView]:
 
 
 def fetch_trace(base_url: str, trace_id: str, timeout_s: float = 5.0) -> list[SpanView] | None:
-    """The trace's spans, or None when the store does not know it (yet)."""
+    """The trace's spans, or None when Tempo does not know it (yet)."""
     response = httpx.get(f"{base_url.rstrip('/')}/api/traces/{trace_id}", timeout=timeout_s)
     if response.status_code == 404:
         return None
     response.raise_for_status()
     return parse_trace(response.json())
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """One trace a TraceQL search found: its root span, when it started, how long it took, its services."""
+
+    trace_id: str
+    root_service: str
+    root_name: str
+    start_ns: int
+    duration_ms: float
+    services: list[str]
+
+
+def parse_search(body: dict[str, Any]) -> list[TraceSummary]:
+    """The traces of a Tempo /api/search response, newest first."""
+    found = [
+        TraceSummary(
+            trace_id=str(trace["traceID"]).lower().rjust(32, "0"),  # hex, leading zeros dropped
+            root_service=trace.get("rootServiceName", "<root span not yet received>"),
+            root_name=trace.get("rootTraceName", ""),
+            start_ns=int(trace.get("startTimeUnixNano", 0)),
+            duration_ms=float(trace.get("durationMs", 0)),
+            services=sorted(trace.get("serviceStats", {})),
+        )
+        for trace in body.get("traces", [])
+    ]
+    return sorted(found, key=lambda t: t.start_ns, reverse=True)
+
+
+def search_traces(
+    base_url: str, traceql: str, since_s: float = 3600, limit: int = 20, timeout_s: float = 10.0
+) -> list[TraceSummary]:
+    """Traces matching a TraceQL query (`{ span.document.id = "kafka-101" }`) that started in the last
+    `since_s` seconds. A malformed query raises httpx.HTTPStatusError (Tempo answers 400 and says why)."""
+    now = int(time.time())
+    response = httpx.get(
+        f"{base_url.rstrip('/')}/api/search",
+        params={"q": traceql, "start": now - int(since_s), "end": now + 1, "limit": limit},
+        timeout=timeout_s,
+    )
+    response.raise_for_status()
+    return parse_search(response.json())

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from ragtrace.vectorstore import Backend
+from ragtrace_tools.devstack.observability import Observability, ObservabilityPorts, ScrapeTargets
 from ragtrace_tools.devstack.servers import free_port
 from ragtrace_tools.devstack.services import ServicePorts, Services
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
@@ -27,14 +28,25 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
 
 
 @pytest.fixture(scope="session")
-def trace_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    """The project's OTLP trace store, as its own process; every pipeline exports to it."""
-    state = tmp_path_factory.mktemp("traces")
-    services = Services(state, ServicePorts(trace_store=free_port()), {})
-    supervisor = Supervisor(state)
-    supervisor.start(services.trace_store())
-    yield services
-    supervisor.stop(services.trace_store())
+def observability(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observability]:
+    """The real Tempo, Loki and OpenTelemetry Collector, once for the session (free ports, a temporary state
+    directory): every pipeline exports its spans to the collector, and the collector ships the log files of
+    every pipeline's processes to Loki."""
+    state = tmp_path_factory.mktemp("observability")
+    names = [c.name for c in Services(state, ServicePorts(), {}).components()]
+    logs = [str(tmp_path_factory.getbasetemp() / "*" / "logs" / f"{name}.log") for name in names]
+    stack = Observability(state, ObservabilityPorts.free(), logs)
+    with Supervisor(state).running(stack.pipeline()):
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def prometheus(observability: Observability, faiss_pipeline: Pipeline, infra: Infra) -> Iterator[str]:
+    """Prometheus with monitoring/'s config and rules, scraping the FAISS pipeline's processes, MinIO and the
+    collector; its URL."""
+    targets = ScrapeTargets((faiss_pipeline.services.ports,), minio=infra.env["RAGTRACE_MINIO_ENDPOINT"])
+    with Supervisor(observability.state_dir).running([observability.prometheus(targets)]):
+        yield observability.prometheus_url
 
 
 @dataclass(frozen=True)
@@ -69,10 +81,10 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServer]:
 
 def _pipeline(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Pipeline]:
     infra: Infra = request.getfixturevalue("infra")
-    trace_store: Services = request.getfixturevalue("trace_store")
+    observability: Observability = request.getfixturevalue("observability")
     llm: LLMServer = request.getfixturevalue("llm_server")
     state = request.getfixturevalue("tmp_path_factory").mktemp(backend.value)
-    with start_pipeline(infra, state, backend, trace_store.ports.trace_store, llm.url) as pipeline:
+    with start_pipeline(infra, state, backend, observability.otlp_endpoint, llm.url) as pipeline:
         yield pipeline
 
 

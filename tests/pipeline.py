@@ -20,7 +20,6 @@ from ragtrace.kafka_admin import group_lag
 from ragtrace.settings import KafkaSettings
 from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open_vector_store
 from ragtrace_tools.client import Document, IngestClient, NotSettled
-from ragtrace_tools.devstack.servers import free_ports
 from ragtrace_tools.devstack.services import ServicePorts, Services
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from tests.infra import Infra, _environment
@@ -132,9 +131,10 @@ class Pipeline:
 
 @contextlib.contextmanager
 def start_pipeline(
-    infra: Infra, state_dir: Path, backend: Backend, trace_store_port: int, llm_url: str
+    infra: Infra, state_dir: Path, backend: Backend, otlp_endpoint: str, llm_url: str
 ) -> Iterator[Pipeline]:
-    """Ingestion (API, workers) and query (embedding service, search service, gateway) for one backend."""
+    """Ingestion (API, workers) and query (embedding service, search service, gateway) for one backend, exporting
+    their spans to the collector at `otlp_endpoint`."""
     suffix = uuid.uuid4().hex[:8]
     env = {
         **infra.env,
@@ -150,20 +150,11 @@ def start_pipeline(
         "RAGTRACE_INDEX_DATA_DIR": str(state_dir / "index"),
         "RAGTRACE_INDEX_WEAVIATE_COLLECTION": f"Chunks{suffix}",
         "RAGTRACE_INDEXER_MAX_BATCH": "64",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
     }
-    names = [name for name in ServicePorts.__dataclass_fields__ if name != "trace_store"]
-    ports = ServicePorts(**dict(zip(names, free_ports(len(names)), strict=True)), trace_store=trace_store_port)
-    services = Services(state_dir, ports, env)
+    services = Services(state_dir, ServicePorts.free(), env)
     supervisor = Supervisor(state_dir)
     with _environment(env):
         kafka = KafkaSettings()
-    pipeline = Pipeline(backend, infra, services, supervisor, {**services.env}, kafka)
-    started: list[Component] = []
-    try:
-        for component in (*services.ingestion(), *services.query()):
-            supervisor.start(component)
-            started.append(component)
-        yield pipeline
-    finally:
-        for component in reversed(started):
-            supervisor.stop(component)
+    with supervisor.running([*services.ingestion(), *services.query()]):
+        yield Pipeline(backend, infra, services, supervisor, {**services.env}, kafka)

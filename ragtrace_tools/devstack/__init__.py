@@ -1,4 +1,5 @@
-"""The local stack: real servers (and, from later issues, ragtrace's own services) as supervised processes."""
+"""The local stack: real servers, the observability backends and ragtrace's own services as supervised
+processes."""
 
 from __future__ import annotations
 
@@ -7,15 +8,37 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ragtrace_tools.devstack.observability import Observability, ObservabilityPorts, ScrapeTargets
 from ragtrace_tools.devstack.servers import REPO_ROOT, LocalServers, StackPorts, port_in_use
 from ragtrace_tools.devstack.services import ServicePorts, Services
 from ragtrace_tools.devstack.supervisor import Component, StartError, State, Status, Supervisor
 
-__all__ = ["LocalStack", "ServicePorts", "StackPorts", "StartError", "State", "Status", "default_state_dir"]
+__all__ = [
+    "LocalStack",
+    "ObservabilityPorts",
+    "ServicePorts",
+    "StackPorts",
+    "StartError",
+    "State",
+    "Status",
+    "default_state_dir",
+    "observability_wanted",
+]
 
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("RAGTRACE_STATE_DIR", REPO_ROOT / ".state"))
+
+
+def observability_wanted(saved: bool | None = None) -> bool:
+    """RAGTRACE_OBSERVABILITY=off starts the pipeline without the collector, Tempo, Loki and Prometheus; unset,
+    what the state directory's last `up` chose (on by default)."""
+    setting = os.environ.get("RAGTRACE_OBSERVABILITY", "").strip().lower()
+    if setting:
+        if setting not in ("on", "off"):
+            raise ValueError(f"RAGTRACE_OBSERVABILITY={setting!r}: expected on or off")
+        return setting == "on"
+    return True if saved is None else saved
 
 
 class LocalStack:
@@ -28,6 +51,7 @@ class LocalStack:
         ports: StackPorts | None = None,
         service_ports: ServicePorts | None = None,
         with_services: bool = True,
+        observability_ports: ObservabilityPorts | None = None,
     ) -> None:
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.supervisor = Supervisor(self.state_dir)
@@ -35,24 +59,49 @@ class LocalStack:
         saved = json.loads(ports_file.read_text()) if ports_file.exists() else {}
         ports = ports or StackPorts(**saved.get("servers", {}))
         service_ports = service_ports or ServicePorts(**saved.get("services", {}))
+        observability_ports = observability_ports or ObservabilityPorts(**saved.get("observability", {}))
+        self.with_observability = with_services and observability_wanted(saved.get("with_observability"))
         ports_file.parent.mkdir(parents=True, exist_ok=True)
-        ports_file.write_text(json.dumps({"servers": asdict(ports), "services": asdict(service_ports)}))
+        ports_file.write_text(
+            json.dumps(
+                {
+                    "servers": asdict(ports),
+                    "services": asdict(service_ports),
+                    "observability": asdict(observability_ports),
+                    "with_observability": self.with_observability,
+                }
+            )
+        )
         self.servers = LocalServers(self.state_dir, ports)
-        self.services = Services(self.state_dir, service_ports, self._service_env()) if with_services else None
+        self.services = (
+            Services(self.state_dir, service_ports, self._service_env(observability_ports)) if with_services else None
+        )
+        log_files = [str(self.supervisor.log_path(c.name)) for c in self.services.components()] if self.services else []
+        self.observability = Observability(self.state_dir, observability_ports, log_files)
 
-    def _service_env(self) -> dict[str, str]:
+    def _service_env(self, observability: ObservabilityPorts) -> dict[str, str]:
         return {
             **self.servers.client_env(),
             "RAGTRACE_API_KEYS": json.dumps({self.servers.secrets.api_key: ["*"]}),
+            **({"OTEL_EXPORTER_OTLP_ENDPOINT": observability.otlp_endpoint} if self.with_observability else {}),
         }
 
     @property
     def env_file(self) -> Path:
         return self.state_dir / "stack.env"
 
+    def _observability(self) -> list[Component]:
+        targets = ScrapeTargets(
+            services=(self.services.ports,) if self.services else (),
+            minio=f"127.0.0.1:{self.servers.ports.minio}",
+        )
+        return self.observability.components(targets)
+
     def components(self) -> list[Component]:
+        """In start order: the servers, the observability backends (unless off), ragtrace's services."""
+        observability = self._observability() if self.with_observability else []
         services = self.services.components() if self.services else []
-        return self.servers.components() + services
+        return self.servers.components() + observability + services
 
     def client_env(self) -> dict[str, str]:
         """What a client of this stack needs: the servers' settings, the services' URLs and the API key."""
@@ -61,8 +110,9 @@ class LocalStack:
             env |= {
                 "RAGTRACE_INGEST_URL": f"http://127.0.0.1:{self.services.ports.ingest}",
                 "RAGTRACE_SEARCH_URL": f"http://127.0.0.1:{self.services.ports.gateway}",
-                "RAGTRACE_TRACE_QUERY_URL": self.services.trace_url,
             }
+        if self.with_observability:
+            env |= self.observability.client_env()
         return env
 
     def endpoints(self) -> list[tuple[str, str]]:
@@ -79,11 +129,18 @@ class LocalStack:
             listed += [
                 ("Ingest API", f"http://127.0.0.1:{s.ingest}  (POST /ingest, OpenAPI at /docs)"),
                 ("Search page and API", f"http://127.0.0.1:{s.gateway}  (POST /api/search, /api/search/stream)"),
-                ("Trace store (OTLP + query)", self.services.trace_url),
                 (
                     "Worker metrics",
                     f"http://127.0.0.1:{s.embedding_metrics}/metrics, http://127.0.0.1:{s.indexer_metrics}/metrics",
                 ),
+            ]
+        if self.with_observability:
+            o = self.observability
+            listed += [
+                ("OTLP (collector)", f"{o.otlp_endpoint} (HTTP), 127.0.0.1:{o.ports.otlp_grpc} (gRPC)"),
+                ("Tempo (traces, TraceQL)", f"{o.tempo_url}  (/api/traces/<id>, /api/search?q=<TraceQL>)"),
+                ("Loki (logs, LogQL)", f"{o.loki_url}  (/loki/api/v1/query_range?query=<LogQL>)"),
+                ("Prometheus UI", f"{o.prometheus_url}  (/targets, /rules, /graph)"),
             ]
         return listed
 
@@ -100,8 +157,12 @@ class LocalStack:
         return self.status()
 
     def down(self) -> list[str]:
-        """Stop what this stack started, in reverse order; returns the names that were running."""
-        return [c.name for c in reversed(self.components()) if self.supervisor.stop(c)]
+        """Stop what this stack started, in reverse order; returns the names that were running. The
+        observability backends are stopped whatever RAGTRACE_OBSERVABILITY says now."""
+        every = self.components()
+        if self.services and not self.with_observability:
+            every += self._observability()
+        return [c.name for c in reversed(every) if self.supervisor.stop(c)]
 
     def status(self) -> list[Status]:
         return [self.supervisor.status(c) for c in self.components()]

@@ -20,12 +20,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import redis
 
 from ragtrace.kafka_admin import controller_elected
 from ragtrace_tools.devstack.supervisor import Component
+
+PortsT = TypeVar("PortsT")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_INFRA = REPO_ROOT / "infra" / "local"
@@ -61,6 +64,12 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
+def with_free_ports(ports_type: type[PortsT]) -> PortsT:
+    """A ports dataclass with every field a distinct free port (the test fixtures' stacks)."""
+    names = [f.name for f in fields(ports_type)]  # type: ignore[arg-type]
+    return ports_type(**dict(zip(names, free_ports(len(names)), strict=True)))
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -82,8 +91,7 @@ class StackPorts:
 
     @classmethod
     def free(cls) -> StackPorts:
-        names = [f.name for f in fields(cls)]
-        return cls(**dict(zip(names, free_ports(len(names)), strict=True)))
+        return with_free_ports(cls)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""ragtrace's own processes as supervised components: the trace store, the ingest API, the embedding and
-indexer workers, the embedding service, the search service and the search gateway.
+"""ragtrace's own processes as supervised components: the ingest API, the embedding and indexer workers, the
+embedding service, the search service and the search gateway.
 
 They take the servers' client settings (`LocalServers.client_env()`, or the test fixture's) and run with
-the same Python as the caller, so `make up` and the tests start exactly the code in this checkout.
+the same Python as the caller, so `make up` and the tests start exactly the code in this checkout. With
+OTEL_EXPORTER_OTLP_ENDPOINT in that environment (the collector's, see observability.py) they export their spans.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ragtrace_tools.devstack.servers import with_free_ports
 from ragtrace_tools.devstack.supervisor import Component
 
 
 @dataclass(frozen=True)
 class ServicePorts:
-    trace_store: int = 4318
     ingest: int = 8082
     embedding_metrics: int = 9464
     indexer_metrics: int = 9465
@@ -29,6 +30,10 @@ class ServicePorts:
     search_grpc: int = 50061
     search_metrics: int = 9466
     gateway: int = 8080
+
+    @classmethod
+    def free(cls) -> ServicePorts:
+        return with_free_ports(cls)
 
 
 def _answers(url: str) -> bool:
@@ -49,15 +54,9 @@ class Services:
         self.env = {
             "RAGTRACE_INDEX_DATA_DIR": str(state_dir / "index"),
             "PYTHONUNBUFFERED": "1",
-            # Every process exports its spans to the trace store, promptly.
-            "OTEL_EXPORTER_OTLP_ENDPOINT": self.trace_url,
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",  # spans leave promptly (when an OTLP endpoint is set)
             **env,
         }
-
-    @property
-    def trace_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.trace_store}"
 
     def _python(self, name: str, module: str, port: int, ready_path: str | None, extra: dict[str, str]) -> Component:
         """A ragtrace process; ready when `ready_path` answers 200 over HTTP, or, without one, when it serves
@@ -69,19 +68,6 @@ class Services:
             env={**self.env, "OTEL_SERVICE_NAME": name, **extra},
             ready=(lambda: _answers(f"http://127.0.0.1:{port}{ready_path}")) if ready_path else lambda: _serving(port),
             start_timeout_s=120,  # the embedding processes load torch and the model first
-        )
-
-    def trace_store(self) -> Component:
-        return self._python(
-            "trace-store",
-            "ragtrace_tools.tracestore",
-            self.ports.trace_store,
-            "/healthz",
-            {
-                "RAGTRACE_TRACESTORE_PORT": str(self.ports.trace_store),
-                "RAGTRACE_TRACESTORE_PATH": str(self.state_dir / "traces.sqlite"),
-                "OTEL_EXPORTER_OTLP_ENDPOINT": "",  # the store does not trace itself
-            },
         )
 
     def ingest_api(self) -> Component:
@@ -151,4 +137,4 @@ class Services:
         return [self.embedding_service(), self.search_service(), self.gateway()]
 
     def components(self) -> list[Component]:
-        return [self.trace_store(), *self.ingestion(), *self.query()]
+        return [*self.ingestion(), *self.query()]

@@ -163,6 +163,20 @@ class Supervisor:
         return True
 
     @contextlib.contextmanager
+    def running(self, components: list[Component]) -> Iterator[None]:
+        """The components started in order and running inside the block; those started are stopped after it,
+        in reverse order, whatever happened (a start that fails stops the ones before it)."""
+        started: list[Component] = []
+        try:
+            for component in components:
+                self.start(component)
+                started.append(component)
+            yield
+        finally:
+            for component in reversed(started):
+                self.stop(component)
+
+    @contextlib.contextmanager
     def stopped(self, component: Component) -> Iterator[None]:
         """The component is down inside the block and running again after it, whatever happened inside."""
         self.stop(component)

@@ -48,7 +48,6 @@ def _metrics_urls(pipeline: Pipeline) -> dict[str, str]:
         "indexer-worker": f"http://127.0.0.1:{ports.indexer_metrics}/metrics",
         "embedding-service": f"http://127.0.0.1:{ports.embedding_service_metrics}/metrics",
         "search-service": f"http://127.0.0.1:{ports.search_metrics}/metrics",
-        "trace-store": f"http://127.0.0.1:{ports.trace_store}/metrics",
     }
 
 

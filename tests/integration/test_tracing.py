@@ -1,21 +1,22 @@
-"""One trace follows a document from POST /ingest through every process, read back from a real OTLP receiver."""
+"""One trace follows a document from POST /ingest through every process, and one a question: each read back
+from the real Tempo the session's collector exports to (by trace id, and found again with TraceQL)."""
 
 from __future__ import annotations
 
 import json
 import uuid
 
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from ragtrace_tools.cli import app
-from ragtrace_tools.devstack.services import Services
-from ragtrace_tools.traces import SpanView, fetch_trace
+from ragtrace_tools.devstack.observability import Observability
+from ragtrace_tools.traces import SpanView, fetch_trace, search_traces
 from tests.pipeline import Pipeline, wait_until
 
 
 def _whole_tree(trace_url: str, trace_id: str, must_have: set[tuple[str, str]]) -> list[SpanView] | None:
-    """The trace once it holds the given (service, span name) pairs and every span's parent: spans reach the
-    store in batches, from several processes, so a trace is read again until it is whole."""
+    """The trace once it holds the given (service, span name) pairs and every span's parent: spans reach Tempo
+    in batches, from several processes, through the collector, so a trace is read again until it is whole."""
     spans = fetch_trace(trace_url, trace_id) or []
     ids = {s.span_id for s in spans}
     if must_have <= {(s.service, s.name) for s in spans} and all(
@@ -35,7 +36,9 @@ def _path_to_root(span: SpanView, by_id: dict[str, SpanView]) -> list[SpanView]:
 AIOKAFKA_SCOPE = "opentelemetry.instrumentation.aiokafka"
 
 
-def test_one_trace_follows_a_document_through_every_process(faiss_pipeline: Pipeline, trace_store: Services) -> None:
+def test_one_trace_follows_a_document_through_every_process(
+    faiss_pipeline: Pipeline, observability: Observability
+) -> None:
     namespace = "trace-" + uuid.uuid4().hex[:8]
     accepted = faiss_pipeline.ingest("Seismographs record the motion of the ground.", namespace, "seismo")
     faiss_pipeline.wait_for(["seismo"], namespace)
@@ -43,10 +46,10 @@ def test_one_trace_follows_a_document_through_every_process(faiss_pipeline: Pipe
 
     wanted = {("ingest-api", "POST /ingest"), ("indexer-worker", "index write")}
     spans: list[SpanView] = wait_until(
-        lambda: _whole_tree(trace_store.trace_url, accepted["trace_id"], wanted),
-        20,
+        lambda: _whole_tree(observability.tempo_url, accepted["trace_id"], wanted),
+        30,
         0.3,
-        "the document's whole trace in the trace store",
+        "the document's whole trace in Tempo",
     )
     by_id = {s.span_id: s for s in spans}
 
@@ -104,8 +107,17 @@ def test_one_trace_follows_a_document_through_every_process(faiss_pipeline: Pipe
     assert embed.attributes["ragtrace.embedding.model"] == "all-MiniLM-L6-v2"
     assert embed.attributes["ragtrace.embedding.dimension"] == 384
 
+    # Found again by TraceQL on the consumer span's attributes, once Tempo has made the trace searchable.
+    traceql = f'{{ span.document.id = "seismo" && span.ragtrace.namespace = "{namespace}" }}'
+    [found] = wait_until(lambda: search_traces(observability.tempo_url, traceql), 60, 1, f"TraceQL {traceql}")
+    assert found.trace_id == accepted["trace_id"]
+    assert (found.root_service, found.root_name) == ("ingest-api", "POST /ingest")
+    assert {"ingest-api", "embedding-worker", "indexer-worker"} <= set(found.services)
 
-def test_one_trace_follows_a_question_through_every_service(faiss_pipeline: Pipeline, trace_store: Services) -> None:
+
+def test_one_trace_follows_a_question_through_every_service(
+    faiss_pipeline: Pipeline, observability: Observability
+) -> None:
     namespace = "trace-" + uuid.uuid4().hex[:8]
     faiss_pipeline.ingest("Seismographs record the motion of the ground.", namespace, "seismo", title="Seismo")
     faiss_pipeline.wait_for(["seismo"], namespace)
@@ -121,10 +133,10 @@ def test_one_trace_follows_a_question_through_every_service(faiss_pipeline: Pipe
         ("embedding-service", "/ragtrace.v1.EmbeddingService/Embed"),
     }
     spans: list[SpanView] = wait_until(
-        lambda: _whole_tree(trace_store.trace_url, trace_id, wanted),
-        20,
+        lambda: _whole_tree(observability.tempo_url, trace_id, wanted),
+        30,
         0.3,
-        "the question's whole trace in the trace store",
+        "the question's whole trace in Tempo",
     )
     by_id = {s.span_id: s for s in spans}
     roots = [s for s in spans if not s.parent_span_id]
@@ -158,17 +170,17 @@ def test_one_trace_follows_a_question_through_every_service(faiss_pipeline: Pipe
 
 
 def test_ragtrace_trace_shows_the_tree_and_logs_carry_the_trace_id(
-    faiss_pipeline: Pipeline, trace_store: Services
+    faiss_pipeline: Pipeline, observability: Observability
 ) -> None:
     namespace = "cli-" + uuid.uuid4().hex[:8]
     accepted = faiss_pipeline.ingest("Barometers measure air pressure.", namespace, "barometer")
     faiss_pipeline.wait_for(["barometer"], namespace)
     trace_id = accepted["trace_id"]
     wanted = {("ingest-api", "POST /ingest"), ("indexer-worker", "index write")}
-    wait_until(lambda: _whole_tree(trace_store.trace_url, trace_id, wanted), 20, 0.3, "the whole trace")
+    wait_until(lambda: _whole_tree(observability.tempo_url, trace_id, wanted), 30, 0.3, "the whole trace")
 
     runner = CliRunner()
-    as_json = runner.invoke(app, ["trace", trace_id, "--json", "--url", trace_store.trace_url])
+    as_json = runner.invoke(app, ["trace", trace_id, "--json", "--url", observability.tempo_url])
     assert as_json.exit_code == 0, as_json.output
     spans = json.loads(as_json.output)
     ids = {s["span_id"] for s in spans}
@@ -177,12 +189,24 @@ def test_ragtrace_trace_shows_the_tree_and_logs_carry_the_trace_id(
     assert [s for s in spans if not s["parent_span_id"]] == [next(s for s in spans if s["name"] == "POST /ingest")]
     assert all(s["parent_span_id"] in ids for s in spans if s["parent_span_id"]), "one tree"
 
-    waterfall = runner.invoke(app, ["trace", trace_id, "--url", trace_store.trace_url], env={"COLUMNS": "220"})
+    waterfall = runner.invoke(app, ["trace", trace_id, "--url", observability.tempo_url], env={"COLUMNS": "220"})
     assert waterfall.exit_code == 0
     assert f"trace {trace_id}: {len(spans)} spans" in waterfall.output
     assert "POST /ingest" in waterfall.output and "index write" in waterfall.output and "█" in waterfall.output
-    missing = runner.invoke(app, ["trace", "0" * 32, "--url", trace_store.trace_url])
+    missing = runner.invoke(app, ["trace", "0" * 32, "--url", observability.tempo_url])
     assert missing.exit_code == 1 and "not found" in missing.output
+
+    traceql = f'{{ span.document.id = "barometer" && span.ragtrace.namespace = "{namespace}" }}'
+
+    def listing() -> Result | None:
+        result = runner.invoke(app, ["traces", traceql, "--url", observability.tempo_url], env={"COLUMNS": "220"})
+        return result if trace_id in result.output else None
+
+    listed: Result = wait_until(listing, 60, 1, "`ragtrace traces` to list the trace")
+    assert listed.exit_code == 0 and "1 trace(s) match" in listed.output
+    assert "ingest-api: POST /ingest" in listed.output and "indexer-worker" in listed.output
+    refused = runner.invoke(app, ["traces", "{ span.document.id = ", "--url", observability.tempo_url])
+    assert refused.exit_code == 2 and "Tempo refused the query (400)" in refused.output
 
     log_lines = [
         json.loads(line)
