@@ -36,7 +36,8 @@ def observability(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observab
     names = [c.name for c in Services(state, ServicePorts(), {}).components()]
     logs = [str(tmp_path_factory.getbasetemp() / "*" / "logs" / f"{name}.log") for name in names]
     stack = Observability(state, ObservabilityPorts.free(), logs)
-    with Supervisor(state).running(stack.pipeline()):
+    supervisor = Supervisor(state)
+    with supervisor.running(stack.backends(), together=True), supervisor.running([stack.collector()]):
         yield stack
 
 

@@ -115,10 +115,16 @@ def render_collector(kind: Config, ports: ObservabilityPorts, log_files: Iterabl
     return c
 
 
+def _listen(server: Config, http_port: int, grpc_port: int) -> None:
+    """The `server` block of Tempo and Loki (both on Grafana's dskit): on 127.0.0.1, at these ports."""
+    server.update(
+        http_listen_address=LOCAL, http_listen_port=http_port, grpc_listen_address=LOCAL, grpc_listen_port=grpc_port
+    )
+
+
 def render_tempo(kind: Config, ports: ObservabilityPorts, data: Path) -> Config:
     c = copy.deepcopy(kind)
-    c["server"]["http_listen_port"] = ports.tempo
-    c["server"]["grpc_listen_port"] = ports.tempo_grpc
+    _listen(c["server"], ports.tempo, ports.tempo_grpc)
     c["memberlist"]["bind_port"] = ports.tempo_memberlist
     otlp = c["distributor"]["receivers"]["otlp"]["protocols"]
     otlp["grpc"]["endpoint"] = _addr(ports.tempo_otlp_grpc)
@@ -131,8 +137,7 @@ def render_tempo(kind: Config, ports: ObservabilityPorts, data: Path) -> Config:
 
 def render_loki(kind: Config, ports: ObservabilityPorts, data: Path) -> Config:
     c = copy.deepcopy(kind)
-    c["server"]["http_listen_port"] = ports.loki
-    c["server"]["grpc_listen_port"] = ports.loki_grpc
+    _listen(c["server"], ports.loki, ports.loki_grpc)
     common = c["common"]
     common["path_prefix"] = str(data)
     common["storage"]["filesystem"]["chunks_directory"] = str(data / "chunks")
@@ -211,11 +216,11 @@ class Observability:
 
     def components(self, targets: ScrapeTargets) -> list[Component]:
         """In start order: the backends, then the collector that feeds them, then Prometheus."""
-        return [*self.pipeline(), self.prometheus(targets)]
+        return [*self.backends(), self.collector(), self.prometheus(targets)]
 
-    def pipeline(self) -> list[Component]:
-        """What carries traces and logs: Tempo, Loki and the collector."""
-        return [self.tempo(), self.loki(), self.collector()]
+    def backends(self) -> list[Component]:
+        """Where traces and logs go: Tempo and Loki (independent of each other)."""
+        return [self.tempo(), self.loki()]
 
     def _dir(self, name: str) -> Path:
         path = self.state_dir / name

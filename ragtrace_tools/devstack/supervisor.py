@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -163,14 +164,22 @@ class Supervisor:
         return True
 
     @contextlib.contextmanager
-    def running(self, components: list[Component]) -> Iterator[None]:
+    def running(self, components: list[Component], together: bool = False) -> Iterator[None]:
         """The components started in order and running inside the block; those started are stopped after it,
-        in reverse order, whatever happened (a start that fails stops the ones before it)."""
+        in reverse order, whatever happened (a start that fails stops the ones before it). `together`: they
+        do not depend on each other, so they start at once and their waits until ready overlap."""
         started: list[Component] = []
         try:
-            for component in components:
-                self.start(component)
-                started.append(component)
+            if together:
+                with ThreadPoolExecutor(max(1, len(components))) as pool:
+                    waits = [pool.submit(self.start, component) for component in components]
+                started += components  # stopping one that never started is harmless
+                for wait in waits:
+                    wait.result()
+            else:
+                for component in components:
+                    self.start(component)
+                    started.append(component)
             yield
         finally:
             for component in reversed(started):

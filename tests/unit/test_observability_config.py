@@ -42,7 +42,9 @@ ALLOWED: dict[str, set[Path_]] = {
         ("service", "telemetry", "metrics", "readers", "0", "pull", "exporter", "prometheus", "port"),
     },
     "tempo": {
+        ("server", "http_listen_address"),
         ("server", "http_listen_port"),
+        ("server", "grpc_listen_address"),
         ("server", "grpc_listen_port"),
         ("memberlist", "bind_port"),
         ("distributor", "receivers", "otlp", "protocols", "grpc", "endpoint"),
@@ -51,7 +53,9 @@ ALLOWED: dict[str, set[Path_]] = {
         ("storage", "trace", "local", "path"),
     },
     "loki": {
+        ("server", "http_listen_address"),
         ("server", "http_listen_port"),
+        ("server", "grpc_listen_address"),
         ("server", "grpc_listen_port"),
         ("common", "path_prefix"),
         ("common", "storage", "filesystem", "chunks_directory"),
