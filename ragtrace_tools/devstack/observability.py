@@ -253,29 +253,30 @@ class Observability:
         )
 
     def tempo(self) -> Component:
-        data = self._dir("tempo")
-        config, prepare = self._config(
-            "tempo", lambda: render_tempo(load(MONITORING / "tempo" / "tempo.yaml"), self.ports, data)
-        )
-        return Component(
-            name="tempo",
-            port=self.ports.tempo,
-            argv=[self._binary("tempo", "TEMPO_VERSION"), f"-config.file={config}"],
-            ready=lambda: _answers(f"{self.tempo_url}/ready"),
-            prepare=prepare,
-            start_timeout_s=120,  # the ingester waits to join its ring before it reports ready
+        return self._grafana(
+            "tempo", "TEMPO_VERSION", MONITORING / "tempo" / "tempo.yaml", render_tempo, self.ports.tempo
         )
 
     def loki(self) -> Component:
-        data = self._dir("loki")
-        config, prepare = self._config(
-            "loki", lambda: render_loki(load(MONITORING / "loki" / "loki.yaml"), self.ports, data)
-        )
+        return self._grafana("loki", "LOKI_VERSION", MONITORING / "loki" / "loki.yaml", render_loki, self.ports.loki)
+
+    def _grafana(
+        self,
+        name: str,
+        version_key: str,
+        kind_file: Path,
+        render: Callable[[Config, ObservabilityPorts, Path], Config],
+        port: int,
+    ) -> Component:
+        """Tempo or Loki: one binary with `-config.file`, its data under <state>/<name>, ready on /ready (once
+        its ingester has joined its ring: about 15 s)."""
+        data = self._dir(name)
+        config, prepare = self._config(name, lambda: render(load(kind_file), self.ports, data))
         return Component(
-            name="loki",
-            port=self.ports.loki,
-            argv=[self._binary("loki", "LOKI_VERSION"), f"-config.file={config}"],
-            ready=lambda: _answers(f"{self.loki_url}/ready"),
+            name=name,
+            port=port,
+            argv=[self._binary(name, version_key), f"-config.file={config}"],
+            ready=lambda: _answers(f"http://{_addr(port)}/ready"),
             prepare=prepare,
             start_timeout_s=120,
         )
