@@ -10,7 +10,7 @@ from typer.testing import CliRunner, Result
 
 from ragtrace_tools.cli import app
 from ragtrace_tools.devstack.observability import Observability
-from ragtrace_tools.traces import SpanView, fetch_trace, search_traces
+from ragtrace_tools.traces import SpanView, TraceSummary, fetch_trace, search_traces
 from tests.pipeline import Pipeline, wait_until
 
 
@@ -107,9 +107,15 @@ def test_one_trace_follows_a_document_through_every_process(
     assert embed.attributes["ragtrace.embedding.model"] == "all-MiniLM-L6-v2"
     assert embed.attributes["ragtrace.embedding.dimension"] == 384
 
-    # Found again by TraceQL on the consumer span's attributes, once Tempo has made the trace searchable.
+    # Found again by TraceQL on the consumer span's attributes, once Tempo has made the trace searchable (its
+    # spans become searchable in parts, as each part has been idle for 2 s: wait for the indexer's too).
     traceql = f'{{ span.document.id = "seismo" && span.ragtrace.namespace = "{namespace}" }}'
-    [found] = wait_until(lambda: search_traces(observability.tempo_url, traceql), 60, 1, f"TraceQL {traceql}")
+
+    def searched() -> list[TraceSummary] | None:
+        found = search_traces(observability.tempo_url, traceql)
+        return found if found and all("indexer-worker" in t.services for t in found) else None
+
+    [found] = wait_until(searched, 60, 1, f"TraceQL {traceql} to find the whole trace")
     assert found.trace_id == accepted["trace_id"]
     assert (found.root_service, found.root_name) == ("ingest-api", "POST /ingest")
     assert {"ingest-api", "embedding-worker", "indexer-worker"} <= set(found.services)
@@ -200,7 +206,7 @@ def test_ragtrace_trace_shows_the_tree_and_logs_carry_the_trace_id(
 
     def listing() -> Result | None:
         result = runner.invoke(app, ["traces", traceql, "--url", observability.tempo_url], env={"COLUMNS": "220"})
-        return result if trace_id in result.output else None
+        return result if trace_id in result.output and "indexer-worker" in result.output else None
 
     listed: Result = wait_until(listing, 60, 1, "`ragtrace traces` to list the trace")
     assert listed.exit_code == 0 and "1 trace(s) match" in listed.output
