@@ -20,6 +20,9 @@ COPY query ./query
 RUN python -m pip install -c constraints.txt grpcio-tools \
  && python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. proto/ragtrace/v1/*.proto \
  && /opt/ragtrace/bin/pip install -c constraints.txt .
+# The CPU embedding backend's ONNX file, exported once from the bundled model (embedding/export.py).
+ENV RAGTRACE_EMBEDDING_ONNX_CACHE_DIR=/opt/ragtrace/onnx
+RUN HF_HUB_OFFLINE=1 /opt/ragtrace/bin/python -m embedding.export
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 ragtrace && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin ragtrace
@@ -28,7 +31,8 @@ ENV PATH=/opt/ragtrace/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
-    HF_HOME=/tmp/huggingface
+    HF_HOME=/tmp/huggingface \
+    RAGTRACE_EMBEDDING_ONNX_CACHE_DIR=/opt/ragtrace/onnx
 USER 10001:10001
 ENTRYPOINT ["python", "-m"]
 CMD ["ingest.app"]

@@ -11,13 +11,13 @@ PYTEST_ARGS ?=
 PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv proto infra up down status test test-unit lint clean eval bench bench-device load-gen drill asyncapi \
+.PHONY: help install venv proto infra onnx up down status test test-unit lint clean eval bench bench-device bench-onnx load-gen drill asyncapi \
 	cluster-start cluster-stop cluster-status cluster-logs cluster-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-install: venv proto infra ## Python deps into .venv, gRPC code from proto/, servers into ~/.cache/ragtrace (idempotent)
+install: venv proto infra onnx ## Python deps into .venv, gRPC code from proto/, servers and the ONNX model into ~/.cache/ragtrace (idempotent)
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,tools]'
 	@touch $@
+
+onnx: venv ## Export the embedding model for the CPU backend (RAGTRACE_EMBEDDING_BACKEND) into ~/.cache/ragtrace/onnx, once
+	$(BIN)/python -m embedding.export
 
 infra: ## Install Kafka, MinIO, Weaviate, Redis, the Kubernetes control plane, etcd and kwok (pinned in infra/local/versions.env)
 	infra/local/install.sh
@@ -61,6 +64,9 @@ bench: install ## Speed and memory of the running stack (make up): bench/results
 
 bench-device: install ## Embedding (MiniLM, bge-m3-sized) and index search in-process on the best device (CUDA when present)
 	$(RAGTRACE) bench-device
+
+bench-onnx: venv ## Embedding backends on this CPU (torch fp32, ONNX fp32, int8 variants): chunks/s and nDCG@10 per set
+	$(RAGTRACE) bench-onnx
 
 asyncapi: install ## The AsyncAPI description of the topics, messages and headers (FastStream): docs/asyncapi.json
 	$(RAGTRACE) asyncapi

@@ -1,4 +1,8 @@
-"""The embedding engine: a sentence-transformers model on the best device there is, with its chunker."""
+"""The embedding engine: a sentence-transformers model on the best device there is, with its chunker.
+
+Backends: torch (CUDA, fp16 there; or CPU fp32) and, on CPU, the same model exported to ONNX and run by
+onnxruntime, fp32 or int8 (embedding/onnx_backend.py). `RAGTRACE_EMBEDDING_BACKEND=auto` takes torch on CUDA
+and CPU_BACKEND on CPU, the choice measured by ragtrace_tools/onnxbench.py (README, "Embedding backends")."""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import torch
 from prometheus_client import Counter, Gauge, Histogram
 from sentence_transformers import SentenceTransformer
 
-from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
+from embedding.onnx_backend import VARIANTS, OnnxEncoder, ensure_exported
+from embedding.settings import BUNDLED_MODEL, CPU_BACKEND, CPU_BATCH_SIZE, EmbeddingSettings
 from ragtrace.metrics import observe
 
 log = logging.getLogger(__name__)
@@ -29,7 +34,11 @@ BATCH_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 TEXTS = Counter("ragtrace_embedding_texts", "Texts embedded (its rate is the embedding throughput)")
-DEVICE = Gauge("ragtrace_embedding_device_info", "The model and where it runs (value 1)", ["model", "device", "dtype"])
+DEVICE = Gauge(
+    "ragtrace_embedding_device_info",
+    "The model, where and how it runs (value 1)",
+    ["model", "device", "dtype", "backend"],
+)
 # Declared on every process; they have series only on CUDA.
 GPU_MEMORY_USED = Gauge("ragtrace_gpu_memory_used_bytes", "GPU memory in use on the device", ["device"])
 GPU_MEMORY_TOTAL = Gauge("ragtrace_gpu_memory_total_bytes", "GPU memory of the device", ["device"])
@@ -38,6 +47,15 @@ GPU_MEMORY_TOTAL = Gauge("ragtrace_gpu_memory_total_bytes", "GPU memory of the d
 def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def resolve_backend(requested: str, device: str) -> str:
+    """torch on CUDA; on CPU, the requested backend, or the measured default for `auto`."""
+    if requested == "auto":
+        return "torch" if device.startswith("cuda") else CPU_BACKEND
+    if requested != "torch" and device.startswith("cuda"):
+        raise ValueError(f"the {requested} backend runs on CPU only: set RAGTRACE_EMBEDDING_DEVICE=cpu or torch")
     return requested
 
 
@@ -62,23 +80,42 @@ class EmbeddingEngine:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
         self.settings = settings
         self.model_name = settings.model
-        self.device = resolve_device(settings.device)
-        self.model = SentenceTransformer(model_path(settings.model), device=self.device)
+        requested = settings.device
+        if requested == "auto" and settings.backend not in ("auto", "torch"):
+            requested = "cpu"  # an ONNX backend asked for by name runs on the CPU, GPU or not
+        self.device = resolve_device(requested)
+        self.backend = resolve_backend(settings.backend, self.device)
+        path = model_path(settings.model)
+        # The torch model is always loaded: its tokenizer chunks, and it is the source of the ONNX export.
+        self.model = SentenceTransformer(path, device=self.device)
         if self.device.startswith("cuda") and settings.fp16:
             self.model.half()
-        # CPU: 32 was the bare model's best in `make bench` on 2 cores (less padding per batch).
-        self.batch_size = settings.batch_size or (256 if self.device.startswith("cuda") else 32)
+        self.batch_size = settings.batch_size or (256 if self.device.startswith("cuda") else CPU_BATCH_SIZE)
         self.dimension = int(self.model.get_embedding_dimension() or 0)
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        DEVICE.labels(self.model_name, self.device, self.dtype).set(1)
+        self.onnx: OnnxEncoder | None = None
+        if self.backend != "torch":
+            variant = VARIANTS[self.backend]
+            exported = ensure_exported(self.model, settings.onnx_cache_dir, path, settings.model, variant)
+            self.onnx = OnnxEncoder(
+                exported,
+                self.model.tokenizer,
+                self.model.max_seq_length or 256,
+                threads=settings.onnx_threads,
+                spinning=settings.onnx_spinning,
+            )
+            self.dtype = "int8" if variant.quantize else "float32"
+        DEVICE.labels(self.model_name, self.device, self.dtype, self.backend).set(1)
         self.tokenizer: Any = self.model.tokenizer
         # The model truncates longer inputs, so a chunk never exceeds what it reads (less [CLS] and [SEP]).
         self.chunk_tokens = min(settings.chunk_tokens, (self.model.max_seq_length or 256) - 2)
         self.overlap_tokens = min(settings.chunk_overlap_tokens, self.chunk_tokens - 1)
         log.info(
-            "embedding model %s on %s (dimension %d, batch %d)",
+            "embedding model %s on %s, %s %s (dimension %d, batch %d)",
             self.model_name,
             self.device,
+            self.backend,
+            self.dtype,
             self.dimension,
             self.batch_size,
         )
@@ -88,6 +125,16 @@ class EmbeddingEngine:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         started = time.perf_counter()
+        vectors = self.onnx.encode(texts, self.batch_size) if self.onnx is not None else self._encode_torch(texts)
+        observe(BATCH_DURATION, time.perf_counter() - started)
+        BATCH_SIZE.observe(len(texts))
+        TEXTS.inc(len(texts))
+        if self.device.startswith("cuda"):
+            self._record_gpu_memory()
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _encode_torch(self, texts: list[str]) -> np.ndarray:
+        # sentence-transformers sorts the texts by length itself, and restores their order.
         with torch.inference_mode():
             vectors = self.model.encode(
                 texts,
@@ -96,11 +143,6 @@ class EmbeddingEngine:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        observe(BATCH_DURATION, time.perf_counter() - started)
-        BATCH_SIZE.observe(len(texts))
-        TEXTS.inc(len(texts))
-        if self.device.startswith("cuda"):
-            self._record_gpu_memory()
         return np.asarray(vectors, dtype=np.float32)
 
     def _record_gpu_memory(self) -> None:

@@ -1,13 +1,18 @@
-"""Embedding settings (RAGTRACE_EMBEDDING_*): model, device, batching and chunking."""
+"""Embedding settings (RAGTRACE_EMBEDDING_*): model, device, backend, batching and chunking."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
+# `backend=auto` on CPU, and the CPU batch size: measured by ragtrace_tools/onnxbench.py (README).
+CPU_BACKEND = "onnx"
+CPU_BATCH_SIZE = 32
+DEFAULT_ONNX_CACHE = Path("~/.cache/ragtrace/onnx")
 
 
 class EmbeddingSettings(BaseSettings):
@@ -18,7 +23,13 @@ class EmbeddingSettings(BaseSettings):
     model: str = BUNDLED_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fp16: bool = True  # on CUDA only
-    batch_size: int = 0  # 0: 256 on CUDA, 32 on CPU
+    # auto: torch on CUDA, CPU_BACKEND on CPU. onnx: fp32 ONNX Runtime; onnx-opt: the same after ORT's
+    # transformer fusions; onnx-int8: dynamic int8 (all three CPU only, exported once into onnx_cache_dir).
+    backend: Literal["auto", "torch", "onnx", "onnx-opt", "onnx-int8"] = "auto"
+    onnx_cache_dir: Path = DEFAULT_ONNX_CACHE
+    onnx_threads: int = 0  # onnxruntime intra-op threads; 0: the cores this process may run on
+    onnx_spinning: bool = True  # ORT's threads spin between calls (faster batches, busier idle cores)
+    batch_size: int = 0  # 0: 256 on CUDA, CPU_BATCH_SIZE on CPU
     chunk_tokens: int = 200
     chunk_overlap_tokens: int = 40
     # Worker: how many document events one GPU/CPU batch may gather across documents.

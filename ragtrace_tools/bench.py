@@ -256,7 +256,8 @@ def run(
     console.print(f"[bold]1. indexing[/] {len(take)} passages through POST /ingest")
     with ProcessSampler(pids) as processes:
         indexing = asyncio.run(bench.indexing(take))
-    engine = EmbeddingEngine(EmbeddingSettings())  # the bare model, for chunking and every bare measurement
+    # The bare model: sentence-transformers with torch (fp32 on CPU), for chunking and every bare measurement.
+    engine = EmbeddingEngine(EmbeddingSettings(backend="torch"))
     chunk_texts = [c.text for text in take.values() for c in engine.chunk(text)]
     bare = bare_embedding(engine, chunk_texts)
     indexing["bare_model"] = bare

@@ -236,6 +236,25 @@ def bench_device(
     run(data, passages, sizes, large, output)
 
 
+@app.command("bench-onnx")
+def bench_onnx(
+    data: Annotated[
+        Path, typer.Option(help="A folder of BEIR-format sets (nDCG@10 on each; speed on its msmarco set)")
+    ] = REPO_ROOT.parent / "shared" / "data" / "eval",
+    passages: Annotated[int, typer.Option(help="Passages embedded for speed and cosine")] = 1000,
+    rounds: Annotated[int, typer.Option(help="Interleaved speed rounds (the best of each backend counts)")] = 2,
+    variants: Annotated[str | None, typer.Option(help="Comma-separated ONNX variants (default: all)")] = None,
+    cache: Annotated[Path | None, typer.Option(help="ONNX cache folder (default: the embedding setting)")] = None,
+    threads: Annotated[int, typer.Option(help="Intra-op threads of torch and onnxruntime (0: defaults)")] = 0,
+    quality: Annotated[bool, typer.Option(help="Also dense nDCG@10 on every set (slow on CPU)")] = True,
+    output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
+) -> None:
+    """Torch fp32 against each ONNX variant on this CPU: chunks/s, cosine to fp32, dense nDCG@10 per set."""
+    from ragtrace_tools.onnxbench import run
+
+    run(data, passages, rounds, variants.split(",") if variants else None, cache, output, threads, quality)
+
+
 _KEY_ATTRIBUTES = (
     "document.id",
     "ragtrace.namespace",

@@ -60,7 +60,8 @@ def minilm(engine: EmbeddingEngine, texts: list[str], batch_sizes: Sequence[int]
     for batch_size in batch_sizes:
         engine.batch_size = batch_size
         seconds = _timed(lambda: engine.embed(texts))
-        rows.append(_row("all-MiniLM-L6-v2", engine.device, engine.dtype, batch_size, len(texts), seconds))
+        dtype = f"{engine.backend} {engine.dtype}"
+        rows.append(_row("all-MiniLM-L6-v2", engine.device, dtype, batch_size, len(texts), seconds))
     return rows
 
 

@@ -8,6 +8,10 @@ dense search with the bare model, and reciprocal rank fusion (k=60) of those two
 same text: a document's title and text when it has a title.
 
 nDCG@10 uses linear gains (BEIR's pytrec_eval convention); a chunk's hit counts for its document, once.
+
+The embedding engine runs with its defaults (on CPU, the ONNX backend: embedding/settings.py). When that is not
+torch fp32, the dense baseline is also measured with torch fp32 in the same run, and each set's difference
+is checked against QUALITY_BOUND: the default backend is accepted only within it on every set.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ RANKED_DOCUMENTS = 10
 RANKED_CHUNKS = 30
 # Depth of each baseline list fused by RRF.
 BASELINE_RRF_DEPTH = 100
+# The most dense nDCG@10 the default embedding backend may lose (or gain) against torch fp32, on any set.
+QUALITY_BOUND = 0.005
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,12 @@ def run(
     from embedding.settings import EmbeddingSettings
 
     engine = EmbeddingEngine(EmbeddingSettings())
+    # torch fp32 on the same device, for the quality bound, when the default is anything else.
+    reference = (
+        None
+        if (engine.backend, engine.dtype) == ("torch", "float32")
+        else EmbeddingEngine(EmbeddingSettings(backend="torch", device=engine.device, fp16=False))
+    )
     results: dict[str, dict[str, float]] = {}
     for folder in eval_folders(root):
         eval_set = EvalSet.load(folder)
@@ -264,15 +276,23 @@ def run(
         else:
             scores = asyncio.run(_through_api(eval_set, api, f"{namespace_prefix}-{eval_set.name}", alphas))
         scores.update(baselines(eval_set, engine.embed, engine.model_name))
+        if reference is not None:
+            dense = dense_baseline(eval_set, reference.embed)
+            scores[f"baseline dense exact ({engine.model_name}, torch fp32)"] = mean_ndcg(dense, eval_set.qrels)
         results[eval_set.name] = scores
     _print(results, "in this process (FAISS store)" if api is None else "through the running system's API")
+    bound = None if reference is None else backend_bound(results, engine.model_name, f"{engine.backend} {engine.dtype}")
     output.parent.mkdir(parents=True, exist_ok=True)
+    backend: dict[str, Any] = {"backend": engine.backend, "dtype": engine.dtype, "device": engine.device}
+    if bound is not None:
+        backend["against_torch_fp32"] = bound
     summary = {
         "date": datetime.now(UTC).isoformat(),
         "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "ragtrace": "in-process" if api is None else "api",
         "ndcg_at_10": results,
+        "embedding_backend": backend,
     }
     output.write_text(json.dumps(summary, indent=2))
     console.print(f"written to {output}")
@@ -288,6 +308,19 @@ async def _through_api(
         return await measure(client, eval_set, alphas)
     finally:
         await client.documents.aclose()
+
+
+def backend_bound(results: dict[str, dict[str, float]], model: str, backend: str) -> dict[str, Any]:
+    """Dense nDCG@10 of the default backend minus torch fp32's, per set, and whether all are within the bound."""
+    default, fp32 = f"baseline dense exact ({model})", f"baseline dense exact ({model}, torch fp32)"
+    differences = {name: round(scores[default] - scores[fp32], 4) for name, scores in results.items()}
+    holds = all(abs(d) <= QUALITY_BOUND for d in differences.values())
+    console.print(
+        f"embedding backend {backend} against torch fp32, dense nDCG@10: "
+        + ", ".join(f"{name} {d:+.4f}" for name, d in differences.items())
+        + f" (bound {QUALITY_BOUND}): {'holds' if holds else 'NOT HELD'}"
+    )
+    return {"ndcg_difference": differences, "bound": QUALITY_BOUND, "holds": holds}
 
 
 def _print(results: dict[str, dict[str, float]], how: str) -> None:

@@ -45,10 +45,13 @@ def test_every_set_and_every_system_in_one_run(tmp_path: Path) -> None:
         "baseline dense exact (all-MiniLM-L6-v2)",
         "baseline RRF k=60 (BM25 + dense)",
     ]
+    written = json.loads(output.read_text())
+    if written["embedding_backend"]["backend"] != "torch":  # the default, next to torch fp32 in the same run
+        systems.append("baseline dense exact (all-MiniLM-L6-v2, torch fp32)")
+        assert written["embedding_backend"]["against_torch_fp32"]["holds"]
     for scores in results.values():
         assert list(scores) == systems
         # The relevant document is first for both queries in every system: nDCG@10 is exactly 1.
         assert scores["ragtrace keyword"] == 1.0 and scores["baseline BM25 (rank-bm25)"] == 1.0
         assert scores["ragtrace default (no options)"] == 1.0
-    written = json.loads(output.read_text())
     assert written["ragtrace"] == "in-process" and written["ndcg_at_10"] == results

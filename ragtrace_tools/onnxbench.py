@@ -1,0 +1,206 @@
+"""`ragtrace bench-onnx`: the embedding backends on this CPU, speed and quality, in one run.
+
+For torch fp32 (sentence-transformers' `encode`, the reference) and each ONNX variant (embedding/onnx_backend.py,
+plus the int8 candidates below that were tried for the default):
+- chunks/s on the first N passages of a set at batch 32 (best of R interleaved rounds, after a warm-up, so a
+  busy machine slows every variant alike), and a batch-size sweep for torch and the named backends;
+- cosine of each variant's vectors to torch fp32's on those passages (mean and minimum);
+- dense-only nDCG@10 (exact search over whole documents, as `ragtrace eval`'s dense baseline) on every set.
+A variant qualifies as the CPU default only if its nDCG@10 is within 0.005 of torch fp32 on every set.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from embedding.engine import model_path
+from embedding.onnx_backend import VARIANTS, OnnxEncoder, Variant, ensure_exported
+from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
+from ragtrace_tools.bench import machine, write_results
+from ragtrace_tools.evaluation import EvalSet, dense_baseline, eval_folders, mean_ndcg
+
+console = Console()
+QUALITY_BOUND = 0.005
+SPEED_BATCH = 32
+SWEEP = (8, 16, 32, 64, 128)
+ALL_INTEGER_OPS = ("Conv", "MatMul", "Attention", "LSTM", "Gather", "Transpose", "EmbedLayerNormalization")
+# The int8 configurations tried besides the named ones (VARIANTS).
+CANDIDATES = (
+    # optimum's AutoQuantizationConfig.avx512_vnni(is_static=False) defaults: every integer operator
+    # (embedding tables too), weights per channel.
+    Variant("int8-optimum-defaults", quantize=True, per_channel=True, operators=ALL_INTEGER_OPS),
+    Variant("int8-matmul-per-tensor", quantize=True, per_channel=False),
+    Variant("int8-matmul-per-channel", quantize=True, per_channel=True),
+    Variant(
+        "int8-per-channel-no-output-projections",
+        quantize=True,
+        per_channel=True,
+        exclude=r"/output/dense/MatMul$",  # attention's and the feed-forward's
+    ),
+    Variant(
+        "int8-fused-per-channel", optimize=True, quantize=True, per_channel=True, operators=("MatMul", "Attention")
+    ),
+)
+
+Embed = Callable[[list[str], int], np.ndarray]
+
+
+def _embed_batched(embed: Embed, texts: list[str]) -> np.ndarray:
+    return embed(texts, SPEED_BATCH)
+
+
+def _rate(embed: Embed, texts: list[str], batch_size: int) -> float:
+    started = time.perf_counter()
+    embed(texts, batch_size)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def run(
+    data: Path,
+    passages: int,
+    rounds: int,
+    names: Sequence[str] | None,
+    cache_dir: Path | None,
+    output_dir: Path,
+    threads: int = 0,
+    quality: bool = True,
+) -> dict[str, Any]:
+    """threads: onnxruntime's and torch's intra-op threads (0: the setting's, and torch's default)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    settings = EmbeddingSettings()
+    if threads:
+        settings = settings.model_copy(update={"onnx_threads": threads})
+        torch.set_num_threads(threads)
+    cache = cache_dir or settings.onnx_cache_dir
+    path = model_path(BUNDLED_MODEL)
+    model = SentenceTransformer(path, device="cpu")
+    max_length = model.max_seq_length or 256
+
+    def torch_embed(texts: list[str], batch_size: int) -> np.ndarray:
+        with torch.inference_mode():
+            vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+    variants = [v for v in (*VARIANTS.values(), *CANDIDATES) if names is None or v.name in names]
+    embedders: dict[str, Embed] = {"torch fp32": torch_embed}
+    for variant in variants:
+        console.print(f"export {variant.name}")
+        encoder = OnnxEncoder(
+            ensure_exported(model, cache, path, BUNDLED_MODEL, variant),
+            model.tokenizer,
+            max_length,
+            threads=settings.onnx_threads,
+            spinning=settings.onnx_spinning,
+        )
+        embedders[variant.name] = encoder.encode
+    default_name = next((n for n in VARIANTS if n in embedders and n == _cpu_default()), None)
+    if default_name is not None and settings.onnx_spinning:
+        quiet = OnnxEncoder(
+            ensure_exported(model, cache, path, BUNDLED_MODEL, VARIANTS[default_name]),
+            model.tokenizer,
+            max_length,
+            threads=settings.onnx_threads,
+            spinning=False,
+        )
+        embedders[f"{default_name} (no spinning)"] = quiet.encode
+
+    folders = eval_folders(data)
+    speed_set = EvalSet.load(next(f for f in folders if "msmarco" in f.name) if len(folders) > 1 else folders[0])
+    texts = [speed_set.text(i) for i in list(speed_set.corpus)[:passages]]
+    console.print(f"[bold]speed[/]: {len(texts)} passages of {speed_set.name}, batch {SPEED_BATCH}, {rounds} rounds")
+    for embed in embedders.values():
+        embed(texts[:64], SPEED_BATCH)  # warm-up
+    rates: dict[str, float] = dict.fromkeys(embedders, 0.0)
+    for round_no in range(rounds):
+        for name, embed in embedders.items():
+            rates[name] = max(rates[name], _rate(embed, texts, SPEED_BATCH))
+            console.print(f"  round {round_no + 1} {name}: {rates[name]:.1f} chunks/s")
+    sweep = {
+        name: {size: round(_rate(embedders[name], texts, size), 1) for size in SWEEP}
+        for name in ("torch fp32", *VARIANTS)
+        if name in embedders
+    }
+    console.print(f"  batch sizes: {sweep}")
+
+    reference = torch_embed(texts, SPEED_BATCH)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, embed in embedders.items():
+        cosine = np.sum(embed(texts, SPEED_BATCH) * reference, axis=1)
+        rows[name] = {
+            "variant": name,
+            "chunks_per_s": round(rates[name], 1),
+            "speed_over_torch": round(rates[name] / rates["torch fp32"], 2),
+            "cosine_mean": round(float(cosine.mean()), 5),
+            "cosine_min": round(float(cosine.min()), 5),
+            "ndcg_at_10": {},
+        }
+    for folder in folders if quality else []:
+        eval_set = EvalSet.load(folder)
+        for name, embed in embedders.items():
+            if name.endswith("(no spinning)"):
+                continue
+            started = time.perf_counter()
+            ranking = dense_baseline(eval_set, partial(_embed_batched, embed))
+            rows[name]["ndcg_at_10"][eval_set.name] = round(mean_ndcg(ranking, eval_set.qrels), 4)
+            console.print(
+                f"  {eval_set.name} {name}: nDCG@10 {rows[name]['ndcg_at_10'][eval_set.name]:.4f}"
+                f" ({time.perf_counter() - started:.0f} s)"
+            )
+    for row in rows.values():
+        scores, reference_scores = row["ndcg_at_10"], rows["torch fp32"]["ndcg_at_10"]
+        row["within_bound"] = bool(scores) and all(
+            abs(scores[s] - reference_scores[s]) <= QUALITY_BOUND for s in reference_scores
+        )
+    results = {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": machine(),
+        "threads": threads or f"onnxruntime {settings.onnx_threads or 'cores of the process'}, torch default",
+        "passages": len(texts),
+        "speed_set": speed_set.name,
+        "batch_size": SPEED_BATCH,
+        "rounds": rounds,
+        "variants": {v.name: asdict(v) for v in variants},
+        "backends": list(rows.values()),
+        "batch_sweep_chunks_per_s": sweep,
+        "quality_bound": QUALITY_BOUND,
+    }
+    _report(results, [f.name for f in folders] if quality else [], output_dir)
+    return results
+
+
+def _cpu_default() -> str:
+    from embedding.settings import CPU_BACKEND
+
+    return CPU_BACKEND
+
+
+def _report(results: dict[str, Any], sets: list[str], output_dir: Path) -> None:
+    rows = [
+        f"| {row['variant']} | {row['chunks_per_s']} | {row['speed_over_torch']}x | {row['cosine_mean']:.4f}"
+        f" / {row['cosine_min']:.4f} | "
+        + " | ".join(f"{row['ndcg_at_10'][s]:.4f}" if s in row["ndcg_at_10"] else "-" for s in sets)
+        + f" | {('yes' if row['within_bound'] else 'no') if sets else '-'} |"
+        for row in results["backends"]
+    ]
+    columns = (
+        "backend",
+        f"chunks/s (batch {results['batch_size']})",
+        "speed / torch fp32",
+        "cosine to torch fp32 (mean / min)",
+        *(f"nDCG@10 {s}" for s in sets),
+        f"within {QUALITY_BOUND} of torch fp32",
+    )
+    write_results(results, "ragtrace bench-onnx", columns, rows, output_dir, suffix="-onnx")

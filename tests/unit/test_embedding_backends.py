@@ -1,0 +1,99 @@
+"""The embedding engine's backends: the setting, the ONNX engine's vectors next to torch's, and length-sorted
+batches put back in the caller's order. The ONNX files are exported into a temporary cache (a few seconds, no
+network: the source is the bundled model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from embedding.engine import EmbeddingEngine, resolve_backend
+from embedding.onnx_backend import length_order, restore_order
+from embedding.settings import CPU_BACKEND, EmbeddingSettings
+
+TEXTS = [
+    "Sourdough bread rises overnight.",
+    "The moon raises the tides twice a day, and the sun adds its own smaller pull, which is why spring tides "
+    "are higher than neap tides.",
+    "ONNX Runtime runs the exported graph on the CPU.",
+    "Tides.",
+    "What is the boiling point of water at the top of Mount Everest?",
+]
+# Degenerate inputs (no chunk is empty, but a query may be): only their place in the output is checked.
+EDGES = ["", "x"]
+
+
+def test_the_backend_setting_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert EmbeddingSettings().backend == "auto"
+    monkeypatch.setenv("RAGTRACE_EMBEDDING_BACKEND", "onnx-int8")
+    monkeypatch.setenv("RAGTRACE_EMBEDDING_ONNX_THREADS", "1")
+    settings = EmbeddingSettings()
+    assert (settings.backend, settings.onnx_threads) == ("onnx-int8", 1)
+    monkeypatch.setenv("RAGTRACE_EMBEDDING_BACKEND", "tensorflow")
+    with pytest.raises(ValidationError):
+        EmbeddingSettings()
+
+
+def test_auto_is_torch_on_cuda_and_the_measured_default_on_cpu() -> None:
+    assert resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("auto", "cuda:1") == "torch"
+    assert resolve_backend("auto", "cpu") == CPU_BACKEND
+    assert resolve_backend("torch", "cpu") == "torch"
+    assert resolve_backend("onnx-int8", "cpu") == "onnx-int8"
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_backend("onnx", "cuda")
+
+
+def test_length_sorting_is_undone() -> None:
+    lengths = [3, 9, 1, 9, 4, 0]
+    order = length_order(lengths)
+    assert [lengths[i] for i in order] == [9, 9, 4, 3, 1, 0]
+    assert list(order[:2]) == [1, 3], "stable: equal lengths keep their order"
+    rows = np.arange(len(lengths), dtype=np.float32)[:, None] * np.ones((1, 4), dtype=np.float32)
+    assert np.array_equal(restore_order(rows[order], order), rows)
+
+
+@pytest.fixture(scope="module")
+def torch_engine() -> EmbeddingEngine:
+    return EmbeddingEngine(EmbeddingSettings(backend="torch", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_the_onnx_engine_embeds_like_torch(
+    backend: str, torch_engine: EmbeddingEngine, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAGTRACE_EMBEDDING_ONNX_CACHE_DIR", str(cache))
+    engine = EmbeddingEngine(EmbeddingSettings(backend=backend, batch_size=2))
+    assert (engine.backend, engine.device, engine.dimension) == (backend, "cpu", torch_engine.dimension)
+    assert engine.onnx is not None and engine.onnx.path.is_relative_to(cache)
+    reference = torch_engine.embed(TEXTS)
+    vectors = engine.embed(TEXTS)
+    assert vectors.shape == reference.shape and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    cosine = np.sum(vectors * reference, axis=1)
+    assert cosine.min() > 0.99, cosine
+    # Batches of 2 over texts of very different lengths, sorted and restored: each row is still its own text's
+    # (int8 scales the activations per batch, padding included, so a row moves with its batch-mates: about
+    # 0.98 for "x" next to a sentence; another text's vector would be far below 0.9).
+    mixed = [*EDGES[:1], *TEXTS[:3], *EDGES[1:], *TEXTS[3:]]
+    batched = engine.embed(mixed)
+    one_by_one = np.vstack([engine.embed([text]) for text in mixed])
+    assert np.sum(batched * one_by_one, axis=1).min() > (0.95 if backend == "onnx-int8" else 0.99999)
+
+
+def test_the_export_is_made_once(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGTRACE_EMBEDDING_ONNX_CACHE_DIR", str(cache))
+    first = EmbeddingEngine(EmbeddingSettings(backend="onnx"))
+    assert first.onnx is not None
+    written = first.onnx.path.stat().st_mtime_ns
+    second = EmbeddingEngine(EmbeddingSettings(backend="onnx"))
+    assert second.onnx is not None and second.onnx.path == first.onnx.path
+    assert second.onnx.path.stat().st_mtime_ns == written
