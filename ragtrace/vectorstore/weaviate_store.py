@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import httpx
 import numpy as np
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
@@ -79,8 +80,14 @@ def object_uuid(namespace: str, chunk_id: str) -> str:
 def _weaviate_call(method: Callable[Concatenate[WeaviateStore, P], R]) -> Callable[Concatenate[WeaviateStore, P], R]:
     def wrapper(self: WeaviateStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(self, *args, **kwargs)
-        except _UNREACHABLE as error:
+            try:
+                return method(self, *args, **kwargs)
+            except httpx.TransportError:
+                # A pooled connection to a Weaviate that restarted since it was opened: reconnect once (every
+                # call here is idempotent); failing again, Weaviate is unavailable.
+                self.reset()
+                return method(self, *args, **kwargs)
+        except (*_UNREACHABLE, httpx.TransportError) as error:
             self.reset()
             raise DependencyUnavailable("weaviate", f"no answer ({type(error).__name__})") from error
         except ValueError as error:
