@@ -127,13 +127,7 @@ class Embedding:
     def _chunk_batch(self, item: _Prepared, vectors: list[list[float]], start_ns: int, end_ns: int) -> ChunkBatch:
         event = item.event
         if event.type is EventType.DELETE:
-            return ChunkBatch(
-                type=EventType.DELETE,
-                document_id=event.document_id,
-                namespace=event.namespace,
-                ingest_id=event.ingest_id,
-                accepted_at=event.accepted_at,
-            )
+            return ChunkBatch.of(event, [])
         record_batch_share(
             tracer,
             "embed",
@@ -147,16 +141,10 @@ class Embedding:
             },
         )
         item.span.set_attribute("ragtrace.chunk.count", len(item.chunks))
-        return ChunkBatch(
-            type=EventType.UPSERT,
-            document_id=event.document_id,
-            namespace=event.namespace,
-            ingest_id=event.ingest_id,
-            content_hash=event.content_hash,
-            metadata=event.metadata,
+        return ChunkBatch.of(
+            event,
             model=self.engine.model_name,
             dimension=self.engine.dimension,
-            accepted_at=event.accepted_at,
             chunks=[
                 Chunk(
                     chunk_id=chunk_id(event.document_id, c.chunk_no),

@@ -202,6 +202,24 @@ class ChunkBatch(DocumentRef):
     chunks: list[Chunk] = Field(default_factory=list)
     accepted_at: datetime
 
+    @classmethod
+    def of(
+        cls, event: DocumentEvent, chunks: list[Chunk], model: str | None = None, dimension: int | None = None
+    ) -> ChunkBatch:
+        """What the embedding worker makes of a document event: its chunks (none for a deletion)."""
+        return cls(
+            type=event.type,
+            document_id=event.document_id,
+            namespace=event.namespace,
+            ingest_id=event.ingest_id,
+            content_hash=event.content_hash,
+            metadata=event.metadata,
+            model=model,
+            dimension=dimension,
+            accepted_at=event.accepted_at,
+            chunks=chunks,
+        )
+
 
 def message_key(namespace: str, document_id: str) -> bytes:
     return f"{namespace}/{document_id}".encode()

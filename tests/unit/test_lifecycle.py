@@ -119,25 +119,12 @@ class Pipeline:
 
 
 def _chunks(event: DocumentEvent) -> ChunkBatch:
-    chunks = []
-    if event.type is EventType.UPSERT:
-        vector = [1.0] + [0.0] * 7
-        text = event.text or ""
-        chunks = [
-            Chunk(chunk_id=f"{event.document_id}:0", chunk_no=0, text=text, start=0, end=len(text), vector=vector)
-        ]
-    return ChunkBatch(
-        type=event.type,
-        document_id=event.document_id,
-        namespace=event.namespace,
-        ingest_id=event.ingest_id,
-        content_hash=event.content_hash,
-        metadata=event.metadata,
-        model="unit-model",
-        dimension=8,
-        accepted_at=event.accepted_at,
-        chunks=chunks,
-    )
+    if event.type is not EventType.UPSERT:
+        return ChunkBatch.of(event, [])
+    text = event.text or ""
+    vector = [1.0] + [0.0] * 7
+    chunk = Chunk(chunk_id=f"{event.document_id}:0", chunk_no=0, text=text, start=0, end=len(text), vector=vector)
+    return ChunkBatch.of(event, [chunk], model="unit-model", dimension=8)
 
 
 @pytest.fixture
