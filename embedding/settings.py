@@ -10,8 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
 # `backend=auto` on CPU, and the CPU batch size: measured by ragtrace_tools/onnxbench.py (README).
-CPU_BACKEND = "onnx"
-CPU_BATCH_SIZE = 32
+CPU_BACKEND = "onnx-int8"
+CPU_BATCH_SIZE = 16
 DEFAULT_ONNX_CACHE = Path("~/.cache/ragtrace/onnx")
 
 

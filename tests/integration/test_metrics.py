@@ -14,6 +14,7 @@ import grpc
 import httpx
 import pytest
 
+from embedding.settings import CPU_BACKEND
 from ragtrace.kafka_admin import RawRecord, produce, topic_partitions
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 from ragtrace_tools.devstack.servers import free_port
@@ -184,7 +185,9 @@ def test_worker_metrics_follow_the_pipeline(faiss_pipeline: Pipeline, traffic: T
     assert value(indexer, "ragtrace_ingest_freshness_seconds_count") >= 2
     assert value(indexer, "ragtrace_dead_letter_messages_total", topic=kafka.chunks_topic, error="PoisonMessage") >= 1
     embedding = scrape(faiss_pipeline, "embedding-worker")
-    assert value(embedding, "ragtrace_embedding_device_info", device="cpu", dtype="float32") == 1
+    # On CPU the default backend (ONNX Runtime, embedding/settings.py), with its dtype.
+    dtype = "int8" if CPU_BACKEND.endswith("int8") else "float32"
+    assert value(embedding, "ragtrace_embedding_device_info", device="cpu", backend=CPU_BACKEND, dtype=dtype) == 1
     assert value(embedding, "ragtrace_embedding_texts_total") >= value(
         embedding, "ragtrace_chunks_processed_total", stage="embedding"
     )
