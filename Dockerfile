@@ -1,11 +1,13 @@
 # One image for every ragtrace process; the container's args name the module to run:
 #   ingest.app | embedding.worker | embedding.server | indexer.worker | query.server | query.app
-# Built by `make cluster-start` (infra/kind/cluster.sh). PyPI's torch wheel carries CUDA, so the same image
-# runs the cpu and gpu overlays; the embedding model (all-MiniLM-L6-v2) ships inside it, nothing is
+# Built by `make cluster-start` (infra/kind/cluster.sh). PyPI's torch wheel carries CUDA; FAISS=cpu (the cpu
+# overlay's ragtrace:<version>) or FAISS=gpu (the gpu overlay's ragtrace:<version>-gpu: faiss-gpu, the pyproject's
+# `gpu` extra) chooses the index's faiss. The embedding model (all-MiniLM-L6-v2) ships inside it, nothing is
 # downloaded at run time.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+ARG FAISS=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/ragtrace
@@ -19,7 +21,7 @@ COPY query ./query
 # The gRPC code is generated here, as `make install` does locally, and never committed.
 RUN python -m pip install -c constraints.txt grpcio-tools \
  && python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. proto/ragtrace/v1/*.proto \
- && /opt/ragtrace/bin/pip install -c constraints.txt .
+ && /opt/ragtrace/bin/pip install -c constraints.txt ".[${FAISS}]"
 # The CPU embedding backend's ONNX file, exported once from the bundled model (embedding/export.py).
 ENV RAGTRACE_EMBEDDING_ONNX_CACHE_DIR=/opt/ragtrace/onnx
 RUN HF_HUB_OFFLINE=1 /opt/ragtrace/bin/python -m embedding.export

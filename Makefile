@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "ragtrace needs Python 3.11+"; exit 1; }
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,tools]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,tools,cpu]'
 	@touch $@
 
 onnx: venv ## Export the embedding model for the CPU backend (RAGTRACE_EMBEDDING_BACKEND) into ~/.cache/ragtrace/onnx, once

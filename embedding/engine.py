@@ -76,7 +76,9 @@ class TextChunk:
 
 
 class EmbeddingEngine:
-    def __init__(self, settings: EmbeddingSettings) -> None:
+    def __init__(self, settings: EmbeddingSettings, *, serves_queries: bool = False) -> None:
+        """`serves_queries`: single texts as they come (the embedding service, in-process query embedding)
+        rather than a worker's stream of batches; sets the ONNX threads' defaults (one, not spinning)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
         self.settings = settings
         self.model_name = settings.model
@@ -101,8 +103,8 @@ class EmbeddingEngine:
                 exported,
                 self.model.tokenizer,
                 self.model.max_seq_length or 256,
-                threads=settings.onnx_threads,
-                spinning=settings.onnx_spinning,
+                threads=settings.onnx_threads or (1 if serves_queries else 0),
+                spinning=not serves_queries if settings.onnx_spinning is None else settings.onnx_spinning,
             )
             self.dtype = "int8" if variant.quantize else "float32"
         DEVICE.labels(self.model_name, self.device, self.dtype, self.backend).set(1)

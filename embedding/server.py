@@ -1,7 +1,8 @@
 """EmbeddingService over gRPC: the workers' engine, for query-time embedding.
 
-Concurrent `Embed` calls are gathered into one model batch (micro-batching): a call waits at most
-`micro_batch_wait_ms` for others to join it. Serves the gRPC health checking protocol.
+Concurrent `Embed` calls are gathered into one model batch (micro-batching): the calls that arrive while the
+model is busy form the next batch, so a call on an idle service never waits for company. Serves the gRPC
+health checking protocol.
 
 Run: `python -m embedding.server` (127.0.0.1:50062 by default).
 """
@@ -28,9 +29,8 @@ MAX_CHARS = 20_000
 class MicroBatcher:
     """Gathers single texts from concurrent callers into one `engine.embed` call."""
 
-    def __init__(self, engine: EmbeddingEngine, wait_ms: float, max_batch: int) -> None:
+    def __init__(self, engine: EmbeddingEngine, max_batch: int) -> None:
         self.engine = engine
-        self.wait_s = wait_ms / 1000
         self.max_batch = max_batch
         self.queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] = asyncio.Queue()
 
@@ -42,15 +42,8 @@ class MicroBatcher:
     async def run(self) -> None:
         while True:
             batch = [await self.queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.wait_s
-            while len(batch) < self.max_batch:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except TimeoutError:
-                    break
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
             try:
                 vectors = await asyncio.to_thread(self.engine.embed, [text for text, _ in batch])
             except Exception as error:  # every caller in the batch gets the engine's error
@@ -103,8 +96,8 @@ async def _validate(context: grpc.aio.ServicerContext, texts: list[str]) -> None
 
 
 async def serve(settings: EmbeddingSettings) -> None:
-    engine = EmbeddingEngine(settings)
-    batcher = MicroBatcher(engine, settings.micro_batch_wait_ms, engine.batch_size)
+    engine = EmbeddingEngine(settings, serves_queries=True)
+    batcher = MicroBatcher(engine, engine.batch_size)
     batching = asyncio.create_task(batcher.run())
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     server = await start_grpc_server(

@@ -27,8 +27,11 @@ class EmbeddingSettings(BaseSettings):
     # transformer fusions; onnx-int8: dynamic int8 (all three CPU only, exported once into onnx_cache_dir).
     backend: Literal["auto", "torch", "onnx", "onnx-opt", "onnx-int8"] = "auto"
     onnx_cache_dir: Path = DEFAULT_ONNX_CACHE
-    onnx_threads: int = 0  # onnxruntime intra-op threads; 0: the cores this process may run on
-    onnx_spinning: bool = True  # ORT's threads spin between calls (faster batches, busier idle cores)
+    # onnxruntime intra-op threads; 0: by role (a worker: the cores this process may run on; a query server: 1)
+    onnx_threads: int = 0
+    # ORT's threads spin between calls; unset: by role (a worker's stream of batches spins, a query server's
+    # single texts do not, or every query would burn the cores the gateway and the search need for a while)
+    onnx_spinning: bool | None = None
     batch_size: int = 0  # 0: 256 on CUDA, CPU_BATCH_SIZE on CPU
     chunk_tokens: int = 200
     chunk_overlap_tokens: int = 40
@@ -37,7 +40,6 @@ class EmbeddingSettings(BaseSettings):
     # gRPC EmbeddingService
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50062
-    micro_batch_wait_ms: float = 2.0
     metrics_port: int = 9464  # the worker's
     service_metrics_port: int = 9467  # the gRPC service's
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -127,6 +127,7 @@ class SearchService:
         self.embedder = embedder
         self.cache = cache
         self.generator = generator
+        self._cache_writes: set[asyncio.Task[None]] = set()
         self.defaults = SearchDefaults(
             top_k=settings.default_top_k,
             mode=settings.default_mode,
@@ -198,7 +199,14 @@ class SearchService:
         if metadata.generator != "extractive" or not self.generator.configured:
             # An extractive answer given because the LLM failed is not kept: the LLM may be back next time.
             final = search_pb2.SearchResponse(answer=answer.text, sources=sources, metadata=metadata)
-            await self.cache.put(key, final.SerializeToString())
+            self._write_behind(self.cache.put(key, final.SerializeToString()))
+
+    def _write_behind(self, write: Coroutine[Any, Any, None]) -> None:
+        """A cache write off the request's path: the answer does not wait for Redis to store it (a failed write
+        is logged by the cache and costs only a later miss)."""
+        task = asyncio.create_task(write)
+        self._cache_writes.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._cache_writes.discard)
 
     async def _cache_key(self, query: ResolvedQuery) -> str | None:
         return await self.cache.result_key(query.namespace, cache_parameters(query, self.generator.settings.model))
@@ -213,7 +221,7 @@ class SearchService:
             span.set_attribute("ragtrace.cache.hit", vector is not None)
             if vector is None:
                 vector = await self.embedder.embed(text)
-                await self.cache.put_embedding(self.embedder.model, text, vector)
+                self._write_behind(self.cache.put_embedding(self.embedder.model, text, vector))
         metadata.timings_ms.embed = (time.perf_counter() - started) * 1000
         return vector
 

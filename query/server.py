@@ -84,7 +84,7 @@ def _embedder(settings: SearchSettings) -> QueryEmbedder:
         return GrpcEmbedder(settings.embedding_target, settings.embedding_timeout_s, embedding.model)
     from embedding.engine import EmbeddingEngine
 
-    return LocalEmbedder(EmbeddingEngine(embedding))
+    return LocalEmbedder(EmbeddingEngine(embedding, serves_queries=True))
 
 
 async def serve(settings: SearchSettings) -> None:

@@ -187,11 +187,14 @@ class Bench:
                     latencies.append((time.perf_counter() - started) * 1000)
                 response.raise_for_status()
 
+            started = time.perf_counter()
             await asyncio.gather(*(one(n) for n in range(requests)))
+            seconds = time.perf_counter() - started
         return {
             "mode": mode,
             "concurrency": concurrency,
             "requests": requests,
+            "requests_per_s": round(requests / seconds, 1),
             "p50_ms": round(percentile(latencies, 50), 1),
             "p99_ms": round(percentile(latencies, 99), 1),
         }
@@ -202,13 +205,18 @@ def bare_embedding(engine: EmbeddingEngine, texts: list[str]) -> dict[str, Any]:
     best: dict[str, Any] = {}
     chosen = engine.batch_size
     engine.embed(texts[:64])  # warm-up
-    for batch_size in (32, 64, 128):
+    for batch_size in (16, 32, 64, 128):
         engine.batch_size = batch_size
         started = time.perf_counter()
         engine.embed(texts)
         rate = len(texts) / (time.perf_counter() - started)
         if rate > best.get("chunks_per_s", 0):
-            best = {"batch_size": batch_size, "chunks_per_s": round(rate, 1), "device": engine.device}
+            best = {
+                "batch_size": batch_size,
+                "chunks_per_s": round(rate, 1),
+                "device": engine.device,
+                "backend": engine.backend,
+            }
     engine.batch_size = chosen
     return best
 
@@ -256,12 +264,16 @@ def run(
     console.print(f"[bold]1. indexing[/] {len(take)} passages through POST /ingest")
     with ProcessSampler(pids) as processes:
         indexing = asyncio.run(bench.indexing(take))
-    # The bare model: sentence-transformers with torch (fp32 on CPU), for chunking and every bare measurement.
+    # The bare model: sentence-transformers with torch (fp32 on CPU), for chunking and every bare measurement;
+    # and ragtrace's own engine (the default backend) called bare, which leaves the pipeline's overhead alone.
     engine = EmbeddingEngine(EmbeddingSettings(backend="torch"))
     chunk_texts = [c.text for text in take.values() for c in engine.chunk(text)]
     bare = bare_embedding(engine, chunk_texts)
     indexing["bare_model"] = bare
     indexing["ratio_pipeline_over_bare"] = round(indexing["chunks_per_s"] / bare["chunks_per_s"], 3)
+    own = bare_embedding(EmbeddingEngine(EmbeddingSettings()), chunk_texts)
+    indexing["bare_engine"] = own
+    indexing["ratio_pipeline_over_engine"] = round(indexing["chunks_per_s"] / own["chunks_per_s"], 3)
 
     console.print("[bold]2. freshness[/] at steady rates")
     fresh_ids = ids[documents:]
@@ -272,11 +284,18 @@ def run(
 
     console.print("[bold]3. search latency[/] (no generation, cache-miss path)")
     queries = list(eval_set.queries.values())
-    search = [
-        asyncio.run(bench.search_latency(indexing["namespace"], queries, mode, concurrency, 200))
-        for mode in ("vector", "keyword", "hybrid")
-        for concurrency in (1, 8, 32)
-    ]
+    search = []
+    for mode in ("vector", "keyword", "hybrid"):
+        for concurrency in (1, 8, 32):
+            with ProcessSampler(pids) as processes_searching:
+                row = asyncio.run(bench.search_latency(indexing["namespace"], queries, mode, concurrency, 200))
+            # Where a request's CPU goes, by process (the bench client's own is not counted).
+            row["cpu_ms_per_request"] = {
+                name: round(seconds * 1000 / row["requests"], 2)
+                for name, seconds in processes_searching.cpu_s.items()
+                if seconds
+            }
+            search.append(row)
     bare_costs = {
         mode: bare_search(engine, index_dir, indexing["namespace"], queries, mode)
         for mode in ("vector", "keyword", "hybrid")
@@ -305,17 +324,25 @@ def _report(results: dict[str, Any], output_dir: Path) -> None:
         f"{indexing['seconds']} s) | |",
         f"| indexing, bare model (batch {indexing['bare_model']['batch_size']}, "
         f"{indexing['bare_model']['device']}) | {indexing['bare_model']['chunks_per_s']} chunks/s | |",
-        f"| ratio pipeline / bare | **{indexing['ratio_pipeline_over_bare']}** | ≥ 0.8 on CPU |",
+        f"| ratio pipeline / bare | **{indexing['ratio_pipeline_over_bare']}** | ≥ 1.5 |",
+        f"| indexing, ragtrace's engine bare ({indexing['bare_engine']['backend']}, batch "
+        f"{indexing['bare_engine']['batch_size']}) | {indexing['bare_engine']['chunks_per_s']} chunks/s | |",
+        f"| ratio pipeline / engine bare | **{indexing['ratio_pipeline_over_engine']}** | ≥ 0.8 |",
     ]
     for row in results["freshness"]:
         rows.append(
             f"| freshness at {row['rate_docs_per_s']:g} docs/s | p50 {row['p50_s']} s, p99 **{row['p99_s']} s**"
-            f" | p99 < 2 s at 20 docs/s |"
+            f" | p99 < 1 s at 20 docs/s |"
         )
+    targets = {1: "p99 < 20 ms (hybrid)", 8: "p99 < 50 ms (hybrid)"}
     for row in results["search"]:
+        cpu_ms = row["cpu_ms_per_request"]
         rows.append(
             f"| search {row['mode']}, concurrency {row['concurrency']} | p50 {row['p50_ms']} ms, "
-            f"p99 **{row['p99_ms']} ms** ({row['ratio_p50_over_bare']}x bare p50) | p99 < 50 ms at 8 |"
+            f"p99 **{row['p99_ms']} ms** ({row['ratio_p50_over_bare']}x bare p50), {row['requests_per_s']} req/s; "
+            f"CPU ms/request {sum(cpu_ms.values()):.1f}: "
+            + ", ".join(f"{name} {ms}" for name, ms in sorted(cpu_ms.items(), key=lambda kv: -kv[1])[:4])
+            + f" | {targets.get(row['concurrency'], '')} |"
         )
     for row in results["bare_search"]:
         rows.append(f"| bare search {row['mode']} (in-process) | p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms | |")

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -413,3 +415,33 @@ def test_the_gpu_overlay_adds_vllm_and_gpu_embedding(rendered: dict[str, Objects
         ]
         == ""
     )
+
+
+def test_the_gpu_overlay_runs_the_image_built_with_faiss_gpu(rendered: dict[str, Objects]) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for overlay, tag in (("cpu", version), ("gpu", f"{version}-gpu")):
+        images = {c["image"] for _, c in _ragtrace_containers(rendered[overlay])}
+        assert images == {f"ragtrace:{tag}"}, overlay
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG FAISS=cpu$", dockerfile, re.M) and '".[${FAISS}]"' in dockerfile
+    cluster = (KIND / "cluster.sh").read_text()
+    assert '--build-arg FAISS="$faiss"' in cluster and "-gpu" in cluster
+
+
+def test_the_gpu_extra_resolves_against_the_pinned_versions(tmp_path: Path) -> None:
+    """pip's resolver, for real, over the `gpu` extra with the project's constraints: the GPU image can be built
+    from the same pins (faiss-gpu, never next to faiss-cpu: both are the `faiss` module)."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [r.split(">")[0] for r in extras["cpu"]] == ["faiss-cpu"]
+    report = tmp_path / "report.json"
+    resolve = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+    subprocess.run(
+        [*resolve, "--report", str(report), "-c", str(ROOT / "constraints.txt"), *extras["gpu"]],
+        check=True,
+        timeout=600,
+    )
+    chosen = {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split() if "==" in line)
+    assert chosen["faiss-gpu"] == pins["faiss-gpu"] == pins["faiss-cpu"], chosen
+    assert "faiss-cpu" not in chosen
+    assert chosen["numpy"] == pins["numpy"], "the extra keeps the project's numpy"

@@ -14,7 +14,9 @@ cluster="${RAGTRACE_KIND_CLUSTER:-ragtrace}"
 overlay="${OVERLAY:-cpu}"
 context="kind-$cluster"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/pyproject.toml")"
-image="ragtrace:$version"
+# The gpu overlay runs the image built with faiss-gpu (Dockerfile, FAISS=gpu), tagged <version>-gpu.
+faiss="$([ "$overlay" = gpu ] && echo gpu || echo cpu)"
+image="ragtrace:$version$([ "$faiss" = gpu ] && echo -gpu || true)"
 
 log() { printf '\033[1m[cluster]\033[0m %s\n' "$*" >&2; }
 need() {
@@ -45,7 +47,7 @@ start() {
     kind create cluster --name "$cluster" --config "$here/cluster.yaml" --wait 180s
   fi
   log "building $image"
-  docker build -t "$image" "$root"
+  docker build --build-arg FAISS="$faiss" -t "$image" "$root"
   kind load docker-image "$image" --name "$cluster"
   # The same render and apply as `make cluster-check` runs against its control plane.
   "$here/apply.sh" apply "$overlay" --context "$context"
