@@ -1,9 +1,10 @@
-"""The embedding engine's backends: the setting, the ONNX engine's vectors next to torch's, and length-sorted
-batches put back in the caller's order. The ONNX files are exported into a temporary cache (a few seconds, no
-network: the source is the bundled model)."""
+"""The embedding engine's backends: the setting, the ONNX engine's vectors next to torch's, length-sorted
+batches put back in the caller's order, and the embedding service's micro-batches. The ONNX files are exported
+into a temporary cache (a few seconds, no network: the source is the bundled model)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 
 from embedding.engine import EmbeddingEngine, resolve_backend
 from embedding.onnx_backend import length_order, restore_order
+from embedding.server import MicroBatcher
 from embedding.settings import CPU_BACKEND, EmbeddingSettings
 
 TEXTS = [
@@ -97,3 +99,39 @@ def test_the_export_is_made_once(cache: Path, monkeypatch: pytest.MonkeyPatch) -
     second = EmbeddingEngine(EmbeddingSettings(backend="onnx"))
     assert second.onnx is not None and second.onnx.path == first.onnx.path
     assert second.onnx.path.stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_the_micro_batcher_gathers_callers_only_when_the_batch_cannot_change_a_vector(
+    backend: str, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAGTRACE_EMBEDDING_ONNX_CACHE_DIR", str(cache))
+    engine = EmbeddingEngine(EmbeddingSettings(backend=backend, batch_size=4), serves_queries=True)
+    assert engine.batch_invariant is (backend == "onnx")
+    calls: list[int] = []
+    embed = engine.embed
+
+    def counted(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return embed(texts)
+
+    monkeypatch.setattr(engine, "embed", counted)
+    queries = [f"{text} ({number})" for number in range(3) for text in TEXTS]
+
+    async def concurrently() -> list[np.ndarray]:
+        batcher = MicroBatcher(engine, engine.batch_size if engine.batch_invariant else 1)
+        running = asyncio.create_task(batcher.run())
+        try:
+            return await asyncio.gather(*(batcher.embed(q) for q in queries))
+        finally:
+            running.cancel()
+
+    vectors = np.vstack(asyncio.run(concurrently()))
+    assert sum(calls) == len(queries) and max(calls) <= engine.batch_size
+    alone = np.vstack([embed([q]) for q in queries])
+    if engine.batch_invariant:
+        assert len(calls) < len(queries), f"callers waiting together shared model calls: {calls}"
+        assert np.allclose(vectors, alone, atol=1e-5)
+    else:
+        assert calls == [1] * len(queries)
+        assert np.array_equal(vectors, alone), "each query's vector is the one it gets alone, whoever else asks"
