@@ -92,8 +92,7 @@ class LocalStack:
 
     def _observability(self) -> list[Component]:
         targets = ScrapeTargets(
-            services=(self.services.ports,) if self.services else (),
-            minio=f"127.0.0.1:{self.servers.ports.minio}",
+            services=(self.services.ports,) if self.services else (), servers=self.servers.metrics_addresses()
         )
         return self.observability.components(targets)
 
