@@ -239,7 +239,8 @@ def scraped(prometheus: str, traffic: Traffic) -> set[str]:
         return held if not_scraped(queried_names(), held) == {} else None
 
     try:
-        return wait_until(scraped_after_traffic, 60, 2, "Prometheus to hold every name monitoring/ queries")
+        held: set[str] = wait_until(scraped_after_traffic, 60, 2, "Prometheus to hold every name monitoring/ queries")
+        return held
     except AssertionError:
         return names()  # the test names what is missing
 

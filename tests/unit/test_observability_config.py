@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ragtrace_tools.devstack.observability import (
     render_tempo,
 )
 from ragtrace_tools.devstack.services import ServicePorts
+from ragtrace_tools.devstack.supervisor import Component
 
 Path_ = tuple[str, ...]
 
@@ -172,12 +173,13 @@ def _binary(path: Path) -> Path:
 
 def _check_command(stack: Observability, component: str) -> list[str]:
     """The pinned binary's own check of the component's rendered config (written first)."""
-    made = {
+    makers: dict[str, Callable[[], Component]] = {
         "otel-collector": stack.collector,
         "tempo": stack.tempo,
         "loki": stack.loki,
         "prometheus": lambda: stack.prometheus(ScrapeTargets()),
-    }[component]()
+    }
+    made = makers[component]()
     assert made.prepare is not None
     made.prepare()
     if component == "prometheus":
