@@ -14,7 +14,8 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
-from prometheus_client import Counter, Gauge, Histogram
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragtrace.telemetry import trace_id_hex
@@ -70,6 +71,15 @@ DOCUMENTS_PROCESSED = Counter(
     ["stage", "type"],
 )
 CHUNKS_PROCESSED = Counter("ragtrace_chunks_processed", "Chunks embedded or written to the index, by stage", ["stage"])
+# The process's identity as labels (its trace resource's service.name and service.version): joined on job and
+# instance, any series breaks down by version, which is how the rollout-regression alerts compare versions.
+BUILD = Info("ragtrace_build", "This process: its service name and ragtrace version")
+
+
+def record_build(resource: Resource) -> None:
+    """ragtrace_build_info{service_name, service_version} 1, from the resource this process's spans carry."""
+    attributes = resource.attributes
+    BUILD.info({"service_name": str(attributes["service.name"]), "service_version": str(attributes["service.version"])})
 
 
 def observe(histogram: Histogram, seconds: float, span: trace.Span | None = None) -> None:

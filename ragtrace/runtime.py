@@ -24,7 +24,7 @@ from ragtrace.clients import minio_client
 from ragtrace.http import ReadinessCheck
 from ragtrace.lifecycle import DocumentLifecycle
 from ragtrace.messaging import DeliveryPolicy, Publisher, ensure_topics
-from ragtrace.metrics import GrpcMetrics
+from ragtrace.metrics import GrpcMetrics, record_build
 from ragtrace.schemas import DocumentRef
 from ragtrace.settings import KafkaSettings, MinioSettings
 from ragtrace.storage import DocumentStore
@@ -185,6 +185,7 @@ def run_async_service(service: str, main: Callable[[], Coroutine[Any, Any, None]
     """Run an asyncio service process with this project's logging and telemetry; spans are flushed on exit."""
     setup_logging()
     provider = instrument_all(service)
+    record_build(provider.resource)
     try:
         asyncio.run(main())
     finally:

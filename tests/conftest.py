@@ -43,9 +43,13 @@ def observability(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observab
 
 @pytest.fixture(scope="session")
 def prometheus(observability: Observability, faiss_pipeline: Pipeline, infra: Infra) -> Iterator[str]:
-    """Prometheus with monitoring/'s config and rules, scraping the FAISS pipeline's processes, MinIO and the
-    collector; its URL."""
-    targets = ScrapeTargets((faiss_pipeline.services.ports,), minio=infra.env["RAGTRACE_MINIO_ENDPOINT"])
+    """Prometheus with monitoring/'s config and rules, scraping the FAISS pipeline's processes, the servers'
+    metrics endpoints (Kafka's JMX exporter agent, MinIO, the Redis exporter) and the collector; its URL.
+    Servers the tests did not start themselves (env, docker) offer MinIO's endpoint alone."""
+    servers = (
+        infra.stack.servers.metrics_addresses() if infra.stack else {"minio": infra.env["RAGTRACE_MINIO_ENDPOINT"]}
+    )
+    targets = ScrapeTargets((faiss_pipeline.services.ports,), servers)
     with Supervisor(observability.state_dir).running([observability.prometheus(targets)]):
         yield observability.prometheus_url
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import promql_parser
 import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
@@ -37,6 +38,13 @@ def exemplar_trace_ids(openmetrics: str, name: str) -> set[str]:
 def value(exposition: str, name: str, **labels: str) -> float:
     """The sum of the samples called `name` whose labels include `labels` (0 when there are none)."""
     return sum(s.value for s in samples(exposition) if s.name == name and labels.items() <= dict(s.labels).items())
+
+
+def prometheus_api(prometheus: str, path: str, **params: str) -> Any:
+    """The `data` of a successful answer of Prometheus' HTTP API (`path` under /api/v1/)."""
+    body = httpx.get(f"{prometheus}/api/v1/{path}", params=params, timeout=10).json()
+    assert body["status"] == "success", body
+    return body["data"]
 
 
 def exposed_names(exposition: str) -> set[str]:
@@ -101,9 +109,14 @@ def recorded_names() -> set[str]:
 
 
 def queried_names() -> dict[str, set[str]]:
-    """Metric name → where monitoring/ queries it. Grafana's interval variables are given a value first."""
+    """Metric name → where monitoring/ queries it."""
+    return names_in(_expressions())
+
+
+def names_in(expressions: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    """Metric name → where, of the (where, PromQL) given. Grafana's interval variables are given a value first."""
     found: dict[str, set[str]] = {}
-    for where, expr in _expressions():
+    for where, expr in expressions:
         parsed = promql_parser.parse(re.sub(r"\$__(rate_interval|interval|range)", "5m", expr))
 
         def visit(node: Any, where: str = where) -> None:

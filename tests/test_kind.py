@@ -130,6 +130,34 @@ def test_images_are_pinned_by_tag(rendered: dict[str, Objects], overlay: str) ->
         assert tag != "latest", f"{_name(obj, container)}: {image}"
 
 
+def _kind_tags_of_local_versions() -> dict[str, str]:
+    """Image repository → the tag of the version the local stack runs (infra/local/versions.env). Kind's other
+    images have no local build to match: ragtrace's own, MinIO (no image tag for a Go pseudo-version; the README
+    says so), Redis (Debian's), Grafana, metrics-server and vLLM."""
+    v = pinned_versions()
+    return {
+        "apache/kafka": v["KAFKA_VERSION"],
+        "ragtrace-kafka": f"{v['KAFKA_VERSION']}-jmx-exporter-{v['JMX_EXPORTER_VERSION']}",
+        "oliver006/redis_exporter": v["REDIS_EXPORTER_VERSION"],
+        "semitechnologies/weaviate": v["WEAVIATE_VERSION"].removeprefix("v"),
+        "otel/opentelemetry-collector-contrib": v["OTELCOL_VERSION"].removeprefix("v"),
+        "grafana/tempo": v["TEMPO_RELEASE"],
+        "grafana/loki": v["LOKI_VERSION"].removeprefix("v"),
+        "prom/prometheus": "v" + v["PROMETHEUS_VERSION"],
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kind_runs_the_versions_the_local_stack_runs(rendered: dict[str, Objects], overlay: str) -> None:
+    expected = _kind_tags_of_local_versions()
+    images = {container["image"].rpartition(":")[::2] for _, _, container in _containers(rendered[overlay])}
+    kind = {repository: tag for repository, tag in images if repository in expected}
+    assert kind == expected
+    # Debian's package is not pinned by apt: the installed Prometheus must be the release versions.env names.
+    promtool = subprocess.run(["promtool", "--version"], capture_output=True, text=True, timeout=30, check=True)
+    assert f"version {pinned_versions()['PROMETHEUS_VERSION']}" in promtool.stdout
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_has_probes_and_resource_limits(rendered: dict[str, Objects], overlay: str) -> None:
     for obj, _, container in _containers(rendered[overlay]):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ragtrace on a local Kind cluster (needs Docker, kind and kubectl):
-#   cluster.sh start    create the cluster if missing, build and load the image, apply the overlay, wait for
+#   cluster.sh start    create the cluster if missing, build and load the images, apply the overlay, wait for
 #                       every rollout, print the endpoints (idempotent: run it again after a change)
 #   cluster.sh stop     delete the cluster (its volumes go with it)
 #   cluster.sh status   nodes, pods, autoscalers
@@ -37,6 +37,19 @@ wait_for_rollouts() {
   kubectl --context "$context" -n rag-system wait --for=condition=complete job/kafka-topics --timeout=10m
 }
 
+# The Kafka image with the JMX exporter agent (infra/kind/kafka/Dockerfile), tagged with both versions as
+# infra/kind/base/data/kafka.yaml names it.
+load_kafka_image() {
+  # shellcheck source=../local/versions.env
+  source "$root/infra/local/versions.env"
+  local tag="ragtrace-kafka:$KAFKA_VERSION-jmx-exporter-$JMX_EXPORTER_VERSION"
+  "$root/infra/local/install.sh" jmx-exporter
+  log "building $tag"
+  docker build -t "$tag" --build-arg KAFKA_VERSION="$KAFKA_VERSION" -f "$here/kafka/Dockerfile" \
+    "${RAGTRACE_CACHE_DIR:-$HOME/.cache/ragtrace}/jmx-exporter-$JMX_EXPORTER_VERSION"
+  kind load docker-image "$tag" --name "$cluster"
+}
+
 start() {
   need docker kind kubectl
   [ -d "$here/overlays/$overlay" ] || { log "no overlay '$overlay' (cpu or gpu)"; exit 2; }
@@ -49,6 +62,7 @@ start() {
   log "building $image"
   docker build --build-arg FAISS="$faiss" -t "$image" "$root"
   kind load docker-image "$image" --name "$cluster"
+  load_kafka_image
   # The same render and apply as `make cluster-check` runs against its control plane.
   "$here/apply.sh" apply "$overlay" --context "$context"
   # A rebuilt image under the same tag: restart the ragtrace pods so they run it.

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the pinned real servers of the local stack into the ragtrace cache, idempotently:
-#   Kafka (KRaft)  jars resolved by Maven from infra/local/kafka/pom.xml
+#   Kafka (KRaft)  jars resolved by Maven from infra/local/kafka/pom.xml, with the Prometheus JMX exporter's
+#                  Java agent (Maven too): Kafka's own metrics
 #   MinIO          built from its Go module with `go install`
 #   Weaviate       built from its Go module with `go install` (cmd/weaviate-server)
 #   Redis          Debian's redis-server, installed with apt-get when missing
 #   Chromium       Debian's chromium, for the tests of the search page (headless)
 #   promtool       Debian's prometheus package: checks and unit-tests monitoring/'s config and rules
-#   redis-exporter Debian's prometheus-redis-exporter: the tests check the names monitoring/ queries
+#   redis-exporter oliver006/redis_exporter built from its Go module (the version of Kind's image)
 #   kustomize      built from its Go module: renders infra/kind's overlays for validation
 #   kubernetes     kube-apiserver, kube-controller-manager, kube-scheduler and kubectl, built from the
 #                  k8s.io/kubernetes module: the real control plane of `make cluster-check`
@@ -17,7 +18,7 @@
 #   tempo          Grafana Tempo, built from its Go module
 #   loki           Grafana Loki, built from its Go module
 #   prometheus     Debian's prometheus package (the same package as promtool)
-# Usage: infra/local/install.sh [kafka|minio|weaviate|redis|chromium|promtool|redis-exporter|kustomize|
+# Usage: infra/local/install.sh [kafka|jmx-exporter|minio|weaviate|redis|chromium|promtool|redis-exporter|kustomize|
 #                                kubernetes|etcd|kwok|otelcol|tempo|loki|prometheus ...]
 #        (no argument: all of them)
 set -euo pipefail
@@ -41,6 +42,21 @@ install_kafka() {
   mvn -q -B -f "$here/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
     dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs"
   touch "$tmp/.complete"
+  rm -rf "$dest" && mv "$tmp" "$dest"
+}
+
+# The Prometheus JMX exporter's Java agent, which the local broker runs with (Kind's Kafka image has the
+# same jar): Kafka's own metrics on /metrics, named by monitoring/kafka/jmx-exporter.yaml.
+install_jmx_exporter() {
+  local dest="$cache/jmx-exporter-$JMX_EXPORTER_VERSION"
+  [ -f "$dest/jmx_prometheus_javaagent.jar" ] && return 0
+  need mvn "the JMX exporter is resolved with Maven: install Maven (apt-get install maven)"
+  log "Prometheus JMX exporter $JMX_EXPORTER_VERSION: resolving its Java agent with Maven"
+  local tmp; tmp="$(mktemp -d "$cache/.jmx-exporter.XXXXXX")"
+  # No project: the plugin copies one named artifact.
+  (cd "$tmp" && mvn -q -B "org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN_VERSION:copy" \
+    -Dartifact="io.prometheus.jmx:jmx_prometheus_javaagent:$JMX_EXPORTER_VERSION" -Dmdep.stripVersion=true \
+    -DoutputDirectory="$tmp")
   rm -rf "$dest" && mv "$tmp" "$dest"
 }
 
@@ -178,13 +194,15 @@ exec 9>"$cache/.install.lock"
 flock 9
 for component in "${components[@]}"; do
   case "$component" in
-    kafka) install_kafka ;;
+    kafka) install_kafka && install_jmx_exporter ;;
+    jmx-exporter) install_jmx_exporter ;;
     minio) go_build minio "$MINIO_MODULE" "$MINIO_VERSION" "$MINIO_MODULE" ;;
     weaviate) go_build weaviate-server "$WEAVIATE_MODULE" "$WEAVIATE_VERSION" "$WEAVIATE_MODULE/cmd/weaviate-server" ;;
     redis) apt_install redis-server redis-server ;;
     chromium) apt_install chromium chromium ;;
     promtool) apt_install promtool prometheus ;;
-    redis-exporter) apt_install prometheus-redis-exporter prometheus-redis-exporter ;;
+    # The checksum database has no entry for this version (GONOSUMDB for that module only, as for Tempo).
+    redis-exporter) go_build_module redis_exporter "$REDIS_EXPORTER_MODULE" "$REDIS_EXPORTER_VERSION" . ;;
     kustomize) go_build kustomize "$KUSTOMIZE_MODULE" "$KUSTOMIZE_VERSION" "$KUSTOMIZE_MODULE" ;;
     kubernetes) install_kubernetes ;;
     etcd) apt_install etcd etcd-server ;;

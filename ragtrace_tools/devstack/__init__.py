@@ -92,8 +92,7 @@ class LocalStack:
 
     def _observability(self) -> list[Component]:
         targets = ScrapeTargets(
-            services=(self.services.ports,) if self.services else (),
-            minio=f"127.0.0.1:{self.servers.ports.minio}",
+            services=(self.services.ports,) if self.services else (), servers=self.servers.metrics_addresses()
         )
         return self.observability.components(targets)
 
@@ -122,6 +121,10 @@ class LocalStack:
             ("Kafka bootstrap", f"127.0.0.1:{p.kafka}"),
             ("MinIO API / console", f"http://127.0.0.1:{p.minio}  /  http://127.0.0.1:{p.minio_console}"),
             ("Redis", f"redis://127.0.0.1:{p.redis}"),
+            (
+                "Kafka / Redis metrics",
+                f"http://127.0.0.1:{p.kafka_metrics}/metrics  /  http://127.0.0.1:{p.redis_exporter}/metrics",
+            ),
             ("Weaviate", f"http://127.0.0.1:{p.weaviate_http} (gRPC {p.weaviate_grpc})"),
         ]
         if self.services:

@@ -6,15 +6,16 @@ rendered files go to <state>/<component>/, next to that component's data.
 
     ragtrace processes ─OTLP/HTTP─► collector ─OTLP/gRPC─► Tempo (traces; TraceQL and trace by id on its HTTP port)
     supervisor log files ─filelog─► collector ─OTLP/HTTP─► Loki (logs with trace_id/span_id; LogQL)
-    Prometheus ◄─scrape─ every ragtrace process, MinIO, the collector (monitoring/prometheus/rules loaded)
+    Prometheus ◄─scrape─ every ragtrace process, Kafka (JMX exporter agent), MinIO, the Redis exporter, the
+                         collector (monitoring/prometheus/rules loaded)
 """
 
 from __future__ import annotations
 
 import copy
 import shutil
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,12 @@ class ObservabilityPorts:
 @dataclass(frozen=True)
 class ScrapeTargets:
     """What the local Prometheus scrapes, by job of monitoring/prometheus/prometheus.yml: each ragtrace
-    process of every pipeline given, MinIO, and the Redis exporter when one runs. Jobs with nothing local
-    (kafka-exporter, vllm, and redis-exporter without one) keep no targets."""
+    process of every pipeline given, and the servers' metrics endpoints (job → host:port: Kafka's JMX exporter
+    agent, MinIO, the Redis exporter; LocalServers.metrics_addresses). Jobs with nothing local (vllm, and any
+    server not given) keep no targets."""
 
     services: tuple[ServicePorts, ...] = ()
-    minio: str | None = None  # host:port
-    redis_exporter: str | None = None
+    servers: Mapping[str, str] = field(default_factory=dict)
 
     def by_job(self, ports: ObservabilityPorts) -> dict[str, list[str]]:
         def each(port_of: str) -> list[str]:
@@ -80,8 +81,7 @@ class ScrapeTargets:
             "indexer-worker": each("indexer_metrics"),
             "embedding-service": each("embedding_service_metrics"),
             "search-service": each("search_metrics"),
-            "minio": [self.minio] if self.minio else [],
-            "redis-exporter": [self.redis_exporter] if self.redis_exporter else [],
+            **{job: [address] for job, address in self.servers.items()},
             "otel-collector": [f"{LOCAL}:{ports.collector_metrics}"],
             "otel-collector-exported": [f"{LOCAL}:{ports.collector_exported}"],
             "prometheus": [f"{LOCAL}:{ports.prometheus}"],

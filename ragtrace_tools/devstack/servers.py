@@ -1,4 +1,5 @@
-"""The real servers of the local stack: Kafka (KRaft), MinIO, Redis and Weaviate on 127.0.0.1.
+"""The real servers of the local stack: Kafka (KRaft), MinIO, Redis and Weaviate on 127.0.0.1, with the exporters
+that give Prometheus what the servers do not serve themselves: Kafka's JMX exporter agent and the Redis exporter.
 
 Binaries come from infra/local/install.sh (pinned in infra/local/versions.env); data, logs, pid files and
 generated credentials live under one state directory. `make up` uses the default ports; the test fixtures
@@ -32,6 +33,8 @@ PortsT = TypeVar("PortsT")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_INFRA = REPO_ROOT / "infra" / "local"
+# The JMX exporter's rules, the same file Kind's Kafka mounts.
+KAFKA_JMX_EXPORTER_CONFIG = REPO_ROOT / "monitoring" / "kafka" / "jmx-exporter.yaml"
 
 
 def cache_dir() -> Path:
@@ -79,9 +82,11 @@ def port_in_use(port: int) -> bool:
 class StackPorts:
     kafka: int = 9092
     kafka_controller: int = 9093
+    kafka_metrics: int = 9404  # the JMX exporter agent inside the broker
     minio: int = 9000
     minio_console: int = 9001
     redis: int = 6379
+    redis_exporter: int = 9121
     weaviate_http: int = 8090
     weaviate_grpc: int = 50051
     weaviate_gossip: int = 7946
@@ -143,7 +148,16 @@ class LocalServers:
         }
 
     def components(self) -> list[Component]:
-        return [self.kafka(), self.minio(), self.redis(), self.weaviate()]
+        return [self.kafka(), self.minio(), self.redis(), self.redis_exporter(), self.weaviate()]
+
+    def metrics_addresses(self) -> dict[str, str]:
+        """host:port of each server's metrics endpoint, by the Prometheus job that scrapes it."""
+        p = self.ports
+        return {
+            "kafka": f"127.0.0.1:{p.kafka_metrics}",
+            "minio": f"127.0.0.1:{p.minio}",
+            "redis-exporter": f"127.0.0.1:{p.redis_exporter}",
+        }
 
     def _dir(self, name: str) -> Path:
         path = self.state_dir / name
@@ -160,6 +174,7 @@ class LocalServers:
         config = home / "server.properties"
         libs = self.cache / f"kafka-{self.versions['KAFKA_VERSION']}" / "libs"
         java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if "JAVA_HOME" in os.environ else "java"
+        agent = self.cache / f"jmx-exporter-{self.versions['JMX_EXPORTER_VERSION']}" / "jmx_prometheus_javaagent.jar"
         bootstrap = f"127.0.0.1:{self.ports.kafka}"
 
         def prepare() -> None:
@@ -179,6 +194,7 @@ class LocalServers:
             argv=[
                 java,
                 *_JVM_FLAGS,
+                f"-javaagent:{agent}=127.0.0.1:{self.ports.kafka_metrics}:{KAFKA_JMX_EXPORTER_CONFIG}",
                 f"-Dlog4j2.configurationFile={LOCAL_INFRA / 'kafka' / 'log4j2.properties'}",
                 "-cp",
                 f"{libs}/*",
@@ -269,6 +285,17 @@ class LocalServers:
             argv=[shutil.which("redis-server") or "redis-server", str(config)],
             ready=ready,
             prepare=prepare,
+        )
+
+    def redis_exporter(self) -> Component:
+        """oliver006/redis_exporter against this Redis; the password travels in its environment, not in argv."""
+        port = self.ports.redis_exporter
+        return Component(
+            name="redis-exporter",
+            port=port,
+            argv=[self._binary("redis_exporter", "REDIS_EXPORTER_VERSION"), "-web.listen-address", f"127.0.0.1:{port}"],
+            env={"REDIS_ADDR": f"redis://127.0.0.1:{self.ports.redis}", "REDIS_PASSWORD": self.secrets.redis_password},
+            ready=lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200,
         )
 
     # Weaviate ---------------------------------------------------------------------------------------

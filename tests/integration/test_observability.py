@@ -1,6 +1,6 @@
 """Logs and metrics of a running pipeline in the real backends: a request's log line in Loki, found by its trace
-id with LogQL (shipped by the collector from the process's log file); Prometheus scraping every ragtrace process
-with monitoring/'s rules loaded."""
+id with LogQL (shipped by the collector from the process's log file); Prometheus scraping every ragtrace process,
+Kafka's JMX exporter agent, MinIO and the Redis exporter, with monitoring/'s rules loaded."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import httpx
 import yaml
 
 from ragtrace_tools.devstack.observability import MONITORING, Observability
+from tests.infra import Infra
+from tests.metrics import prometheus_api
 from tests.pipeline import Pipeline, wait_until
 
 RAGTRACE_JOBS = {
@@ -55,36 +57,36 @@ def test_a_requests_log_line_is_found_in_loki_by_its_trace_id(
     assert all(labels["service_name"] == "ingest-api" for labels, _ in found)
 
 
-def _api(prometheus: str, path: str) -> Any:
-    body = httpx.get(f"{prometheus}/api/v1/{path}", timeout=10).json()
-    assert body["status"] == "success", body
-    return body["data"]
-
-
 def test_prometheus_scrapes_every_ragtrace_process_and_loads_the_rules(
-    faiss_pipeline: Pipeline, prometheus: str
+    faiss_pipeline: Pipeline, prometheus: str, infra: Infra
 ) -> None:
+    # Kafka's JMX exporter agent and the Redis exporter run where the session started the servers itself.
+    servers = {"kafka", "redis-exporter"} if infra.stack else set()
+
     def targets_up() -> dict[str, list[dict[str, Any]]] | None:
         by_job: dict[str, list[dict[str, Any]]] = {}
-        for target in _api(prometheus, "targets")["activeTargets"]:
+        for target in prometheus_api(prometheus, "targets")["activeTargets"]:
             by_job.setdefault(target["labels"]["job"], []).append(target)
-        wanted = RAGTRACE_JOBS | {"minio", "otel-collector", "prometheus"}
+        wanted = RAGTRACE_JOBS | servers | {"minio", "otel-collector", "prometheus"}
         if all(by_job.get(job) and all(t["health"] == "up" for t in by_job[job]) for job in wanted):
             return by_job
         return None
 
-    by_job = wait_until(targets_up, 60, 1, "every ragtrace process, MinIO and the collector scraped and up")
+    by_job = wait_until(targets_up, 60, 1, "every ragtrace process, the servers and the collector scraped and up")
     for job in RAGTRACE_JOBS:
         [target] = by_job[job]
         assert target["scrapeUrl"].startswith("http://127.0.0.1:"), target
-    assert not by_job.get("kafka-exporter") and not by_job.get("vllm"), "nothing local to scrape"
+    assert not by_job.get("vllm"), "nothing local to scrape"
 
     expected = {
         group["name"]: {rule.get("alert") or rule["record"] for rule in group["rules"]}
         for path in (MONITORING / "prometheus" / "rules").glob("*.yml")
         for group in yaml.safe_load(path.read_text())["groups"]
     }
-    loaded = {group["name"]: {rule["name"] for rule in group["rules"]} for group in _api(prometheus, "rules")["groups"]}
+    loaded = {
+        group["name"]: {rule["name"] for rule in group["rules"]}
+        for group in prometheus_api(prometheus, "rules")["groups"]
+    }
     assert loaded == expected
-    up = _api(prometheus, 'query?query=up{job="ingest-api"}')["result"]
+    up = prometheus_api(prometheus, "query", query='up{job="ingest-api"}')["result"]
     assert [sample["value"][1] for sample in up] == ["1"]

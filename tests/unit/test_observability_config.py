@@ -1,12 +1,13 @@
 """The local observability stack runs the same monitoring/ files as Kind: the local rendering of each differs
 from the file the Kind overlay mounts only at the address, port and path leaves listed here, and what it puts
-there is local (127.0.0.1, or a path under the state directory)."""
+there is local (127.0.0.1, or a path under the state directory); and the pinned binaries check each rendering
+themselves (collector `validate`, Tempo `-config.verify`, Loki `-verify-config`, promtool)."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from ragtrace_tools.devstack.observability import (
     render_prometheus,
     render_tempo,
 )
-from ragtrace_tools.devstack.servers import cache_dir, pinned_versions
 from ragtrace_tools.devstack.services import ServicePorts
+from ragtrace_tools.devstack.supervisor import Component
 
 Path_ = tuple[str, ...]
 
@@ -120,7 +121,8 @@ PORTS = ObservabilityPorts.free()
 
 
 def _rendered(name: str, state: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    targets = ScrapeTargets((ServicePorts.free(), ServicePorts.free()), minio="127.0.0.1:9000")
+    servers = {"kafka": "127.0.0.1:9404", "minio": "127.0.0.1:9000", "redis-exporter": "127.0.0.1:9121"}
+    targets = ScrapeTargets((ServicePorts.free(), ServicePorts.free()), servers)
     files = {
         "otel-collector": MONITORING / "otel-collector" / "config.yaml",
         "tempo": MONITORING / "tempo" / "tempo.yaml",
@@ -153,14 +155,14 @@ def test_local_rendering_differs_from_kind_only_in_addresses_ports_and_paths(nam
             assert local_leaf, f"{name}: {'.'.join(path)} = {leaf!r} is not a local address, port or path"
 
 
-def test_prometheus_scrapes_every_ragtrace_process_of_each_pipeline_and_minio(tmp_path: Path) -> None:
+def test_prometheus_scrapes_every_ragtrace_process_of_each_pipeline_and_the_servers(tmp_path: Path) -> None:
     _, local = _rendered("prometheus", tmp_path)
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in local["scrape_configs"]}
     for job in ("ingest-api", "search-gateway", "embedding-worker", "indexer-worker", "embedding-service"):
         assert len(jobs[job]) == 2, job
     assert jobs["search-service"] and jobs["minio"] == ["127.0.0.1:9000"]
-    assert jobs["kafka-exporter"] == [] and jobs["vllm"] == [], "nothing local to scrape: no targets"
-    assert jobs["redis-exporter"] == [], "the local stack runs no Redis exporter"
+    assert jobs["kafka"] == ["127.0.0.1:9404"] and jobs["redis-exporter"] == ["127.0.0.1:9121"]
+    assert jobs["vllm"] == [], "nothing local to scrape: no targets"
 
 
 def _binary(path: Path) -> Path:
@@ -169,16 +171,36 @@ def _binary(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("component", ["otel-collector", "prometheus"])
-def test_the_pinned_binaries_accept_the_local_rendering(component: str, tmp_path: Path) -> None:
-    stack = Observability(tmp_path, PORTS, [str(tmp_path / "logs" / "*.log")])
-    made = stack.collector() if component == "otel-collector" else stack.prometheus(ScrapeTargets())
+def _check_command(stack: Observability, component: str) -> list[str]:
+    """The pinned binary's own check of the component's rendered config (written first)."""
+    makers: dict[str, Callable[[], Component]] = {
+        "otel-collector": stack.collector,
+        "tempo": stack.tempo,
+        "loki": stack.loki,
+        "prometheus": lambda: stack.prometheus(ScrapeTargets()),
+    }
+    made = makers[component]()
     assert made.prepare is not None
     made.prepare()
-    if component == "otel-collector":
-        binary = _binary(cache_dir() / f"otelcol-ragtrace-{pinned_versions()['OTELCOL_VERSION']}" / "otelcol-ragtrace")
-        command = [str(binary), "validate", made.argv[-1]]
-    else:
-        command = [shutil.which("promtool") or "promtool", "check", "config", made.argv[1].split("=", 1)[1]]
+    if component == "prometheus":
+        return [shutil.which("promtool") or "promtool", "check", "config", made.argv[1].split("=", 1)[1]]
+    # made.argv[-1] is the config flag the component starts with (--config=… or -config.file=…).
+    check = {"otel-collector": "validate", "tempo": "-config.verify=true", "loki": "-verify-config"}[component]
+    return [str(_binary(Path(made.argv[0]))), check, made.argv[-1]]
+
+
+@pytest.mark.parametrize("component", ["otel-collector", "tempo", "loki", "prometheus"])
+def test_the_pinned_binaries_accept_the_local_rendering(component: str, tmp_path: Path) -> None:
+    command = _check_command(Observability(tmp_path, PORTS, [str(tmp_path / "logs" / "*.log")]), component)
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("component", "key"), [("tempo", "storage"), ("loki", "compactor")])
+def test_tempo_and_loki_refuse_a_misspelt_key(component: str, key: str, tmp_path: Path) -> None:
+    """Their check reads the config as strictly as their start does: a misspelt key fails it."""
+    command = _check_command(Observability(tmp_path, PORTS, []), component)
+    config = tmp_path / component / "config.yaml"
+    config.write_text(config.read_text().replace(f"\n{key}:", f"\n{key}_misspelt:", 1))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0 and f"{key}_misspelt" in result.stdout + result.stderr
