@@ -21,7 +21,14 @@ from typing import Any
 import httpx
 import yaml
 
-from ragtrace_tools.devstack.servers import REPO_ROOT, cache_dir, pinned_versions, with_free_ports
+from ragtrace_tools.devstack.servers import (
+    REPO_ROOT,
+    cache_dir,
+    kind_statefulset_args,
+    localized_args,
+    pinned_versions,
+    with_free_ports,
+)
 from ragtrace_tools.devstack.services import ServicePorts
 from ragtrace_tools.devstack.supervisor import Component
 
@@ -58,16 +65,22 @@ class ObservabilityPorts:
         """OTEL_EXPORTER_OTLP_ENDPOINT for a ragtrace process: the collector's OTLP/HTTP receiver."""
         return f"http://{LOCAL}:{self.otlp_http}"
 
+    @property
+    def otlp_grpc_endpoint(self) -> str:
+        """The collector's OTLP/gRPC receiver: what vLLM exports its spans to (it speaks gRPC by default)."""
+        return f"http://{LOCAL}:{self.otlp_grpc}"
+
 
 @dataclass(frozen=True)
 class ScrapeTargets:
     """What the local Prometheus scrapes, by job of monitoring/prometheus/prometheus.yml: each ragtrace
-    process of every pipeline given, MinIO, and the Redis exporter when one runs. Jobs with nothing local
-    (kafka-exporter, vllm, and redis-exporter without one) keep no targets."""
+    process of every pipeline given, MinIO, and the Redis exporter and vLLM when they run. Jobs with nothing
+    local (kafka-exporter, and redis-exporter or vllm without one) keep no targets."""
 
     services: tuple[ServicePorts, ...] = ()
     minio: str | None = None  # host:port
     redis_exporter: str | None = None
+    vllm: str | None = None
 
     def by_job(self, ports: ObservabilityPorts) -> dict[str, list[str]]:
         def each(port_of: str) -> list[str]:
@@ -82,6 +95,7 @@ class ScrapeTargets:
             "search-service": each("search_metrics"),
             "minio": [self.minio] if self.minio else [],
             "redis-exporter": [self.redis_exporter] if self.redis_exporter else [],
+            "vllm": [self.vllm] if self.vllm else [],
             "otel-collector": [f"{LOCAL}:{ports.collector_metrics}"],
             "otel-collector-exported": [f"{LOCAL}:{ports.collector_exported}"],
             "prometheus": [f"{LOCAL}:{ports.prometheus}"],
@@ -165,14 +179,10 @@ def render_prometheus(kind: Config, ports: ObservabilityPorts, targets: ScrapeTa
 
 def prometheus_args(config: Path, data: Path, port: int) -> list[str]:
     """The Kind StatefulSet's container args, with the config and storage paths made local, and its port."""
-    manifests = yaml.safe_load_all((KIND_MONITORING / "prometheus.yaml").read_text())
-    [statefulset] = [m for m in manifests if m and m["kind"] == "StatefulSet"]
-    [container] = statefulset["spec"]["template"]["spec"]["containers"]
-    local = {"--config.file": str(config), "--storage.tsdb.path": str(data)}
-    args = []
-    for arg in container["args"]:
-        flag, _, value = arg.partition("=")
-        args.append(f"{flag}={local.get(flag, value)}" if value else arg)
+    args = localized_args(
+        kind_statefulset_args(KIND_MONITORING / "prometheus.yaml"),
+        {"--config.file": str(config), "--storage.tsdb.path": str(data)},
+    )
     return [*args, f"--web.listen-address={_addr(port)}"]
 
 
