@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -98,15 +99,38 @@ class VLLM:
         return response.text
 
 
-@pytest.fixture(scope="session")
-def vllm(tmp_path_factory: pytest.TempPathFactory, observability: Observability) -> Iterator[VLLM]:
-    """Real vLLM (infra/local/install.sh vllm) serving the tiny generated model, started once for the session
-    (about 70 s), with the local stack's arguments; its spans go to the session's collector. Without `make
-    install` it fails, naming it."""
+@pytest.fixture(scope="session", autouse=True)
+def vllm_starting(request: pytest.FixtureRequest) -> Iterator[Future[VLLM] | None]:
+    """Real vLLM (infra/local/install.sh vllm) serving the tiny generated model with the local stack's arguments,
+    its spans going to the session's collector: started once, at the beginning of a session that has a test
+    using it, in the background. It takes about 70 s on an idle machine and minutes on a busy one (mostly
+    importing torch and vLLM), so it loads while the other servers start and the first tests run."""
+    if not any("vllm" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    observability: Observability = request.getfixturevalue("observability")
     model = str(tiny_llm.model_dir())
     component = vllm_component(free_port(), observability.ports.otlp_grpc_endpoint, model)
-    with Supervisor(tmp_path_factory.mktemp("vllm")).running([component]):
-        yield VLLM(component, model)
+    supervisor = Supervisor(request.getfixturevalue("tmp_path_factory").mktemp("vllm"))
+
+    def start() -> VLLM:
+        supervisor.start(component)
+        return VLLM(component, model)
+
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(start)
+        try:
+            yield started
+        finally:
+            started.exception()  # a start still under way ends (ready, failed or timed out) before the stop
+            supervisor.stop(component)
+
+
+@pytest.fixture(scope="session")
+def vllm(vllm_starting: Future[VLLM] | None) -> VLLM:
+    """The session's vLLM once it is ready; without `make install`, the error naming it."""
+    assert vllm_starting is not None, "vllm_starting starts vLLM for every session whose tests use it"
+    return vllm_starting.result()
 
 
 @pytest.fixture(scope="session")

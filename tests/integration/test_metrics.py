@@ -19,6 +19,7 @@ from ragtrace.kafka_admin import RawRecord, produce, topic_partitions
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 from ragtrace_tools.devstack.servers import free_port
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
+from tests.conftest import VLLM
 from tests.infra import Infra
 from tests.metrics import (
     documented_metrics,
@@ -238,9 +239,10 @@ def redis_exporter(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def test_every_metric_monitoring_queries_is_exposed(
-    faiss_pipeline: Pipeline, infra: Infra, traffic: Traffic, redis_exporter: str
+    faiss_pipeline: Pipeline, infra: Infra, traffic: Traffic, redis_exporter: str, vllm: VLLM
 ) -> None:
     exposed = set(KAFKA_EXPORTER_NAMES | PROMETHEUS_NAMES | recorded_names())
+    exposed |= exposed_names(vllm.metrics())  # the real server: vLLM renames its metrics between releases
     for service in _metrics_urls(faiss_pipeline):
         exposed |= exposed_names(scrape(faiss_pipeline, service))
     redis = httpx.get(redis_exporter, timeout=10).text
@@ -253,6 +255,8 @@ def test_every_metric_monitoring_queries_is_exposed(
     exposed |= exposed_names(response.text)
 
     queried = queried_names()
-    assert {"ragtrace_requests_total", "kafka_consumergroup_lag", "redis_up"} <= set(queried)
+    assert {"ragtrace_requests_total", "kafka_consumergroup_lag", "redis_up", "vllm:kv_cache_usage_perc"} <= set(
+        queried
+    )
     unknown = {name: sorted(where) for name, where in queried.items() if name not in exposed}
     assert not unknown, f"queried in monitoring/ but exposed by nothing: {unknown}"
