@@ -103,8 +103,8 @@ class VLLM:
 def vllm_starting(request: pytest.FixtureRequest) -> Iterator[Future[VLLM] | None]:
     """Real vLLM (infra/local/install.sh vllm) serving the tiny generated model with the local stack's arguments,
     its spans going to the session's collector: started once, at the beginning of a session that has a test
-    using it, in the background. It takes about 70 s on an idle machine and minutes on a busy one (mostly
-    importing torch and vLLM), so it loads while the other servers start and the first tests run."""
+    using it, in the background. It takes about 90 s on a busy machine (mostly importing torch and vLLM), so it
+    loads while the other servers start and the first tests run."""
     if not any("vllm" in getattr(item, "fixturenames", ()) for item in request.session.items):
         yield None
         return

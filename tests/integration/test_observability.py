@@ -77,7 +77,7 @@ def test_prometheus_scrapes_every_ragtrace_process_and_loads_the_rules(
     for job in RAGTRACE_JOBS:
         [target] = by_job[job]
         assert target["scrapeUrl"].startswith("http://127.0.0.1:"), target
-    assert not by_job.get("kafka-exporter") and not by_job.get("vllm"), "nothing local to scrape"
+    assert not by_job.get("kafka-exporter") and not by_job.get("vllm"), "no kafka-exporter here, no vLLM given"
 
     expected = {
         group["name"]: {rule.get("alert") or rule["record"] for rule in group["rules"]}
