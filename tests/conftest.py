@@ -46,10 +46,14 @@ def observability(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observab
 
 
 @pytest.fixture(scope="session")
-def prometheus(observability: Observability, faiss_pipeline: Pipeline, infra: Infra) -> Iterator[str]:
-    """Prometheus with monitoring/'s config and rules, scraping the FAISS pipeline's processes, MinIO and the
-    collector; its URL."""
-    targets = ScrapeTargets((faiss_pipeline.services.ports,), minio=infra.env["RAGTRACE_MINIO_ENDPOINT"])
+def prometheus(observability: Observability, faiss_pipeline: Pipeline, infra: Infra, vllm: VLLM) -> Iterator[str]:
+    """Prometheus with monitoring/'s config and rules, scraping the FAISS pipeline's processes, MinIO, the
+    collector and the session's vLLM; its URL."""
+    targets = ScrapeTargets(
+        (faiss_pipeline.services.ports,),
+        minio=infra.env["RAGTRACE_MINIO_ENDPOINT"],
+        vllm=f"127.0.0.1:{vllm.component.port}",
+    )
     with Supervisor(observability.state_dir).running([observability.prometheus(targets)]):
         yield observability.prometheus_url
 

@@ -13,6 +13,7 @@ import httpx
 import yaml
 
 from ragtrace_tools.devstack.observability import MONITORING, Observability
+from tests.conftest import VLLM
 from tests.pipeline import Pipeline, wait_until
 
 RAGTRACE_JOBS = {
@@ -62,22 +63,24 @@ def _api(prometheus: str, path: str) -> Any:
 
 
 def test_prometheus_scrapes_every_ragtrace_process_and_loads_the_rules(
-    faiss_pipeline: Pipeline, prometheus: str
+    faiss_pipeline: Pipeline, prometheus: str, vllm: VLLM
 ) -> None:
     def targets_up() -> dict[str, list[dict[str, Any]]] | None:
         by_job: dict[str, list[dict[str, Any]]] = {}
         for target in _api(prometheus, "targets")["activeTargets"]:
             by_job.setdefault(target["labels"]["job"], []).append(target)
-        wanted = RAGTRACE_JOBS | {"minio", "otel-collector", "prometheus"}
+        wanted = RAGTRACE_JOBS | {"minio", "otel-collector", "prometheus", "vllm"}
         if all(by_job.get(job) and all(t["health"] == "up" for t in by_job[job]) for job in wanted):
             return by_job
         return None
 
-    by_job = wait_until(targets_up, 60, 1, "every ragtrace process, MinIO and the collector scraped and up")
+    by_job = wait_until(targets_up, 60, 1, "every ragtrace process, MinIO, the collector and vLLM scraped and up")
     for job in RAGTRACE_JOBS:
         [target] = by_job[job]
         assert target["scrapeUrl"].startswith("http://127.0.0.1:"), target
-    assert not by_job.get("kafka-exporter") and not by_job.get("vllm"), "no kafka-exporter here, no vLLM given"
+    assert not by_job.get("kafka-exporter"), "no kafka-exporter here: nothing to scrape"
+    [vllm_target] = by_job["vllm"]
+    assert vllm_target["scrapeUrl"] == f"http://127.0.0.1:{vllm.component.port}/metrics", "Kind's vllm job, local"
 
     expected = {
         group["name"]: {rule.get("alert") or rule["record"] for rule in group["rules"]}
