@@ -37,7 +37,7 @@ onnx: venv ## Export the embedding model for the CPU backend (RAGTRACE_EMBEDDING
 	$(BIN)/python -m embedding.export
 
 llm-model: venv ## Make the tiny chat model vLLM serves locally (RAGTRACE_LLM_LOCAL_MODEL's default) in ~/.cache/ragtrace, once
-	$(BIN)/python -m ragtrace_tools.devstack.tiny_llm
+	$(RAGTRACE) llm-model
 
 infra: ## Install Kafka, MinIO, Weaviate, Redis, the Kubernetes control plane, etcd, kwok, the observability backends and vLLM (pinned in infra/local/versions.env)
 	infra/local/install.sh

@@ -3,7 +3,7 @@ project makes one. A byte-level BPE tokenizer trained on the bundled load-genera
 template, and a 2-layer Llama with random bf16 weights (fixed seed): its answers are noise, but it goes through
 every step a real model does (tokenize, prefill, decode, stream, usage, metrics, spans).
 
-`make install` runs `python -m ragtrace_tools.devstack.tiny_llm`; a model already made is left alone.
+`make install` runs `ragtrace llm-model`; a model already made is left alone.
 """
 
 from __future__ import annotations
@@ -97,7 +97,3 @@ def make(into: Path) -> Path:
         shutil.rmtree(into, ignore_errors=True)
         work.rename(into)
     return into
-
-
-if __name__ == "__main__":
-    print(make(model_dir()))
