@@ -11,13 +11,13 @@ PYTEST_ARGS ?=
 PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv proto infra onnx up down status test test-unit lint clean eval bench bench-device bench-onnx load-gen drill asyncapi \
+.PHONY: help install venv proto infra onnx llm-model up down status test test-unit lint clean eval bench bench-device bench-onnx load-gen drill asyncapi \
 	cluster-start cluster-stop cluster-status cluster-logs cluster-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-install: venv proto infra onnx ## Python deps into .venv, gRPC code from proto/, servers and the ONNX model into ~/.cache/ragtrace (idempotent)
+install: venv proto infra onnx llm-model ## Python deps into .venv, gRPC code from proto/, servers, vLLM, the ONNX and tiny LLM models into ~/.cache/ragtrace (idempotent)
 
 venv: $(VENV)/.installed
 
@@ -36,11 +36,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 onnx: venv ## Export the embedding model for the CPU backend (RAGTRACE_EMBEDDING_BACKEND) into ~/.cache/ragtrace/onnx, once
 	$(BIN)/python -m embedding.export
 
-infra: ## Install Kafka, MinIO, Weaviate, Redis, the Kubernetes control plane, etcd and kwok (pinned in infra/local/versions.env)
+llm-model: venv ## Make the tiny chat model vLLM serves locally (RAGTRACE_LLM_LOCAL_MODEL's default) in ~/.cache/ragtrace, once
+	$(RAGTRACE) llm-model
+
+infra: ## Install Kafka, MinIO, Weaviate, Redis, the Kubernetes control plane, etcd, kwok, the observability backends and vLLM (pinned in infra/local/versions.env)
 	infra/local/install.sh
 
-up: install ## Start the whole pipeline on 127.0.0.1 and print the endpoints
-	$(RAGTRACE) stack up
+LLM ?=
+up: install ## Start the whole pipeline on 127.0.0.1 and print the endpoints (LLM=vllm: with vLLM answering)
+	RAGTRACE_LLM=$${RAGTRACE_LLM:-$(LLM)} $(RAGTRACE) stack up
 
 down: ## Stop every process `make up` started, and nothing else
 	@[ -x $(RAGTRACE) ] && $(RAGTRACE) stack down || echo "nothing to stop (not installed)"

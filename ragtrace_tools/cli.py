@@ -359,6 +359,14 @@ def find_traces(
     console.print(table)
 
 
+@app.command("llm-model")
+def llm_model() -> None:
+    """Make the tiny chat model vLLM serves by default (`make install` runs this; a model already made is kept)."""
+    from ragtrace_tools.devstack import tiny_llm
+
+    console.print(f"tiny model: {tiny_llm.make(tiny_llm.model_dir())}")
+
+
 @app.command("asyncapi")
 def asyncapi(
     path: Annotated[Path, typer.Option(help="Where to write the AsyncAPI document")] = Path("docs/asyncapi.json"),

@@ -109,11 +109,11 @@ def run(
             model.tokenizer,
             max_length,
             threads=settings.onnx_threads,
-            spinning=settings.onnx_spinning,
+            spinning=settings.onnx_spinning is not False,  # unset: as a worker's engine (batches spin)
         )
         embedders[variant.name] = encoder.encode
     default_name = next((n for n in VARIANTS if n in embedders and n == _cpu_default()), None)
-    if default_name is not None and settings.onnx_spinning:
+    if default_name is not None and settings.onnx_spinning is not False:
         quiet = OnnxEncoder(
             ensure_exported(model, cache, path, BUNDLED_MODEL, VARIANTS[default_name]),
             model.tokenizer,

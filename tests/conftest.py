@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -9,6 +11,8 @@ import httpx
 import pytest
 
 from ragtrace.vectorstore import Backend
+from ragtrace_tools.devstack import tiny_llm
+from ragtrace_tools.devstack.llm import vllm_component
 from ragtrace_tools.devstack.observability import Observability, ObservabilityPorts, ScrapeTargets
 from ragtrace_tools.devstack.servers import free_port
 from ragtrace_tools.devstack.services import ServicePorts, Services
@@ -42,14 +46,14 @@ def observability(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observab
 
 
 @pytest.fixture(scope="session")
-def prometheus(observability: Observability, faiss_pipeline: Pipeline, infra: Infra) -> Iterator[str]:
+def prometheus(observability: Observability, faiss_pipeline: Pipeline, infra: Infra, vllm: VLLM) -> Iterator[str]:
     """Prometheus with monitoring/'s config and rules, scraping the FAISS pipeline's processes, the servers'
-    metrics endpoints (Kafka's JMX exporter agent, MinIO, the Redis exporter) and the collector; its URL.
-    Servers the tests did not start themselves (env, docker) offer MinIO's endpoint alone."""
+    metrics endpoints (Kafka's JMX exporter agent, MinIO, the Redis exporter), the collector and the session's
+    vLLM; its URL. Servers the tests did not start themselves (env, docker) offer MinIO's endpoint alone."""
     servers = (
         infra.stack.servers.metrics_addresses() if infra.stack else {"minio": infra.env["RAGTRACE_MINIO_ENDPOINT"]}
     )
-    targets = ScrapeTargets((faiss_pipeline.services.ports,), servers)
+    targets = ScrapeTargets((faiss_pipeline.services.ports,), servers | {"vllm": f"127.0.0.1:{vllm.component.port}"})
     with Supervisor(observability.state_dir).running([observability.prometheus(targets)]):
         yield observability.prometheus_url
 
@@ -82,6 +86,70 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServer]:
     server.supervisor.start(component)
     yield server
     server.supervisor.stop(component)
+
+
+@dataclass(frozen=True)
+class VLLM:
+    component: Component
+    model: str  # the name it serves the model under: the tiny model's directory
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.component.port}/v1"
+
+    def metrics(self) -> str:
+        response = httpx.get(f"http://127.0.0.1:{self.component.port}/metrics", timeout=10)
+        response.raise_for_status()
+        return response.text
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_starting(request: pytest.FixtureRequest) -> Iterator[Future[VLLM] | None]:
+    """Real vLLM (infra/local/install.sh vllm) serving the tiny generated model with the local stack's arguments,
+    its spans going to the session's collector: started once, at the beginning of a session that has a test
+    using it, in the background. It takes about 90 s on a busy machine (mostly importing torch and vLLM), so it
+    loads while the other servers start and the first tests run."""
+    if not any("vllm" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    observability: Observability = request.getfixturevalue("observability")
+    model = str(tiny_llm.model_dir())
+    component = vllm_component(free_port(), observability.ports.otlp_grpc_endpoint, model)
+    supervisor = Supervisor(request.getfixturevalue("tmp_path_factory").mktemp("vllm"))
+
+    def start() -> VLLM:
+        supervisor.start(component)
+        return VLLM(component, model)
+
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(start)
+        try:
+            yield started
+        finally:
+            started.exception()  # a start still under way ends (ready, failed or timed out) before the stop
+            supervisor.stop(component)
+
+
+@pytest.fixture(scope="session")
+def vllm(vllm_starting: Future[VLLM] | None) -> VLLM:
+    """The session's vLLM once it is ready; without `make install`, the error naming it."""
+    assert vllm_starting is not None, "vllm_starting starts vLLM for every session whose tests use it"
+    return vllm_starting.result()
+
+
+@pytest.fixture(scope="session")
+def vllm_search(tmp_path_factory: pytest.TempPathFactory, faiss_pipeline: Pipeline, vllm: VLLM) -> Iterator[Services]:
+    """A search service and gateway whose LLM is vLLM, over the FAISS pipeline's index and embedding service:
+    documents go in through that pipeline, questions come out here."""
+    state = tmp_path_factory.mktemp("vllm-search")
+    shared = faiss_pipeline.services.ports
+    services = Services(
+        state,
+        dataclasses.replace(ServicePorts.free(), embedding_grpc=shared.embedding_grpc),
+        {**faiss_pipeline.env, "RAGTRACE_LLM_BASE_URL": vllm.url},
+    )
+    with Supervisor(state).running([services.search_service(), services.gateway()]):
+        yield services
 
 
 def _pipeline(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Pipeline]:

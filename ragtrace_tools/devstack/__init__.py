@@ -1,5 +1,5 @@
-"""The local stack: real servers, the observability backends and ragtrace's own services as supervised
-processes."""
+"""The local stack: real servers, the observability backends, vLLM (`make up LLM=vllm`) and ragtrace's own
+services as supervised processes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ragtrace_tools.devstack import llm
 from ragtrace_tools.devstack.observability import Observability, ObservabilityPorts, ScrapeTargets
 from ragtrace_tools.devstack.servers import REPO_ROOT, LocalServers, StackPorts, port_in_use
 from ragtrace_tools.devstack.services import ServicePorts, Services
@@ -61,6 +62,7 @@ class LocalStack:
         service_ports = service_ports or ServicePorts(**saved.get("services", {}))
         observability_ports = observability_ports or ObservabilityPorts(**saved.get("observability", {}))
         self.with_observability = with_services and observability_wanted(saved.get("with_observability"))
+        self.with_llm = with_services and llm.wanted(saved.get("with_llm"))
         ports_file.parent.mkdir(parents=True, exist_ok=True)
         ports_file.write_text(
             json.dumps(
@@ -69,6 +71,7 @@ class LocalStack:
                     "services": asdict(service_ports),
                     "observability": asdict(observability_ports),
                     "with_observability": self.with_observability,
+                    "with_llm": self.with_llm,
                 }
             )
         )
@@ -78,12 +81,16 @@ class LocalStack:
         )
         log_files = [str(self.supervisor.log_path(c.name)) for c in self.services.components()] if self.services else []
         self.observability = Observability(self.state_dir, observability_ports, log_files)
+        self.vllm = llm.vllm_component(
+            ports.vllm, observability_ports.otlp_grpc_endpoint if self.with_observability else None
+        )
 
     def _service_env(self, observability: ObservabilityPorts) -> dict[str, str]:
         return {
             **self.servers.client_env(),
             "RAGTRACE_API_KEYS": json.dumps({self.servers.secrets.api_key: ["*"]}),
             **({"OTEL_EXPORTER_OTLP_ENDPOINT": observability.otlp_endpoint} if self.with_observability else {}),
+            **({"RAGTRACE_LLM_BASE_URL": f"http://127.0.0.1:{self.servers.ports.vllm}/v1"} if self.with_llm else {}),
         }
 
     @property
@@ -91,16 +98,19 @@ class LocalStack:
         return self.state_dir / "stack.env"
 
     def _observability(self) -> list[Component]:
-        targets = ScrapeTargets(
-            services=(self.services.ports,) if self.services else (), servers=self.servers.metrics_addresses()
-        )
+        servers = self.servers.metrics_addresses()
+        if self.with_llm:
+            servers["vllm"] = f"127.0.0.1:{self.servers.ports.vllm}"
+        targets = ScrapeTargets(services=(self.services.ports,) if self.services else (), servers=servers)
         return self.observability.components(targets)
 
     def components(self) -> list[Component]:
-        """In start order: the servers, the observability backends (unless off), ragtrace's services."""
+        """In start order: the servers, the observability backends (unless off), vLLM (when wanted), ragtrace's
+        services."""
         observability = self._observability() if self.with_observability else []
+        vllm = [self.vllm] if self.with_llm else []
         services = self.services.components() if self.services else []
-        return self.servers.components() + observability + services
+        return self.servers.components() + observability + vllm + services
 
     def client_env(self) -> dict[str, str]:
         """What a client of this stack needs: the servers' settings, the services' URLs and the API key."""
@@ -145,6 +155,8 @@ class LocalStack:
                 ("Loki (logs, LogQL)", f"{o.loki_url}  (/loki/api/v1/query_range?query=<LogQL>)"),
                 ("Prometheus UI", f"{o.prometheus_url}  (/targets, /rules, /graph)"),
             ]
+        if self.with_llm:
+            listed.append(("vLLM (OpenAI API)", f"http://127.0.0.1:{p.vllm}/v1  (/metrics)"))
         return listed
 
     def up(self) -> list[Status]:
@@ -161,10 +173,12 @@ class LocalStack:
 
     def down(self) -> list[str]:
         """Stop what this stack started, in reverse order; returns the names that were running. The
-        observability backends are stopped whatever RAGTRACE_OBSERVABILITY says now."""
+        observability backends and vLLM are stopped whatever RAGTRACE_OBSERVABILITY and RAGTRACE_LLM say now."""
         every = self.components()
         if self.services and not self.with_observability:
             every += self._observability()
+        if self.services and not self.with_llm:
+            every.append(self.vllm)
         return [c.name for c in reversed(every) if self.supervisor.stop(c)]
 
     def status(self) -> list[Status]:

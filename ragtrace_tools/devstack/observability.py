@@ -22,7 +22,14 @@ from typing import Any
 import httpx
 import yaml
 
-from ragtrace_tools.devstack.servers import REPO_ROOT, cache_dir, pinned_versions, with_free_ports
+from ragtrace_tools.devstack.servers import (
+    REPO_ROOT,
+    cache_dir,
+    kind_statefulset_args,
+    localized_args,
+    pinned_versions,
+    with_free_ports,
+)
 from ragtrace_tools.devstack.services import ServicePorts
 from ragtrace_tools.devstack.supervisor import Component
 
@@ -59,13 +66,18 @@ class ObservabilityPorts:
         """OTEL_EXPORTER_OTLP_ENDPOINT for a ragtrace process: the collector's OTLP/HTTP receiver."""
         return f"http://{LOCAL}:{self.otlp_http}"
 
+    @property
+    def otlp_grpc_endpoint(self) -> str:
+        """The collector's OTLP/gRPC receiver: what vLLM exports its spans to (it speaks gRPC by default)."""
+        return f"http://{LOCAL}:{self.otlp_grpc}"
+
 
 @dataclass(frozen=True)
 class ScrapeTargets:
     """What the local Prometheus scrapes, by job of monitoring/prometheus/prometheus.yml: each ragtrace
     process of every pipeline given, and the servers' metrics endpoints (job → host:port: Kafka's JMX exporter
-    agent, MinIO, the Redis exporter; LocalServers.metrics_addresses). Jobs with nothing local (vllm, and any
-    server not given) keep no targets."""
+    agent, MinIO, the Redis exporter, LocalServers.metrics_addresses; vLLM when it runs). Jobs with nothing local
+    (vllm without one, and any server not given) keep no targets."""
 
     services: tuple[ServicePorts, ...] = ()
     servers: Mapping[str, str] = field(default_factory=dict)
@@ -165,14 +177,10 @@ def render_prometheus(kind: Config, ports: ObservabilityPorts, targets: ScrapeTa
 
 def prometheus_args(config: Path, data: Path, port: int) -> list[str]:
     """The Kind StatefulSet's container args, with the config and storage paths made local, and its port."""
-    manifests = yaml.safe_load_all((KIND_MONITORING / "prometheus.yaml").read_text())
-    [statefulset] = [m for m in manifests if m and m["kind"] == "StatefulSet"]
-    [container] = statefulset["spec"]["template"]["spec"]["containers"]
-    local = {"--config.file": str(config), "--storage.tsdb.path": str(data)}
-    args = []
-    for arg in container["args"]:
-        flag, _, value = arg.partition("=")
-        args.append(f"{flag}={local.get(flag, value)}" if value else arg)
+    args = localized_args(
+        kind_statefulset_args(KIND_MONITORING / "prometheus.yaml"),
+        {"--config.file": str(config), "--storage.tsdb.path": str(data)},
+    )
     return [*args, f"--web.listen-address={_addr(port)}"]
 
 

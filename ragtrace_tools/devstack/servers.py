@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import httpx
 import redis
+import yaml
 
 from ragtrace.kafka_admin import controller_elected
 from ragtrace_tools.devstack.supervisor import Component
@@ -48,6 +49,25 @@ def read_env_file(path: Path) -> dict[str, str]:
     lines = (line.strip() for line in path.read_text().splitlines())
     pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def kind_statefulset_args(manifest: Path) -> list[str]:
+    """The args of the one container of the one StatefulSet in a Kind manifest file."""
+    [statefulset] = [m for m in yaml.safe_load_all(manifest.read_text()) if m and m["kind"] == "StatefulSet"]
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    return list(container["args"])
+
+
+def localized_args(args: list[str], local: dict[str, str | None], drop: frozenset[str] = frozenset()) -> list[str]:
+    """A Kind container's `--flag=value` args for a local process: the flags in `local` take its value (None:
+    the flag is left out), those in `drop` are left out, the rest are kept as they are."""
+    kept = []
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        if flag in drop or (flag in local and local[flag] is None):
+            continue
+        kept.append(f"{flag}={local.get(flag) or value}" if value else arg)
+    return kept
 
 
 def pinned_versions() -> dict[str, str]:
@@ -93,6 +113,7 @@ class StackPorts:
     weaviate_data: int = 7947
     weaviate_raft: int = 8300
     weaviate_raft_rpc: int = 8301
+    vllm: int = 8000  # `make up LLM=vllm` only (devstack/llm.py)
 
     @classmethod
     def free(cls) -> StackPorts:

@@ -178,8 +178,10 @@ class Supervisor:
                     wait.result()
             else:
                 for component in components:
-                    self.start(component)
+                    # Listed first: a start interrupted by something other than StartError (a test's timeout)
+                    # leaves a process behind that must still be stopped; stopping one never started is harmless.
                     started.append(component)
+                    self.start(component)
             yield
         finally:
             for component in reversed(started):

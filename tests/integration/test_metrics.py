@@ -15,6 +15,7 @@ import pytest
 from embedding.settings import CPU_BACKEND
 from ragtrace.kafka_admin import RawRecord, produce, topic_partitions
 from ragtrace.v1 import search_pb2, search_pb2_grpc
+from tests.conftest import VLLM
 from tests.metrics import (
     documented_metrics,
     exemplar_trace_ids,
@@ -265,3 +266,12 @@ def test_the_rules_evaluate_without_errors(prometheus: str, scraped: set[str]) -
     rules = wait_until(evaluated, 60, 1, "every rule evaluated once")
     failing = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
     assert not failing, failing
+
+
+def test_every_vllm_metric_monitoring_queries_is_exposed_by_the_running_server(vllm: VLLM) -> None:
+    """vLLM renames its metrics between releases: the names monitoring/ queries against the pinned server's own."""
+    queried = {name: where for name, where in queried_names().items() if name.startswith("vllm:")}
+    assert "vllm:kv_cache_usage_perc" in queried
+    exposed = exposed_names(vllm.metrics())
+    unknown = {name: sorted(where) for name, where in queried.items() if name not in exposed}
+    assert not unknown, f"queried in monitoring/ but not exposed by vLLM {vllm.model}: {unknown}"

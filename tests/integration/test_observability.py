@@ -13,6 +13,7 @@ import httpx
 import yaml
 
 from ragtrace_tools.devstack.observability import MONITORING, Observability
+from tests.conftest import VLLM
 from tests.infra import Infra
 from tests.metrics import prometheus_api
 from tests.pipeline import Pipeline, wait_until
@@ -58,7 +59,7 @@ def test_a_requests_log_line_is_found_in_loki_by_its_trace_id(
 
 
 def test_prometheus_scrapes_every_ragtrace_process_and_loads_the_rules(
-    faiss_pipeline: Pipeline, prometheus: str, infra: Infra
+    faiss_pipeline: Pipeline, prometheus: str, infra: Infra, vllm: VLLM
 ) -> None:
     # Kafka's JMX exporter agent and the Redis exporter run where the session started the servers itself.
     servers = {"kafka", "redis-exporter"} if infra.stack else set()
@@ -67,16 +68,17 @@ def test_prometheus_scrapes_every_ragtrace_process_and_loads_the_rules(
         by_job: dict[str, list[dict[str, Any]]] = {}
         for target in prometheus_api(prometheus, "targets")["activeTargets"]:
             by_job.setdefault(target["labels"]["job"], []).append(target)
-        wanted = RAGTRACE_JOBS | servers | {"minio", "otel-collector", "prometheus"}
+        wanted = RAGTRACE_JOBS | servers | {"minio", "otel-collector", "prometheus", "vllm"}
         if all(by_job.get(job) and all(t["health"] == "up" for t in by_job[job]) for job in wanted):
             return by_job
         return None
 
-    by_job = wait_until(targets_up, 60, 1, "every ragtrace process, the servers and the collector scraped and up")
+    by_job = wait_until(targets_up, 60, 1, "every ragtrace process, the servers, the collector and vLLM scraped and up")
     for job in RAGTRACE_JOBS:
         [target] = by_job[job]
         assert target["scrapeUrl"].startswith("http://127.0.0.1:"), target
-    assert not by_job.get("vllm"), "nothing local to scrape"
+    [vllm_target] = by_job["vllm"]
+    assert vllm_target["scrapeUrl"] == f"http://127.0.0.1:{vllm.component.port}/metrics", "Kind's vllm job, local"
 
     expected = {
         group["name"]: {rule.get("alert") or rule["record"] for rule in group["rules"]}

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -19,7 +17,7 @@ from ragtrace.v1 import search_pb2, search_pb2_grpc
 from ragtrace.vectorstore import DocumentChunks, EmbeddingModel, IndexedChunk
 from tests.conftest import LLMServer
 from tests.infra import Infra
-from tests.pipeline import TENANT_KEY, Pipeline, session_server, timed, wait_until
+from tests.pipeline import TENANT_KEY, Pipeline, server_sent_events, session_server, timed, wait_until
 
 SEARCH_SERVICE = "ragtrace.v1.SearchService"
 CORPUS = {
@@ -142,12 +140,6 @@ def test_the_answer_comes_from_the_llm_with_token_counts(faiss_pipeline: Pipelin
     assert metadata["time_to_first_token_ms"] > 0 and metadata["timings_ms"]["generate"] > 0
 
 
-def _server_sent_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
-    for block in response.text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines())
-        yield fields["event"], json.loads(fields["data"])
-
-
 def test_streaming_works_end_to_end_over_sse(faiss_pipeline: Pipeline) -> None:
     namespace = _namespace()
     _ingest_corpus(faiss_pipeline, namespace)
@@ -158,7 +150,7 @@ def test_streaming_works_end_to_end_over_sse(faiss_pipeline: Pipeline) -> None:
         timeout=30,
     )
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-    events = list(_server_sent_events(response))
+    events = list(server_sent_events(response))
     names = [name for name, _ in events]
     assert names[0] == "sources" and names[-1] == "done" and names.count("token") > 3
     assert events[0][1]["sources"][0]["document_id"] == "bread"

@@ -10,28 +10,9 @@ from typer.testing import CliRunner, Result
 
 from ragtrace_tools.cli import app
 from ragtrace_tools.devstack.observability import Observability
-from ragtrace_tools.traces import SpanView, TraceSummary, fetch_trace, search_traces
+from ragtrace_tools.traces import SpanView, TraceSummary, search_traces
 from tests.pipeline import Pipeline, wait_until
-
-
-def _whole_tree(trace_url: str, trace_id: str, must_have: set[tuple[str, str]]) -> list[SpanView] | None:
-    """The trace once it holds the given (service, span name) pairs and every span's parent: spans reach Tempo
-    in batches, from several processes, through the collector, so a trace is read again until it is whole."""
-    spans = fetch_trace(trace_url, trace_id) or []
-    ids = {s.span_id for s in spans}
-    if must_have <= {(s.service, s.name) for s in spans} and all(
-        s.parent_span_id in ids for s in spans if s.parent_span_id
-    ):
-        return spans
-    return None
-
-
-def _path_to_root(span: SpanView, by_id: dict[str, SpanView]) -> list[SpanView]:
-    path = [span]
-    while path[-1].parent_span_id:
-        path.append(by_id[path[-1].parent_span_id])
-    return path
-
+from tests.traces import path_to_root, whole_tree
 
 AIOKAFKA_SCOPE = "opentelemetry.instrumentation.aiokafka"
 
@@ -46,7 +27,7 @@ def test_one_trace_follows_a_document_through_every_process(
 
     wanted = {("ingest-api", "POST /ingest"), ("indexer-worker", "index write")}
     spans: list[SpanView] = wait_until(
-        lambda: _whole_tree(observability.tempo_url, accepted["trace_id"], wanted),
+        lambda: whole_tree(observability.tempo_url, accepted["trace_id"], wanted),
         30,
         0.3,
         "the document's whole trace in Tempo",
@@ -60,7 +41,7 @@ def test_one_trace_follows_a_document_through_every_process(
     assert all(s.parent_span_id in by_id for s in spans if s.parent_span_id), "every parent is in the trace"
 
     index_write = next(s for s in spans if s.name == "index write" and s.service == "indexer-worker")
-    chain = [(s.service, s.name) for s in _path_to_root(index_write, by_id)]
+    chain = [(s.service, s.name) for s in path_to_root(index_write, by_id)]
     assert chain == [
         ("indexer-worker", "index write"),
         ("indexer-worker", f"process {kafka.chunks_topic}"),
@@ -139,7 +120,7 @@ def test_one_trace_follows_a_question_through_every_service(
         ("embedding-service", "/ragtrace.v1.EmbeddingService/Embed"),
     }
     spans: list[SpanView] = wait_until(
-        lambda: _whole_tree(observability.tempo_url, trace_id, wanted),
+        lambda: whole_tree(observability.tempo_url, trace_id, wanted),
         30,
         0.3,
         "the question's whole trace in Tempo",
@@ -157,7 +138,7 @@ def test_one_trace_follows_a_question_through_every_service(
     assert grpc_server.kind == "server" and by_id[grpc_server.parent_span_id].service == "search-gateway"
     embed = one("search-service", "embed query (grpc)")
     embedding_server = one("embedding-service", "/ragtrace.v1.EmbeddingService/Embed")
-    assert _path_to_root(embedding_server, by_id)[2] == embed, "Embed server ← gRPC client ← embed query"
+    assert path_to_root(embedding_server, by_id)[2] == embed, "Embed server ← gRPC client ← embed query"
     assert one("search-service", "cache lookup").attributes["ragtrace.cache.hit"] is False
 
     retrieval = one("search-service", "retrieve hybrid")
@@ -172,7 +153,7 @@ def test_one_trace_follows_a_question_through_every_service(
     assert chat.attributes["gen_ai.request.model"] == "test-llm"
     assert chat.attributes["gen_ai.usage.input_tokens"] > 0 and chat.attributes["gen_ai.usage.output_tokens"] > 0
     assert chat.attributes["ragtrace.llm.time_to_first_chunk_ms"] > 0
-    assert _path_to_root(chat, by_id)[-1] == roots[0]
+    assert path_to_root(chat, by_id)[-1] == roots[0]
 
 
 def test_ragtrace_trace_shows_the_tree_and_logs_carry_the_trace_id(
@@ -183,7 +164,7 @@ def test_ragtrace_trace_shows_the_tree_and_logs_carry_the_trace_id(
     faiss_pipeline.wait_for(["barometer"], namespace)
     trace_id = accepted["trace_id"]
     wanted = {("ingest-api", "POST /ingest"), ("indexer-worker", "index write")}
-    wait_until(lambda: _whole_tree(observability.tempo_url, trace_id, wanted), 30, 0.3, "the whole trace")
+    wait_until(lambda: whole_tree(observability.tempo_url, trace_id, wanted), 30, 0.3, "the whole trace")
 
     runner = CliRunner()
     as_json = runner.invoke(app, ["trace", trace_id, "--json", "--url", observability.tempo_url])
