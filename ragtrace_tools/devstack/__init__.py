@@ -83,7 +83,14 @@ class LocalStack:
         return {
             **self.servers.client_env(),
             "RAGTRACE_API_KEYS": json.dumps({self.servers.secrets.api_key: ["*"]}),
-            **({"OTEL_EXPORTER_OTLP_ENDPOINT": observability.otlp_endpoint} if self.with_observability else {}),
+            **(
+                {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": observability.otlp_endpoint,
+                    "RAGTRACE_TRACE_QUERY_URL": observability.tempo_url,
+                }
+                if self.with_observability
+                else {}
+            ),
         }
 
     @property

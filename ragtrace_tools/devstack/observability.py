@@ -59,6 +59,11 @@ class ObservabilityPorts:
         """OTEL_EXPORTER_OTLP_ENDPOINT for a ragtrace process: the collector's OTLP/HTTP receiver."""
         return f"http://{LOCAL}:{self.otlp_http}"
 
+    @property
+    def tempo_url(self) -> str:
+        """Tempo's query API: RAGTRACE_TRACE_QUERY_URL for the gateway and the tools."""
+        return f"http://{LOCAL}:{self.tempo}"
+
 
 @dataclass(frozen=True)
 class ScrapeTargets:
@@ -197,7 +202,7 @@ class Observability:
 
     @property
     def tempo_url(self) -> str:
-        return f"http://{_addr(self.ports.tempo)}"
+        return self.ports.tempo_url
 
     @property
     def loki_url(self) -> str:
