@@ -57,6 +57,7 @@ def test_a_person_types_a_question_and_sees_the_answer_and_sources(faiss_pipelin
             # ingestion of each source, and following the link shows that trace.
             page.wait_for_selector("#waterfall .span-row[data-span='retrieve hybrid']", timeout=30_000)
             page.wait_for_selector("#waterfall .span-row[data-span^='chat ']", timeout=30_000)
+            page.wait_for_selector("#waterfall .span-row[data-span='POST /api/search/stream']", timeout=30_000)
             request_rows = page.locator("#waterfall .span-row .name").all_text_contents()
             retrieval = page.locator("#waterfall .span-row[data-span='retrieve hybrid']")
             retrieval_text = retrieval.text_content() or ""
