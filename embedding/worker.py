@@ -29,7 +29,7 @@ from ragtrace.messaging import (
     batch_subscriber,
     new_broker,
 )
-from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED
+from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED, NAMESPACE_EMBEDDING_SECONDS
 from ragtrace.runtime import document_store, run_worker, worker_app
 from ragtrace.schemas import (
     Chunk,
@@ -108,6 +108,7 @@ class Embedding:
         ):
             vectors = await asyncio.to_thread(self.engine.embed, texts)
         end_ns = time.time_ns()
+        _count_embedding_cost(upserts, (end_ns - start_ns) / 1e9)
         row = 0
         for item in prepared:
             chunks = self._chunk_batch(item, vectors[row : row + len(item.chunks)].tolist(), start_ns, end_ns)
@@ -157,6 +158,14 @@ class Embedding:
                 for c, v in zip(item.chunks, vectors, strict=True)
             ],
         )
+
+
+def _count_embedding_cost(upserts: Sequence[_Prepared], seconds: float) -> None:
+    """Each namespace's share of the batch's model time, by its documents' chunks (a tenant's cost)."""
+    chunks = sum(len(p.chunks) for p in upserts)
+    for item in upserts:
+        if item.chunks:
+            NAMESPACE_EMBEDDING_SECONDS.labels(item.event.namespace, "ingest").inc(seconds * len(item.chunks) / chunks)
 
 
 def declare(broker: KafkaBroker, settings: EmbeddingSettings, kafka: KafkaSettings) -> Publisher:

@@ -34,11 +34,18 @@ from ragtrace.messaging import (
 )
 from ragtrace.metrics import CHUNKS_PROCESSED, DOCUMENTS_PROCESSED, observe
 from ragtrace.runtime import document_store, run_worker, worker_app
-from ragtrace.schemas import ChunkBatch, DocumentState, EventType, utcnow
+from ragtrace.schemas import ChunkBatch, DocumentState, DocumentStatus, EventType, utcnow
 from ragtrace.settings import KafkaSettings, RedisSettings, WeaviateSettings
 from ragtrace.storage import DocumentStore
-from ragtrace.telemetry import record_batch_share, skip_message
-from ragtrace.vectorstore import DocumentChunks, IndexedChunk, VectorStore, VectorStoreSettings, open_vector_store
+from ragtrace.telemetry import RAGTRACE_VERSION, record_batch_share, skip_message
+from ragtrace.vectorstore import (
+    DocumentChunks,
+    IndexedChunk,
+    Provenance,
+    VectorStore,
+    VectorStoreSettings,
+    open_vector_store,
+)
 
 tracer = trace.get_tracer("ragtrace.indexer")
 GROUP = "indexer"  # the consumer group, after the deployment's group prefix
@@ -130,7 +137,8 @@ class Indexing:
 
     async def _write(self, namespace: str, items: list[_Item], delivered: Batch) -> None:
         indexed = [i for i in items if i.batch.type is EventType.UPSERT and i.duplicate_of is None]
-        upserts = [_document_chunks(i.batch) for i in indexed]
+        indexed_at = utcnow().isoformat()
+        upserts = [_document_chunks(i.batch, i.owned.record.status, indexed_at) for i in indexed]
         # A duplicate's earlier chunks go, as a deleted document's do.
         deletes = [i.batch.document_id for i in items if i.batch.type is EventType.DELETE or i.duplicate_of]
         start_ns = time.time_ns()
@@ -202,13 +210,21 @@ class Indexing:
         await self.cache.aclose()  # type: ignore[attr-defined]  # redis-py 5+ has it; types-redis lags
 
 
-def _document_chunks(batch: ChunkBatch) -> DocumentChunks:
+def _document_chunks(batch: ChunkBatch, status: DocumentStatus, indexed_at: str) -> DocumentChunks:
+    """What the index keeps of a document: its chunks, and how they got in (the record names the request)."""
     return DocumentChunks(
         document_id=batch.document_id,
         metadata=batch.metadata,
         chunks=[IndexedChunk(c.chunk_id, c.chunk_no, c.text, c.start, c.end, c.vector) for c in batch.chunks],
         model=batch.model,
         content_hash=batch.content_hash,
+        provenance=Provenance(
+            trace_id=status.trace_id or "",
+            span_id=status.span_id or "",
+            indexed_at=indexed_at,
+            model=batch.model or "",
+            pipeline_version=RAGTRACE_VERSION,
+        ),
     )
 
 

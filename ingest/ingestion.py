@@ -34,7 +34,7 @@ from ragtrace.schemas import (
 )
 from ragtrace.settings import KafkaSettings
 from ragtrace.storage import DocumentStore
-from ragtrace.telemetry import trace_id_hex
+from ragtrace.telemetry import span_id_hex, trace_id_hex
 
 tracer = trace.get_tracer("ragtrace.ingest")
 log = logging.getLogger(__name__)
@@ -70,7 +70,17 @@ class Ingestion:
         with tracer.start_as_current_span(
             "upload document", attributes={"ragtrace.bucket": self.store.bucket, "ragtrace.key": key}
         ):
-            claim = await self._call(self.lifecycle.accept, namespace, document_id, text, metadata, digest, utcnow())
+            claim = await self._call(
+                self.lifecycle.accept,
+                namespace,
+                document_id,
+                text,
+                metadata,
+                digest,
+                utcnow(),
+                trace_id_hex(span),
+                span_id_hex(span),
+            )
         if not claim.changed:
             span.set_attribute("ragtrace.unchanged", True)
             return self._accepted(claim.status)

@@ -1,5 +1,5 @@
-"""The gateway's dependencies: the search client its lifespan made (query/app.py), handed to the routes.
-Tests replace them with `app.dependency_overrides`."""
+"""The gateway's dependencies: the clients its lifespan made (query/app.py) and Tempo's settings, handed to
+the routes. Tests replace them with `app.dependency_overrides`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from query.gateway import SearchClient
+from query.gateway import IngestClient, SearchClient
 from ragtrace.http import ReadinessCheck
+from ragtrace.settings import TraceQuerySettings
 
 
 def get_search_client(request: Request) -> SearchClient:
@@ -17,6 +18,22 @@ def get_search_client(request: Request) -> SearchClient:
 
 
 SearchClientDep = Annotated[SearchClient, Depends(get_search_client)]
+
+
+def get_ingest_client(request: Request) -> IngestClient:
+    client: IngestClient = request.app.state.ingest_client
+    return client
+
+
+IngestClientDep = Annotated[IngestClient, Depends(get_ingest_client)]
+
+
+def get_trace_query(request: Request) -> TraceQuerySettings:
+    settings: TraceQuerySettings = request.app.state.trace_query
+    return settings
+
+
+TraceQueryDep = Annotated[TraceQuerySettings, Depends(get_trace_query)]
 
 
 def readiness(client: SearchClientDep) -> dict[str, ReadinessCheck]:

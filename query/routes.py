@@ -2,6 +2,8 @@
 
     POST /api/search          SearchQuery in, SearchResult out (ragtrace/query_contract.py)
     POST /api/search/stream   the same, answered as server-sent events: sources, token..., done
+    GET  /api/traces/{id}     a trace as a waterfall, read from Tempo (the page shows each answer's)
+    GET  /api/documents/{id}  a document's status, from the ingest API (its trace_id: its ingestion's trace)
     GET  /                    a small search page
 
 gRPC status → HTTP, here once: INVALID_ARGUMENT 422, NOT_FOUND 404, FAILED_PRECONDITION 409 (the query's
@@ -11,19 +13,27 @@ DEADLINE_EXCEEDED 504, anything else 502.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, HTTPException, status
-from fastapi.responses import FileResponse, StreamingResponse
+import httpx
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import Path as PathParameter
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
-from query.deps import SearchClientDep
+from query.deps import IngestClientDep, SearchClientDep, TraceQueryDep
+from query.waterfall import Waterfall, namespaces, waterfall
 from ragtrace.auth import Authenticated
 from ragtrace.errors import DependencyUnavailable
 from ragtrace.query_contract import SearchMetadata, SearchQuery, SearchResult
+from ragtrace.schemas import DocumentId, DocumentStatus, Namespace
+from ragtrace.tempo import fetch_trace
+
+TraceId = Annotated[str, PathParameter(pattern=r"^[0-9a-f]{32}$", description="32 lowercase hex digits")]
 
 STATIC = Path(__file__).parent / "static"
 
@@ -105,3 +115,39 @@ async def search_stream(body: SearchQuery, principal: Authenticated, client: Sea
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
+
+
+@router.get("/api/traces/{trace_id}", tags=["traces"], response_model=Waterfall)
+async def trace(trace_id: TraceId, principal: Authenticated, tempo: TraceQueryDep) -> Waterfall:
+    """A trace as a waterfall (read from Tempo): the search page shows each answer's, and an ingestion's. The
+    key must be allowed every namespace the trace's spans name."""
+    spans = await asyncio.to_thread(fetch_trace, tempo.url, trace_id, tempo.timeout_s)
+    if not spans:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"trace {trace_id} is not in Tempo (spans arrive a moment after a request)"
+        )
+    for namespace in sorted(namespaces(spans)):
+        principal.authorize(namespace)
+    return waterfall(trace_id, spans)
+
+
+@router.get("/api/documents/{document_id}", tags=["documents"], response_model=DocumentStatus)
+async def document(
+    document_id: DocumentId,
+    request: Request,
+    principal: Authenticated,
+    ingest: IngestClientDep,
+    namespace: Annotated[Namespace, Query()] = "default",
+) -> DocumentStatus | JSONResponse:
+    """A document's status as the ingest API knows it (asked with the caller's key); its `trace_id` is the trace
+    of the request that ingested it."""
+    principal.authorize(namespace)
+    credentials = {name: request.headers[name] for name in ("x-api-key", "authorization") if name in request.headers}
+    response = await ingest.status(namespace, document_id, credentials)
+    if response.status_code != status.HTTP_200_OK:
+        return JSONResponse(response.json(), status_code=response.status_code, headers=_retry_after(response))
+    return DocumentStatus.model_validate(response.json())
+
+
+def _retry_after(response: httpx.Response) -> dict[str, str]:
+    return {"Retry-After": response.headers["retry-after"]} if "retry-after" in response.headers else {}

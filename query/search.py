@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import asdict
 from typing import Any, Protocol
 
 import grpc
@@ -19,9 +20,9 @@ from query.settings import SearchSettings
 from ragtrace.cache import SearchCache, normalize_query
 from ragtrace.clients import channel_ready, grpc_channel
 from ragtrace.errors import DependencyUnavailable
-from ragtrace.metrics import LATENCY_BUCKETS, observe
+from ragtrace.metrics import LATENCY_BUCKETS, NAMESPACE_EMBEDDING_SECONDS, NAMESPACE_TOKENS, observe
 from ragtrace.query_contract import MODES, ResolvedQuery, SearchDefaults
-from ragtrace.telemetry import trace_id_hex
+from ragtrace.telemetry import remote_span, trace_id_hex
 from ragtrace.v1 import embedding_pb2, embedding_pb2_grpc, search_pb2
 from ragtrace.vectorstore import EmbeddingModel, Hit, VectorStore, check_model
 
@@ -109,7 +110,12 @@ def _source(hit: Hit) -> search_pb2.Source:
     metadata = struct_pb2.Struct()
     metadata.update({k: v for k, v in hit.metadata.items() if v is not None})
     return search_pb2.Source(
-        id=hit.chunk_id, document_id=hit.document_id, content=hit.content, score=hit.score, metadata=metadata
+        id=hit.chunk_id,
+        document_id=hit.document_id,
+        content=hit.content,
+        score=hit.score,
+        metadata=metadata,
+        provenance=search_pb2.Provenance(**asdict(hit.provenance)),
     )
 
 
@@ -193,6 +199,8 @@ class SearchService:
         metadata.input_tokens = answer.input_tokens
         metadata.output_tokens = answer.output_tokens
         metadata.time_to_first_token_ms = answer.time_to_first_token_ms
+        NAMESPACE_TOKENS.labels(query.namespace, "prompt").inc(answer.input_tokens)
+        NAMESPACE_TOKENS.labels(query.namespace, "completion").inc(answer.output_tokens)
         metadata.timings_ms.generate = answer.generate_ms
         metadata.timings_ms.total = (time.perf_counter() - started) * 1000
         yield search_pb2.SearchEvent(done=metadata)
@@ -211,7 +219,7 @@ class SearchService:
     async def _cache_key(self, query: ResolvedQuery) -> str | None:
         return await self.cache.result_key(query.namespace, cache_parameters(query, self.generator.settings.model))
 
-    async def _embed(self, text: str, metadata: search_pb2.SearchMetadata) -> np.ndarray:
+    async def _embed(self, text: str, namespace: str, metadata: search_pb2.SearchMetadata) -> np.ndarray:
         started = time.perf_counter()
         with tracer.start_as_current_span(
             f"embed query ({self.embedder.via})",
@@ -220,7 +228,9 @@ class SearchService:
             vector = await self.cache.get_embedding(self.embedder.model, text)
             span.set_attribute("ragtrace.cache.hit", vector is not None)
             if vector is None:
+                embedding_started = time.perf_counter()
                 vector = await self.embedder.embed(text)
+                NAMESPACE_EMBEDDING_SECONDS.labels(namespace, "query").inc(time.perf_counter() - embedding_started)
                 self._write_behind(self.cache.put_embedding(self.embedder.model, text, vector))
         metadata.timings_ms.embed = (time.perf_counter() - started) * 1000
         return vector
@@ -232,7 +242,7 @@ class SearchService:
 
     async def _retrieve(self, query: ResolvedQuery, metadata: search_pb2.SearchMetadata) -> list[Hit]:
         mode = query.mode
-        vector = None if mode == "keyword" else await self._embed(query.query, metadata)
+        vector = None if mode == "keyword" else await self._embed(query.query, query.namespace, metadata)
         if vector is not None:
             await self._check_model(query.namespace, vector)
         wanted = self.settings.filter_candidates if query.filters else query.top_k
@@ -257,12 +267,25 @@ class SearchService:
                 )
             hits = _filtered(hits, query.filters)[: query.top_k]
             _score_attributes(span, hits)
+            _link_ingestions(span, hits)
         metadata.timings_ms.search = (time.perf_counter() - started) * 1000
         return hits
 
 
 def _filtered(hits: Sequence[Hit], filters: dict[str, str]) -> list[Hit]:
     return [h for h in hits if all(str(h.metadata.get(k)) == v for k, v in filters.items())]
+
+
+def _link_ingestions(span: trace.Span, hits: Sequence[Hit]) -> None:
+    """Link the retrieval to the ingestion of each document it returned: from "why this answer?" to the
+    request that brought the source in (a document indexed before provenance was kept has no link)."""
+    linked: set[tuple[str, str]] = set()
+    for hit in hits:
+        ingestion = (hit.provenance.trace_id, hit.provenance.span_id)
+        context = remote_span(*ingestion)
+        if context is not None and ingestion not in linked:
+            linked.add(ingestion)
+            span.add_link(context, {"document.id": hit.document_id, "ragtrace.link.type": "ingestion"})
 
 
 def _score_attributes(span: trace.Span, hits: Sequence[Hit]) -> None:

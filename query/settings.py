@@ -54,3 +54,6 @@ class GatewaySettings(BaseSettings):
     search_target: str = "127.0.0.1:50061"
     search_timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024
+    # The ingest API, asked for a document's status on the page's behalf (same origin for the browser).
+    ingest_url: str = "http://127.0.0.1:8082"
+    ingest_timeout_s: float = 1.0

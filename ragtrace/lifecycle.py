@@ -89,9 +89,12 @@ class DocumentLifecycle:
         metadata: dict[str, Any],
         content_hash: str,
         accepted_at: datetime,
+        trace_id: str = "",
+        span_id: str = "",
     ) -> Claim:
         """Store the version and make a new request its owner, whatever the record says now; unless the record
-        already holds this content, settled, which a re-post leaves as it is (`Claim.changed` is False)."""
+        already holds this content, settled, which a re-post leaves as it is (`Claim.changed` is False).
+        `trace_id`/`span_id`: the request's span, which the record keeps."""
         version = DocumentRecord(
             status=DocumentStatus(
                 document_id=document_id,
@@ -101,6 +104,8 @@ class DocumentLifecycle:
                 ingest_id=uuid.uuid4().hex,
                 key=self.store.record_key(namespace, document_id),
                 accepted_at=accepted_at,
+                trace_id=trace_id or None,
+                span_id=span_id or None,
             ),
             text=text,
             metadata=metadata,

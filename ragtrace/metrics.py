@@ -71,6 +71,17 @@ DOCUMENTS_PROCESSED = Counter(
     ["stage", "type"],
 )
 CHUNKS_PROCESSED = Counter("ragtrace_chunks_processed", "Chunks embedded or written to the index, by stage", ["stage"])
+# A tenant's cost: what its namespace used, counted where it is used (the search service, the embedding worker).
+NAMESPACE_TOKENS = Counter(
+    "ragtrace_namespace_tokens",
+    "LLM tokens used for a namespace's answers, by kind (prompt, completion)",
+    ["namespace", "kind"],
+)
+NAMESPACE_EMBEDDING_SECONDS = Counter(
+    "ragtrace_namespace_embedding_seconds",
+    "Model time spent embedding a namespace's text, by stage (ingest: its documents' chunks, query: its questions)",
+    ["namespace", "stage"],
+)
 # The process's identity as labels (its trace resource's service.name and service.version): joined on job and
 # instance, any series breaks down by version, which is how the rollout-regression alerts compare versions.
 BUILD = Info("ragtrace_build", "This process: its service name and ragtrace version")

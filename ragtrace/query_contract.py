@@ -179,6 +179,16 @@ class SearchMetadata(_FromProto):
     timings_ms: SearchTimings = Field(default_factory=SearchTimings)
 
 
+class SourceProvenance(_FromProto):
+    """How a source's document got into the index (empty for one indexed before this was kept)."""
+
+    trace_id: str = Field("", description="the trace of the request that ingested the document (W3C hex)")
+    span_id: str = Field("", description="that request's span: the retrieval span links to it")
+    indexed_at: str = Field("", description="when the index write happened, ISO 8601 UTC")
+    model: str = Field("", description="the embedding model of its vectors")
+    pipeline_version: str = Field("", description="ragtrace's version in the indexer that wrote it")
+
+
 class SearchSource(_FromProto):
     id: str = Field(description="the chunk's id")
     document_id: str
@@ -187,6 +197,7 @@ class SearchSource(_FromProto):
     metadata: Annotated[dict[str, Any], AfterValidator(_chunk_positions)] = Field(
         default_factory=dict, description="the document's own metadata, plus chunk_no, start and end"
     )
+    provenance: SourceProvenance = Field(default_factory=SourceProvenance)
 
 
 class SearchResult(_FromProto):

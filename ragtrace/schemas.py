@@ -130,6 +130,9 @@ class DocumentStatus(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     content_hash: str | None = None
     ingest_id: str | None = None  # the request that owns the document (see ragtrace/lifecycle.py)
+    # The trace and span (W3C hex) of the request that stored this version: a search's sources link to it.
+    trace_id: str | None = None
+    span_id: str | None = None
     key: str | None = None  # the object holding the document's record (DocumentRecord)
     duplicate_of: str | None = None
     accepted_at: datetime | None = None

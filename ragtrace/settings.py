@@ -57,3 +57,12 @@ class WeaviateSettings(BaseSettings):
     http_port: int = 8090
     grpc_port: int = 50051
     api_key: SecretStr | None = None
+
+
+class TraceQuerySettings(BaseSettings):
+    """Tempo's HTTP API, where traces are read back (the gateway's trace endpoint, `ragtrace trace`)."""
+
+    model_config = _prefixed("RAGTRACE_TRACE_QUERY_")
+
+    url: str = "http://127.0.0.1:3200"
+    timeout_s: float = 1.0  # a Tempo that does not answer is a 503 within about a second

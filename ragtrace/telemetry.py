@@ -33,12 +33,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 log = logging.getLogger(__name__)
 
+# The version of ragtrace this process runs: its `service.version`, and the pipeline version the index keeps.
+RAGTRACE_VERSION = version("ragtrace")
+
 
 def _resource(service_name: str) -> Resource:
     attributes: dict[str, Any] = {
         "service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
         "service.namespace": "ragtrace",
-        "service.version": version("ragtrace"),
+        "service.version": RAGTRACE_VERSION,
         "deployment.environment.name": os.environ.get("RAGTRACE_ENVIRONMENT", "local"),
     }
     # Set by the Kubernetes manifests through the downward API.
@@ -89,6 +92,20 @@ def skip_message(span: trace.Span, reason: str) -> None:
 def trace_id_hex(span: trace.Span | None = None) -> str:
     context = (span or trace.get_current_span()).get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def span_id_hex(span: trace.Span | None = None) -> str:
+    context = (span or trace.get_current_span()).get_span_context()
+    return format(context.span_id, "016x") if context.is_valid else ""
+
+
+def remote_span(trace_id: str, span_id: str) -> trace.SpanContext | None:
+    """The span context that W3C hex ids name (a span of another trace, to link to); None if they name none."""
+    try:
+        context = trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True)
+    except ValueError:
+        return None
+    return context if context.is_valid else None
 
 
 # Kafka headers -------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from rich.table import Table
 
 from ragtrace_tools.devstack import LocalStack, StartError, State, Status, default_state_dir
 from ragtrace_tools.devstack.servers import REPO_ROOT, read_env_file
-from ragtrace_tools.traces import SpanView
 
 app = typer.Typer(help="ragtrace: event-driven RAG with one trace per document and question.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack of real servers and ragtrace services.", no_args_is_help=True)
@@ -255,21 +254,6 @@ def bench_onnx(
     run(data, passages, rounds, variants.split(",") if variants else None, cache, output, threads, quality)
 
 
-_KEY_ATTRIBUTES = (
-    "document.id",
-    "ragtrace.namespace",
-    "messaging.destination.name",
-    "messaging.kafka.offset",
-    "ragtrace.chunk.count",
-    "gen_ai.request.model",
-    "gen_ai.usage.output_tokens",
-    "ragtrace.search.results",
-    "ragtrace.cache.hit",
-    "http.response.status_code",
-    "ragtrace.skipped",
-)
-
-
 TempoUrl = Annotated[
     str | None, typer.Option(help="Tempo's HTTP API; default: $RAGTRACE_TRACE_QUERY_URL or the local stack's")
 ]
@@ -284,7 +268,7 @@ def show_trace(
     """A trace as a waterfall in the terminal: service, span, start offset, duration, key attributes."""
     from dataclasses import asdict
 
-    from ragtrace_tools.traces import fetch_trace
+    from ragtrace.tempo import fetch_trace, key_attributes, tree_order
 
     spans = fetch_trace(url or _stack_setting("RAGTRACE_TRACE_QUERY_URL"), trace_id)
     if spans is None:
@@ -293,20 +277,14 @@ def show_trace(
     if as_json:
         print(json.dumps([asdict(s) for s in spans], indent=2))
         return
-    children: dict[str, list[SpanView]] = {}
-    for span in spans:
-        children.setdefault(span.parent_span_id, []).append(span)
-    known = {s.span_id for s in spans}
-    roots = [s for s in spans if not s.parent_span_id or s.parent_span_id not in known]
     start, end = min(s.start_ns for s in spans), max(s.end_ns for s in spans)
     width = 30
     table = Table("service", "span", "start ms", "duration", "", "attributes", box=None)
-
-    def add(span: SpanView, depth: int) -> None:
+    for span, depth in tree_order(spans):
         offset = (span.start_ns - start) / (end - start or 1)
         length = max((span.end_ns - span.start_ns) / (end - start or 1), 1 / width)
         bar = " " * int(offset * width) + "█" * max(1, round(length * width))
-        attributes = ", ".join(f"{k}={span.attributes[k]}" for k in _KEY_ATTRIBUTES if k in span.attributes)
+        attributes = ", ".join(f"{k}={v}" for k, v in key_attributes(span).items())
         style = "red" if span.status == "error" else "cyan"
         table.add_row(
             span.service,
@@ -316,11 +294,6 @@ def show_trace(
             f"[{style}]{bar[:width]}[/]",
             attributes,
         )
-        for child in sorted(children.get(span.span_id, []), key=lambda s: s.start_ns):
-            add(child, depth + 1)
-
-    for root in roots:
-        add(root, 0)
     console.print(f"trace {trace_id}: {len(spans)} spans, {(end - start) / 1e6:.1f} ms")
     console.print(table)
 
@@ -339,7 +312,7 @@ def find_traces(
 
     import httpx
 
-    from ragtrace_tools.traces import search_traces
+    from ragtrace.tempo import search_traces
 
     try:
         found = search_traces(url or _stack_setting("RAGTRACE_TRACE_QUERY_URL"), traceql, since, limit)

@@ -157,7 +157,7 @@ def _pipeline(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Pipe
     observability: Observability = request.getfixturevalue("observability")
     llm: LLMServer = request.getfixturevalue("llm_server")
     state = request.getfixturevalue("tmp_path_factory").mktemp(backend.value)
-    with start_pipeline(infra, state, backend, observability.otlp_endpoint, llm.url) as pipeline:
+    with start_pipeline(infra, state, backend, observability.ports, llm.url) as pipeline:
         yield pipeline
 
 

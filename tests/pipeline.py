@@ -20,6 +20,7 @@ from ragtrace.kafka_admin import group_lag
 from ragtrace.settings import KafkaSettings
 from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open_vector_store
 from ragtrace_tools.client import Document, IngestClient, NotSettled
+from ragtrace_tools.devstack.observability import ObservabilityPorts
 from ragtrace_tools.devstack.services import ServicePorts, Services
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from tests.infra import Infra, _environment
@@ -138,10 +139,10 @@ class Pipeline:
 
 @contextlib.contextmanager
 def start_pipeline(
-    infra: Infra, state_dir: Path, backend: Backend, otlp_endpoint: str, llm_url: str
+    infra: Infra, state_dir: Path, backend: Backend, observability: ObservabilityPorts, llm_url: str
 ) -> Iterator[Pipeline]:
     """Ingestion (API, workers) and query (embedding service, search service, gateway) for one backend, exporting
-    their spans to the collector at `otlp_endpoint`."""
+    their spans to the session's collector (and reading traces back from its Tempo)."""
     suffix = uuid.uuid4().hex[:8]
     env = {
         **infra.env,
@@ -157,7 +158,8 @@ def start_pipeline(
         "RAGTRACE_INDEX_DATA_DIR": str(state_dir / "index"),
         "RAGTRACE_INDEX_WEAVIATE_COLLECTION": f"Chunks{suffix}",
         "RAGTRACE_INDEXER_MAX_BATCH": "64",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": observability.otlp_endpoint,
+        "RAGTRACE_TRACE_QUERY_URL": observability.tempo_url,
     }
     services = Services(state_dir, ServicePorts.free(), env)
     supervisor = Supervisor(state_dir)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ragtrace_tools.traces import SpanView, fetch_trace
+from ragtrace.tempo import SpanView, fetch_trace
 
 
 def whole_tree(trace_url: str, trace_id: str, must_have: set[tuple[str, str]]) -> list[SpanView] | None:

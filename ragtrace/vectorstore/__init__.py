@@ -60,12 +60,26 @@ class IndexedChunk:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """How a document's chunks got into the index, kept beside them so that a search's sources say it
+    without another lookup: the trace and span of the request that ingested it (W3C hex), when the index
+    write happened (ISO 8601, UTC), the embedding model and the pipeline's version (ragtrace's)."""
+
+    trace_id: str = ""
+    span_id: str = ""
+    indexed_at: str = ""
+    model: str = ""
+    pipeline_version: str = ""
+
+
+@dataclass(frozen=True)
 class DocumentChunks:
     document_id: str
     metadata: Mapping[str, Any]
     chunks: Sequence[IndexedChunk]
     model: str | None = None  # the embedding model of the vectors (ChunkBatch.model)
     content_hash: str | None = None  # of the text the chunks come from: duplicates are found by it
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,7 @@ class Hit:
     content: str
     score: float
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 class UnknownNamespace(LookupError):

@@ -14,7 +14,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 import faiss
@@ -28,6 +28,7 @@ from ragtrace.vectorstore import (
     DocumentChunks,
     EmbeddingModel,
     Hit,
+    Provenance,
     UnknownNamespace,
     check_model,
     expanded_query,
@@ -56,6 +57,14 @@ CREATE TABLE IF NOT EXISTS documents (  -- the content each indexed document's c
     content_hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS documents_by_content ON documents(content_hash);
+CREATE TABLE IF NOT EXISTS provenance (  -- how each indexed document got in (Provenance), for its sources
+    document_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    indexed_at TEXT NOT NULL,
+    model TEXT NOT NULL,
+    pipeline_version TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS embedding_model (  -- one row while the namespace holds chunks
     id INTEGER PRIMARY KEY CHECK (id = 1),
     model TEXT NOT NULL,
@@ -87,6 +96,15 @@ _INSERT_CHUNK = (
     'INSERT INTO chunks(chunk_id, document_id, chunk_no, content, title, start, "end", metadata, vector)'
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+# The provenance table's columns are Provenance's fields, in their order.
+_PROVENANCE = [f.name for f in fields(Provenance)]
+_INSERT_PROVENANCE = (
+    f"INSERT INTO provenance(document_id, {', '.join(_PROVENANCE)}) VALUES (?{', ?' * len(_PROVENANCE)})"  # noqa: S608
+)
+# A document indexed before provenance was kept has no row: its columns read as NULL, its Provenance as empty.
+_PROVENANCE_COLUMNS = ", ".join(f"coalesce({name}, '')" for name in _PROVENANCE)
 
 
 @dataclass
@@ -136,6 +154,7 @@ class FaissStore:
                     ids = [row[0] for row in db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))]
                     db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
                     db.execute("DELETE FROM documents WHERE document_id = ?", (document_id,))
+                    db.execute("DELETE FROM provenance WHERE document_id = ?", (document_id,))
                     db.executemany("INSERT INTO changes(op, id) VALUES ('remove', ?)", [(i,) for i in ids])
                 _record_model(db, namespace, model)
                 for document in upserts:
@@ -144,6 +163,8 @@ class FaissStore:
                             "INSERT INTO documents(document_id, content_hash) VALUES (?, ?)",
                             (document.document_id, document.content_hash),
                         )
+                    if document.chunks:
+                        db.execute(_INSERT_PROVENANCE, (document.document_id, *astuple(document.provenance)))
                     metadata = json.dumps(dict(document.metadata))
                     title = str(document.metadata.get("title", ""))
                     for chunk in document.chunks:
@@ -324,8 +345,11 @@ def _matches(db: sqlite3.Connection, query: str, top_k: int) -> list[tuple[int, 
 
 def _hits(db: sqlite3.Connection, ranked: Sequence[tuple[int, float]]) -> list[Hit]:
     """The chunks of (row id, score) pairs, in their order, with that score."""
-    columns = 'id, chunk_id, document_id, content, metadata, chunk_no, start, "end"'
-    found_rows = f"SELECT {columns} FROM chunks WHERE id IN ({_placeholders(ranked)})"  # noqa: S608
+    columns = 'id, chunk_id, document_id, content, metadata, chunk_no, start, "end", ' + _PROVENANCE_COLUMNS
+    found_rows = (
+        f"SELECT {columns} FROM chunks LEFT JOIN provenance USING (document_id)"  # noqa: S608
+        f" WHERE id IN ({_placeholders(ranked)})"
+    )
     rows = {row[0]: row for row in db.execute(found_rows, [i for i, _ in ranked])}
     return [_hit(rows[i], score) for i, score in ranked if i in rows]
 
@@ -353,7 +377,14 @@ def _vectors(db: sqlite3.Connection, sql: str, params: Sequence[int]) -> tuple[n
 
 
 def _hit(row: tuple[object, ...], score: float) -> Hit:
-    _, chunk_id, document_id, content, metadata, chunk_no, start, end = row
+    _, chunk_id, document_id, content, metadata, chunk_no, start, end, *provenance = row
     meta = json.loads(str(metadata))
     meta.update({"chunk_no": chunk_no, "start": start, "end": end})
-    return Hit(chunk_id=str(chunk_id), document_id=str(document_id), content=str(content), score=score, metadata=meta)
+    return Hit(
+        chunk_id=str(chunk_id),
+        document_id=str(document_id),
+        content=str(content),
+        score=score,
+        metadata=meta,
+        provenance=Provenance(*(str(value) for value in provenance)),
+    )

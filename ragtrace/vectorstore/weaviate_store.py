@@ -12,6 +12,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, fields
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
@@ -33,6 +34,7 @@ from ragtrace.vectorstore import (
     DocumentChunks,
     EmbeddingModel,
     Hit,
+    Provenance,
     UnknownNamespace,
     check_model,
     expanded_query,
@@ -52,6 +54,11 @@ _PROPERTIES = [
     Property(name="end", data_type=DataType.INT),
     Property(name="metadata", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
     Property(name="content_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+    # Each chunk carries its document's Provenance, one property per field.
+    *(
+        Property(name=f.name, data_type=DataType.TEXT, index_searchable=False, index_filterable=False)
+        for f in fields(Provenance)
+    ),
 ]
 
 _MODEL_PROPERTIES = [
@@ -210,6 +217,7 @@ class WeaviateStore:
                     "end": chunk.end,
                     "metadata": json.dumps(dict(document.metadata)),
                     "content_hash": document.content_hash or "",
+                    **asdict(document.provenance),
                 },
             )
             for document in upserts
@@ -337,4 +345,5 @@ def _hit(properties: Mapping[str, Any], score: float) -> Hit:
         content=str(properties["content"]),
         score=score,
         metadata=metadata,
+        provenance=Provenance(**{f.name: str(properties.get(f.name) or "") for f in fields(Provenance)}),
     )

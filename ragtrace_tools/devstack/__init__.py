@@ -89,7 +89,14 @@ class LocalStack:
         return {
             **self.servers.client_env(),
             "RAGTRACE_API_KEYS": json.dumps({self.servers.secrets.api_key: ["*"]}),
-            **({"OTEL_EXPORTER_OTLP_ENDPOINT": observability.otlp_endpoint} if self.with_observability else {}),
+            **(
+                {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": observability.otlp_endpoint,
+                    "RAGTRACE_TRACE_QUERY_URL": observability.tempo_url,
+                }
+                if self.with_observability
+                else {}
+            ),
             **({"RAGTRACE_LLM_BASE_URL": f"http://127.0.0.1:{self.servers.ports.vllm}/v1"} if self.with_llm else {}),
         }
 

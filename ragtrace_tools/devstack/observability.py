@@ -71,6 +71,11 @@ class ObservabilityPorts:
         """The collector's OTLP/gRPC receiver: what vLLM exports its spans to (it speaks gRPC by default)."""
         return f"http://{LOCAL}:{self.otlp_grpc}"
 
+    @property
+    def tempo_url(self) -> str:
+        """Tempo's query API: RAGTRACE_TRACE_QUERY_URL for the gateway and the tools."""
+        return f"http://{LOCAL}:{self.tempo}"
+
 
 @dataclass(frozen=True)
 class ScrapeTargets:
@@ -205,7 +210,7 @@ class Observability:
 
     @property
     def tempo_url(self) -> str:
-        return f"http://{_addr(self.ports.tempo)}"
+        return self.ports.tempo_url
 
     @property
     def loki_url(self) -> str:

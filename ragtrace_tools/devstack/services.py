@@ -127,6 +127,7 @@ class Services:
             {
                 "RAGTRACE_GATEWAY_PORT": str(self.ports.gateway),
                 "RAGTRACE_GATEWAY_SEARCH_TARGET": f"127.0.0.1:{self.ports.search_grpc}",
+                "RAGTRACE_GATEWAY_INGEST_URL": f"http://127.0.0.1:{self.ports.ingest}",
             },
         )
 

@@ -8,9 +8,9 @@ import uuid
 
 from typer.testing import CliRunner, Result
 
+from ragtrace.tempo import SpanView, TraceSummary, search_traces
 from ragtrace_tools.cli import app
 from ragtrace_tools.devstack.observability import Observability
-from ragtrace_tools.traces import SpanView, TraceSummary, search_traces
 from tests.pipeline import Pipeline, wait_until
 from tests.traces import path_to_root, whole_tree
 

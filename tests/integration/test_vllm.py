@@ -8,9 +8,9 @@ import uuid
 
 import httpx
 
+from ragtrace.tempo import SpanView
 from ragtrace_tools.devstack.observability import Observability
 from ragtrace_tools.devstack.services import Services
-from ragtrace_tools.traces import SpanView
 from tests.conftest import VLLM
 from tests.metrics import value
 from tests.pipeline import API_KEY, Pipeline, server_sent_events, wait_until

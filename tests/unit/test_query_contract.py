@@ -94,6 +94,8 @@ def _response() -> search_pb2.SearchResponse:
     response = search_pb2.SearchResponse(answer="An answer [1].")
     source = response.sources.add(id="d:0", document_id="d", content="text", score=0.123456789)
     source.metadata.update({"title": "D", "chunk_no": 0, "start": 0, "end": 4, "year": 2020.5})
+    source.provenance.trace_id, source.provenance.span_id = "b" * 32, "c" * 16
+    source.provenance.indexed_at, source.provenance.model = "2026-12-02T06:00:00+00:00", "all-MiniLM-L6-v2"
     response.metadata.trace_id = "a" * 32
     response.metadata.mode = search_pb2.SEARCH_MODE_KEYWORD
     response.metadata.top_k = 3
@@ -112,6 +114,13 @@ def test_the_result_is_the_proto_message_as_json() -> None:
         "content": "text",
         "score": 0.123457,
         "metadata": {"title": "D", "chunk_no": 0, "start": 0, "end": 4, "year": 2020.5},
+        "provenance": {
+            "trace_id": "b" * 32,
+            "span_id": "c" * 16,
+            "indexed_at": "2026-12-02T06:00:00+00:00",
+            "model": "all-MiniLM-L6-v2",
+            "pipeline_version": "",
+        },
     }
     assert type(source["metadata"]["chunk_no"]) is int
     metadata = result["metadata"]

@@ -4,18 +4,24 @@ status → HTTP mapping, and the response schema in the OpenAPI description."""
 from __future__ import annotations
 
 import json
-from typing import Any
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any, cast
 
 import grpc
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from query.app import create_app
-from query.deps import get_search_client
-from query.gateway import SearchClient
+from query.deps import get_ingest_client, get_search_client, get_trace_query
+from query.gateway import IngestClient, SearchClient
 from ragtrace.auth import AuthSettings
 from ragtrace.errors import DependencyUnavailable
+from ragtrace.settings import TraceQuerySettings
 from ragtrace.v1 import search_pb2
+from ragtrace_tools.devstack.servers import free_port
 
 KEY = "test-key"
 
@@ -177,3 +183,39 @@ def test_the_openapi_description_has_the_search_result_schema(client: TestClient
 def test_the_fake_has_the_clients_interface() -> None:
     public = {name for name in vars(SearchClient) if not name.startswith("_")} - {"channel", "stub", "close"}
     assert public <= set(vars(FakeSearchClient))
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A real TCP listener that accepts connections and never answers: a frozen server."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["refused", "frozen"])
+def test_tempo_or_the_ingest_api_not_answering_is_a_fast_503_naming_it(
+    client: TestClient, silent_server: str, frozen: bool
+) -> None:
+    url = silent_server if frozen else f"http://127.0.0.1:{free_port()}"
+    app = cast(FastAPI, client.app)
+    app.dependency_overrides[get_trace_query] = lambda: TraceQuerySettings(url=url, timeout_s=1.0)
+    app.dependency_overrides[get_ingest_client] = lambda: IngestClient(url, 1.0)
+    for path, dependency in (
+        ("/api/traces/" + "a" * 32, "tempo"),
+        ("/api/documents/bread?namespace=team-a", "ingest-api"),
+    ):
+        started = time.monotonic()
+        response = client.get(path)
+        assert response.status_code == 503, response.text
+        assert response.json()["dependency"] == dependency and dependency in response.json()["message"]
+        assert time.monotonic() - started < 1.5
+
+
+def test_a_key_reads_only_its_namespaces_documents_and_a_trace_id_is_32_hex_digits(client: TestClient) -> None:
+    app = cast(FastAPI, client.app)
+    app.dependency_overrides[get_ingest_client] = lambda: IngestClient(f"http://127.0.0.1:{free_port()}", 1.0)
+    app.dependency_overrides[get_trace_query] = TraceQuerySettings
+    refused = client.get("/api/documents/bread?namespace=team-b")
+    assert refused.status_code == 403 and "team-b" in refused.json()["message"]
+    malformed = client.get("/api/traces/ABC")
+    assert malformed.status_code == 422 and "trace_id" in malformed.json()["message"]

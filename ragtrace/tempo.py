@@ -1,5 +1,6 @@
 """Reading traces back from Tempo's HTTP API: one trace by id (`/api/traces/<id>`) and a TraceQL search
-(`/api/search?q=<TraceQL>`)."""
+(`/api/search?q=<TraceQL>`). The one Tempo client: the gateway's trace endpoint (the search page's waterfall)
+and the tools' `ragtrace trace` / `traces` use it. Tempo not answering is DependencyUnavailable("tempo")."""
 
 from __future__ import annotations
 
@@ -10,6 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from ragtrace.errors import DependencyUnavailable
+
+
+@dataclass(frozen=True)
+class SpanLink:
+    """A span of another trace that a span points to (the retrieval span's link to a source's ingestion)."""
+
+    trace_id: str
+    span_id: str
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,50 @@ class SpanView:
     status: str
     attributes: dict[str, Any] = field(default_factory=dict)
     scope: str = ""  # the instrumentation scope (the tracer's name) that made the span
+    links: list[SpanLink] = field(default_factory=list)
+
+
+# What a waterfall shows of a span besides its name, service and timing (`ragtrace trace`, the search page).
+KEY_ATTRIBUTES = (
+    "document.id",
+    "ragtrace.namespace",
+    "messaging.destination.name",
+    "messaging.kafka.offset",
+    "ragtrace.chunk.count",
+    "ragtrace.embedding.model",
+    "db.system.name",
+    "gen_ai.request.model",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "ragtrace.search.mode",
+    "ragtrace.search.results",
+    "ragtrace.cache.hit",
+    "http.response.status_code",
+    "ragtrace.skipped",
+)
+
+
+def key_attributes(span: SpanView) -> dict[str, Any]:
+    return {key: span.attributes[key] for key in KEY_ATTRIBUTES if key in span.attributes}
+
+
+def tree_order(spans: list[SpanView]) -> list[tuple[SpanView, int]]:
+    """Each span with its depth, parents before their children, siblings by start: a waterfall's rows. A span
+    whose parent is not in the trace (yet) is shown as a root."""
+    children: dict[str, list[SpanView]] = {}
+    for span in spans:
+        children.setdefault(span.parent_span_id, []).append(span)
+    known = {s.span_id for s in spans}
+    rows: list[tuple[SpanView, int]] = []
+
+    def add(span: SpanView, depth: int) -> None:
+        rows.append((span, depth))
+        for child in sorted(children.get(span.span_id, []), key=lambda s: s.start_ns):
+            add(child, depth + 1)
+
+    for root in sorted((s for s in spans if s.parent_span_id not in known), key=lambda s: s.start_ns):
+        add(root, 0)
+    return rows
 
 
 def _hex_id(value: str) -> str:
@@ -77,14 +133,33 @@ def parse_trace(body: dict[str, Any]) -> list[SpanView]:
                         .lower(),
                         attributes=_attributes(span.get("attributes")),
                         scope=scope_name,
+                        links=[
+                            SpanLink(
+                                _hex_id(link.get("traceId", "")),
+                                _hex_id(link.get("spanId", "")),
+                                _attributes(link.get("attributes")),
+                            )
+                            for link in span.get("links", [])
+                        ],
                     )
                 )
     return sorted(spans, key=lambda s: s.start_ns)
 
 
+def _get(url: str, timeout_s: float, params: dict[str, Any] | None = None) -> httpx.Response:
+    """Tempo's answer; DependencyUnavailable("tempo") when it gives none in time, or fails itself (5xx)."""
+    try:
+        response = httpx.get(url, params=params, timeout=timeout_s)
+    except httpx.TransportError as error:
+        raise DependencyUnavailable("tempo", f"no answer from {url} ({type(error).__name__})") from error
+    if response.status_code >= 500:
+        raise DependencyUnavailable("tempo", f"it answered {response.status_code}: {response.text.strip()[:200]}")
+    return response
+
+
 def fetch_trace(base_url: str, trace_id: str, timeout_s: float = 5.0) -> list[SpanView] | None:
     """The trace's spans, or None when Tempo does not know it (yet)."""
-    response = httpx.get(f"{base_url.rstrip('/')}/api/traces/{trace_id}", timeout=timeout_s)
+    response = _get(f"{base_url.rstrip('/')}/api/traces/{trace_id}", timeout_s)
     if response.status_code == 404:
         return None
     response.raise_for_status()
@@ -125,10 +200,10 @@ def search_traces(
     """Traces matching a TraceQL query (`{ span.document.id = "kafka-101" }`) that started in the last
     `since_s` seconds. A malformed query raises httpx.HTTPStatusError (Tempo answers 400 and says why)."""
     now = int(time.time())
-    response = httpx.get(
+    response = _get(
         f"{base_url.rstrip('/')}/api/search",
-        params={"q": traceql, "start": now - int(since_s), "end": now + 1, "limit": limit},
-        timeout=timeout_s,
+        timeout_s,
+        {"q": traceql, "start": now - int(since_s), "end": now + 1, "limit": limit},
     )
     response.raise_for_status()
     return parse_search(response.json())
