@@ -236,6 +236,22 @@ def bench_device(
     run(data, passages, sizes, large, output)
 
 
+@app.command("bench-scale")
+def bench_scale(
+    sizes: Annotated[str, typer.Option(help="Namespace sizes in chunks, comma-separated")] = "10000,100000,1000000",
+    requests: Annotated[int, typer.Option(help="Searches per mode and concurrency")] = 200,
+    work_dir: Annotated[
+        Path, typer.Option(help="Folder for the synthetic namespace (about 3 GB at 1M chunks)")
+    ] = REPO_ROOT / ".state" / "bench-scale",
+    keep: Annotated[bool, typer.Option(help="Keep the namespace afterwards")] = False,
+    output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
+) -> None:
+    """FAISS search p50/p99 (concurrency 1 and 8), memory and recall, exact and approximate, by namespace size."""
+    from ragtrace_tools.scalebench import run
+
+    run([int(size) for size in sizes.split(",")], requests, work_dir, keep, output)
+
+
 @app.command("bench-onnx")
 def bench_onnx(
     data: Annotated[

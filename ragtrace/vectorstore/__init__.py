@@ -35,8 +35,9 @@ FEEDBACK_CHUNKS = 3
 # FAISS backend: above this many chunks a namespace is searched approximately; measured with `make
 # bench-scale` (README, Benchmarks, scale): where exact search stops meeting the hybrid p99 target.
 APPROXIMATE_ABOVE = 50_000
-# Recall@10 against exact search that the approximate index's nprobe is calibrated to reach.
-APPROXIMATE_RECALL = 0.95
+# Recall@10 against exact search that the approximate index's nprobe is calibrated to reach on sample queries;
+# above 0.95 to leave a margin for queries unlike them (`make bench-scale` measures it on others: >= 0.95).
+APPROXIMATE_RECALL = 0.97
 
 
 class Backend(StrEnum):

@@ -54,6 +54,8 @@ from ragtrace.vectorstore.faiss_index import (
 )
 
 log = logging.getLogger(__name__)
+# An approximate index is saved beside its namespace's SQLite file as <namespace><SAVED_INDEX_SUFFIX>.
+SAVED_INDEX_SUFFIX = ".ivf.npz"
 
 _SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -264,7 +266,7 @@ class FaissStore:
             log.exception("rebuilding the index of %s failed; searches go on with the old one", ns.path)
 
     def _saved_path(self, ns: _Namespace) -> Path:
-        return ns.path.with_suffix(".ivf.npz")
+        return ns.path.with_suffix(SAVED_INDEX_SUFFIX)
 
     def _to_gpu(self, index: NamespaceIndex) -> faiss.Index | None:
         if not self._gpus or index.size == 0:

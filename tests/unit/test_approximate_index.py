@@ -22,7 +22,7 @@ from ragtrace_tools.synthetic import MODEL, SyntheticCorpus
 NAMESPACE = "scale"
 THRESHOLD = 2_000
 BATCH = 500
-CORPUS = SyntheticCorpus(dimension=32, topics=16, vocabulary=2_000, words_per_chunk=20)
+CORPUS = SyntheticCorpus(dimension=32, latent_dimension=8, topics=16, vocabulary=2_000, words_per_chunk=20)
 
 
 def fill(store: FaissStore, chunks: int, start: int = 0) -> None:

@@ -1,0 +1,150 @@
+"""`ragtrace bench-scale` (`make bench-scale`): how the FAISS backend's search cost grows with a namespace.
+
+One synthetic namespace (ragtrace_tools/synthetic.py says how its vectors and texts are made) grows through
+the store's own write path in a work folder to each size in turn (10k, 100k, 1M chunks by default). At each
+size a fresh process, standing for the search service without its gRPC hop (that hop is `make bench`'s),
+opens the namespace once with exact search and once with approximate search (IVF, nprobe calibrated by the
+store), and measures:
+- the time until its index is ready, and the approximate index's build time;
+- p50/p99 of vector, keyword and hybrid searches (top 10) at concurrency 1 and 8 (200 each, fewer where
+  they take over 30 s, as BM25 at 1M chunks does: the JSON has the count), called through
+  `asyncio.to_thread` as the search service calls the store; keyword search does not depend on the index, so
+  it is measured once. Hybrid is two dense searches (the query, then the query expanded by feedback), one
+  BM25 search, the fusion and the rows read: the parts are the vector and keyword rows;
+- recall@10 of approximate against exact search on the same queries (not the store's calibration queries);
+- the process's resident memory once the index is ready, and its peak.
+Results: a table, and bench/results/<date>-<machine>-scale.json and .md with the machine's description.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ragtrace.vectorstore.faiss_store import SAVED_INDEX_SUFFIX, FaissStore
+from ragtrace_tools.bench import machine, percentile, write_results
+from ragtrace_tools.scaleprobe import CONCURRENCY, CORPUS, NAMESPACE, measure
+
+console = Console()
+BATCH_CHUNKS = 10_000
+
+
+def grow(store: FaissStore, start: int, stop: int) -> float:
+    """Write chunks start..stop into the namespace, with a progress bar; seconds taken."""
+    started = time.perf_counter()
+    columns = (TextColumn("writing chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("write", total=stop, completed=start)
+        for batch in CORPUS.batches(start, stop, BATCH_CHUNKS):
+            store.write(NAMESPACE, batch, [])
+            progress.advance(task, BATCH_CHUNKS)
+    return time.perf_counter() - started
+
+
+def _in_fresh_process(data_dir: Path, approximate: bool, requests: int) -> dict[str, Any]:
+    """`measure` in a new process (spawned: nothing of this one's memory), its latencies as p50/p99."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        measured = pool.submit(measure, data_dir, approximate, requests).result()
+    measured["latency"] = [
+        {"mode": mode, "concurrency": concurrency, "requests": len(timings), **_percentiles(timings)}
+        for mode, concurrency, timings in measured.pop("timings")
+    ]
+    return measured
+
+
+def _percentiles(timings: Sequence[float]) -> dict[str, float]:
+    return {"p50_ms": round(percentile(timings, 50), 2), "p99_ms": round(percentile(timings, 99), 2)}
+
+
+def recall(found: Sequence[Sequence[str]], exact: Sequence[Sequence[str]]) -> float:
+    hits = sum(len(set(f) & set(e)) for f, e in zip(found, exact, strict=True))
+    return round(hits / max(1, sum(len(e) for e in exact)), 4)
+
+
+def run(sizes: Sequence[int], requests: int, work_dir: Path, keep: bool, output_dir: Path) -> dict[str, Any]:
+    data_dir = work_dir / "index"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    store = FaissStore(data_dir)  # writes only: its index is never built here
+    rows: list[dict[str, Any]] = []
+    written = 0
+    try:
+        for size in sorted(sizes):
+            console.print(f"[bold]{size:,} chunks[/]")
+            write_s = grow(store, written, size)
+            row: dict[str, Any] = {
+                "chunks": size,
+                "write_chunks_per_s": round((size - written) / write_s),
+                "sqlite_mib": round(sum(p.stat().st_size for p in data_dir.glob(f"{NAMESPACE}.sqlite*")) / 2**20),
+            }
+            written = size
+            for kind, approximate in (("exact", False), ("approximate", True)):
+                # A fresh build each time: the approximate index saved at the last size is not reused.
+                for saved in data_dir.glob(f"*{SAVED_INDEX_SUFFIX}"):
+                    saved.unlink()
+                with console.status(f"{kind} search at {size:,} chunks"):
+                    row[kind] = _in_fresh_process(data_dir, approximate, requests)
+            row["recall_at_10"] = recall(row["approximate"].pop("top"), row["exact"].pop("top"))
+            rows.append(row)
+            console.print(_lines([row])[-1])
+    finally:
+        store.close()
+        if not keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    results = {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": machine(),
+        "corpus": asdict(CORPUS),
+        "requests_per_measurement": requests,
+        "sizes": rows,
+    }
+    _report(results, output_dir)
+    return results
+
+
+def _latency_cell(measured: dict[str, Any], mode: str) -> str:
+    by_concurrency = {r["concurrency"]: r for r in measured["latency"] if r["mode"] == mode}
+    return " / ".join(f"{by_concurrency[c]['p50_ms']} / **{by_concurrency[c]['p99_ms']}**" for c in CONCURRENCY)
+
+
+def _lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        exact, approximate = row["exact"], row["approximate"]
+        index = approximate["index"]
+        for kind, measured in (("exact", exact), ("approximate", approximate)):
+            described = (
+                "flat"
+                if kind == "exact"
+                else f"IVF {index['cells']} cells, nprobe {index['nprobe']}, built in {index['build_s']} s, "
+                f"recall@10 {row['recall_at_10']}"
+            )
+            lines.append(
+                f"| {row['chunks']:,} | {kind} ({described}) | {_latency_cell(measured, 'vector')} | "
+                f"{_latency_cell(exact, 'keyword')} | {_latency_cell(measured, 'hybrid')} | "
+                f"{measured['rss_mib_ready']} / {measured['rss_mib_peak']} | {measured['ready_s']} |"
+            )
+    return lines
+
+
+def _report(results: dict[str, Any], output_dir: Path) -> None:
+    columns = (
+        "chunks",
+        "index",
+        "vector p50 / p99 ms, c1 / c8",
+        "keyword (BM25) p50 / p99 ms, c1 / c8",
+        "hybrid p50 / p99 ms, c1 / c8",
+        "RSS MiB ready / peak",
+        "ready s",
+    )
+    write_results(results, "ragtrace bench-scale", columns, _lines(results["sizes"]), output_dir, suffix="-scale")

@@ -1,0 +1,86 @@
+"""One search process of `ragtrace bench-scale` (scalebench.py runs it fresh for each measurement): it opens
+the synthetic namespace as the search service would, without the bench's own imports (torch among them),
+so that its resident memory is the store's."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ragtrace.vectorstore.faiss_index import IndexPolicy
+from ragtrace.vectorstore.faiss_store import FaissStore
+from ragtrace_tools.synthetic import SyntheticCorpus
+
+NAMESPACE = "scale"
+CORPUS = SyntheticCorpus()
+TOP_K = 10
+ALPHA = 0.7
+CONCURRENCY = (1, 8)
+# A measurement stops starting searches after this long (at 1M chunks a BM25 search takes seconds), once it
+# has at least MIN_REQUESTS.
+BUDGET_S = 30.0
+MIN_REQUESTS = 16
+
+
+def memory_mib(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (resident at the peak) of this process, MiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return round(int(line.split()[1]) / 1024)
+
+
+async def latencies(call: Callable[[int], object], requests: int, concurrency: int) -> list[float]:
+    """Milliseconds of each of up to `requests` calls (fewer past BUDGET_S), `concurrency` at a time, each in
+    a thread as the search service calls the store."""
+    measured: list[float] = []
+    gate = asyncio.Semaphore(concurrency)
+    begun = time.perf_counter()
+
+    async def one(number: int) -> None:
+        async with gate:
+            if number >= MIN_REQUESTS and time.perf_counter() - begun > BUDGET_S:
+                return
+            started = time.perf_counter()
+            await asyncio.to_thread(call, number)
+            measured.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(one(n) for n in range(requests)))
+    return measured
+
+
+def measure(data_dir: Path, approximate: bool, requests: int) -> dict[str, Any]:
+    """Open the namespace with exact or approximate search, wait until its index is ready, then time each
+    mode at each concurrency (keyword search, which no index changes, with exact only); the top 10 of each
+    vector query, for recall."""
+    store = FaissStore(data_dir, policy=IndexPolicy(approximate_above=0 if approximate else sys.maxsize))
+    started = time.perf_counter()
+    info = store.settle(NAMESPACE)
+    ready_s = time.perf_counter() - started
+    ready_mib = memory_mib("VmRSS")
+    queries = [(text, vector.tolist()) for text, vector in CORPUS.queries(requests)]
+    modes: dict[str, Callable[[int], object]] = {
+        "vector": lambda n: store.search(NAMESPACE, queries[n][1], TOP_K),
+        "hybrid": lambda n: store.hybrid_search(NAMESPACE, queries[n][0], queries[n][1], TOP_K, ALPHA),
+    }
+    if not approximate:
+        modes["keyword"] = lambda n: store.keyword_search(NAMESPACE, queries[n][0], TOP_K)
+    timings = []
+    for mode, call in modes.items():
+        for warm_up in range(min(5, requests)):
+            call(warm_up)
+        for concurrency in CONCURRENCY:
+            timings.append((mode, concurrency, asyncio.run(latencies(call, requests, concurrency))))
+    top = [[hit.chunk_id for hit in store.search(NAMESPACE, vector, TOP_K)] for _, vector in queries]
+    store.close()
+    return {
+        "index": asdict(info),
+        "ready_s": round(ready_s, 1),
+        "rss_mib_ready": ready_mib,
+        "rss_mib_peak": memory_mib("VmHWM"),
+        "timings": timings,
+        "top": top,
+    }
