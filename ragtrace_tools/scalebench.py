@@ -31,30 +31,44 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ragtrace.settings import WeaviateSettings
+from ragtrace.vectorstore import VectorStore
 from ragtrace.vectorstore.faiss_store import SAVED_INDEX_SUFFIX, FaissStore
+from ragtrace.vectorstore.weaviate_store import WeaviateStore
 from ragtrace_tools.bench import machine, percentile, write_results
-from ragtrace_tools.scaleprobe import CONCURRENCY, CORPUS, NAMESPACE, measure
+from ragtrace_tools.devstack.servers import LocalServers, StackPorts
+from ragtrace_tools.devstack.supervisor import Supervisor
+from ragtrace_tools.scaleprobe import CONCURRENCY, CORPUS, NAMESPACE, measure, memory_mib, timed_searches
 
 console = Console()
-BATCH_CHUNKS = 10_000
+BATCH_CHUNKS = 10_000  # chunks generated at a time (chunk i is the same for every backend)
+# Documents per write: one SQLite transaction for FAISS; for Weaviate 50 chunks, which its client's 2 s write
+# deadline allows on a loaded 2-core machine (250 did not, 2026-12-02).
+FAISS_WRITE_DOCUMENTS = 1_000
+WEAVIATE_WRITE_DOCUMENTS = 5
 
 
-def grow(store: FaissStore, start: int, stop: int) -> float:
+def grow(store: VectorStore, start: int, stop: int, documents_per_write: int = FAISS_WRITE_DOCUMENTS) -> float:
     """Write chunks start..stop into the namespace, with a progress bar; seconds taken."""
     started = time.perf_counter()
     columns = (TextColumn("writing chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("write", total=stop, completed=start)
         for batch in CORPUS.batches(start, stop, BATCH_CHUNKS):
-            store.write(NAMESPACE, batch, [])
-            progress.advance(task, BATCH_CHUNKS)
+            for first in range(0, len(batch), documents_per_write):
+                written = batch[first : first + documents_per_write]
+                store.write(NAMESPACE, written, [])
+                progress.advance(task, sum(len(document.chunks) for document in written))
     return time.perf_counter() - started
 
 
 def _in_fresh_process(data_dir: Path, approximate: bool, requests: int) -> dict[str, Any]:
     """`measure` in a new process (spawned: nothing of this one's memory), its latencies as p50/p99."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        measured = pool.submit(measure, data_dir, approximate, requests).result()
+        return _with_percentiles(pool.submit(measure, data_dir, approximate, requests).result())
+
+
+def _with_percentiles(measured: dict[str, Any]) -> dict[str, Any]:
     measured["latency"] = [
         {"mode": mode, "concurrency": concurrency, "requests": len(timings), **_percentiles(timings)}
         for mode, concurrency, timings in measured.pop("timings")
@@ -71,12 +85,48 @@ def recall(found: Sequence[Sequence[str]], exact: Sequence[Sequence[str]]) -> fl
     return round(hits / max(1, sum(len(e) for e in exact)), 4)
 
 
-def run(sizes: Sequence[int], requests: int, work_dir: Path, keep: bool, output_dir: Path) -> dict[str, Any]:
+def weaviate_rows(sizes: Sequence[int], requests: int, work_dir: Path, exact_top: dict[int, Any]) -> list[Any]:
+    """The same namespace grown in Weaviate (the local binary on free ports, its default HNSW and BM25) and
+    the same searches through WeaviateStore, in this process: latencies, recall@10 against FAISS's exact
+    search, the server's resident memory."""
+    state_dir = work_dir / "weaviate"
+    shutil.rmtree(state_dir, ignore_errors=True)
+    servers = LocalServers(state_dir, StackPorts.free())
+    supervisor = Supervisor(state_dir)
+    settings = WeaviateSettings(
+        http_port=servers.ports.weaviate_http,
+        grpc_port=servers.ports.weaviate_grpc,
+        api_key=servers.secrets.weaviate_api_key,
+    )
+    rows, written = [], 0
+    with supervisor.running([servers.weaviate()]):
+        store = WeaviateStore(settings, "ScaleBench")
+        try:
+            for size in sorted(sizes):
+                console.print(f"[bold]Weaviate, {size:,} chunks[/]")
+                write_rate = (size - written) / grow(store, written, size, WEAVIATE_WRITE_DOCUMENTS)
+                written = size
+                with console.status(f"Weaviate search at {size:,} chunks"):
+                    measured = _with_percentiles(timed_searches(store, requests, keyword=True))
+                pid = supervisor.pid("weaviate") or 0
+                measured.update(rss_mib_ready=memory_mib("VmRSS", pid), rss_mib_peak=memory_mib("VmHWM", pid))
+                measured["recall_at_10"] = recall(measured.pop("top"), exact_top[size])
+                rows.append({"chunks": size, "write_chunks_per_s": round(write_rate), **measured})
+        finally:
+            store.close()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return rows
+
+
+def run(
+    sizes: Sequence[int], requests: int, work_dir: Path, keep: bool, output_dir: Path, weaviate: Sequence[int]
+) -> dict[str, Any]:
     data_dir = work_dir / "index"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     store = FaissStore(data_dir)  # writes only: its index is never built here
     rows: list[dict[str, Any]] = []
+    exact_top: dict[int, Any] = {}
     written = 0
     try:
         for size in sorted(sizes):
@@ -94,7 +144,8 @@ def run(sizes: Sequence[int], requests: int, work_dir: Path, keep: bool, output_
                     saved.unlink()
                 with console.status(f"{kind} search at {size:,} chunks"):
                     row[kind] = _in_fresh_process(data_dir, approximate, requests)
-            row["recall_at_10"] = recall(row["approximate"].pop("top"), row["exact"].pop("top"))
+            exact_top[size] = row["exact"].pop("top")
+            row["recall_at_10"] = recall(row["approximate"].pop("top"), exact_top[size])
             rows.append(row)
             console.print(_lines([row])[-1])
     finally:
@@ -107,6 +158,7 @@ def run(sizes: Sequence[int], requests: int, work_dir: Path, keep: bool, output_
         "corpus": asdict(CORPUS),
         "requests_per_measurement": requests,
         "sizes": rows,
+        "weaviate": weaviate_rows(weaviate, requests, work_dir, exact_top) if weaviate else [],
     }
     _report(results, output_dir)
     return results
@@ -117,7 +169,7 @@ def _latency_cell(measured: dict[str, Any], mode: str) -> str:
     return " / ".join(f"{by_concurrency[c]['p50_ms']} / **{by_concurrency[c]['p99_ms']}**" for c in CONCURRENCY)
 
 
-def _lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _lines(rows: Sequence[dict[str, Any]], rows_weaviate: Sequence[dict[str, Any]] = ()) -> list[str]:
     lines = []
     for row in rows:
         exact, approximate = row["exact"], row["approximate"]
@@ -134,6 +186,13 @@ def _lines(rows: Sequence[dict[str, Any]]) -> list[str]:
                 f"{_latency_cell(exact, 'keyword')} | {_latency_cell(measured, 'hybrid')} | "
                 f"{measured['rss_mib_ready']} / {measured['rss_mib_peak']} | {measured['ready_s']} |"
             )
+    for row in rows_weaviate:
+        lines.append(
+            f"| {row['chunks']:,} | Weaviate (HNSW, recall@10 {row['recall_at_10']}) | "
+            f"{_latency_cell(row, 'vector')} | {_latency_cell(row, 'keyword')} (Weaviate's BM25) | "
+            f"{_latency_cell(row, 'hybrid')} | "
+            f"{row['rss_mib_ready']} / {row['rss_mib_peak']} (server) | |"
+        )
     return lines
 
 
@@ -147,4 +206,5 @@ def _report(results: dict[str, Any], output_dir: Path) -> None:
         "RSS MiB ready / peak",
         "ready s",
     )
-    write_results(results, "ragtrace bench-scale", columns, _lines(results["sizes"]), output_dir, suffix="-scale")
+    lines = _lines(results["sizes"], results["weaviate"])
+    write_results(results, "ragtrace bench-scale", columns, lines, output_dir, suffix="-scale")

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ragtrace.vectorstore import VectorStore
 from ragtrace.vectorstore.faiss_index import IndexPolicy
 from ragtrace.vectorstore.faiss_store import FaissStore
 from ragtrace_tools.synthetic import SyntheticCorpus
@@ -27,9 +28,9 @@ BUDGET_S = 30.0
 MIN_REQUESTS = 16
 
 
-def memory_mib(field: str) -> int:
-    """VmRSS (resident now) or VmHWM (resident at the peak) of this process, MiB."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+def memory_mib(field: str, pid: int | str = "self") -> int:
+    """VmRSS (resident now) or VmHWM (resident at the peak) of a process (this one by default), MiB."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(field))
     return round(int(line.split()[1]) / 1024)
 
 
@@ -52,21 +53,15 @@ async def latencies(call: Callable[[int], object], requests: int, concurrency: i
     return measured
 
 
-def measure(data_dir: Path, approximate: bool, requests: int) -> dict[str, Any]:
-    """Open the namespace with exact or approximate search, wait until its index is ready, then time each
-    mode at each concurrency (keyword search, which no index changes, with exact only); the top 10 of each
-    vector query, for recall."""
-    store = FaissStore(data_dir, policy=IndexPolicy(approximate_above=0 if approximate else sys.maxsize))
-    started = time.perf_counter()
-    info = store.settle(NAMESPACE)
-    ready_s = time.perf_counter() - started
-    ready_mib = memory_mib("VmRSS")
+def timed_searches(store: VectorStore, requests: int, keyword: bool) -> dict[str, Any]:
+    """Each mode at each concurrency (keyword too when asked): (mode, concurrency, milliseconds) timings,
+    and the top 10 of each vector query, for recall."""
     queries = [(text, vector.tolist()) for text, vector in CORPUS.queries(requests)]
     modes: dict[str, Callable[[int], object]] = {
         "vector": lambda n: store.search(NAMESPACE, queries[n][1], TOP_K),
         "hybrid": lambda n: store.hybrid_search(NAMESPACE, queries[n][0], queries[n][1], TOP_K, ALPHA),
     }
-    if not approximate:
+    if keyword:
         modes["keyword"] = lambda n: store.keyword_search(NAMESPACE, queries[n][0], TOP_K)
     timings = []
     for mode, call in modes.items():
@@ -75,12 +70,23 @@ def measure(data_dir: Path, approximate: bool, requests: int) -> dict[str, Any]:
         for concurrency in CONCURRENCY:
             timings.append((mode, concurrency, asyncio.run(latencies(call, requests, concurrency))))
     top = [[hit.chunk_id for hit in store.search(NAMESPACE, vector, TOP_K)] for _, vector in queries]
+    return {"timings": timings, "top": top}
+
+
+def measure(data_dir: Path, approximate: bool, requests: int) -> dict[str, Any]:
+    """Open the namespace with exact or approximate search, wait until its index is ready, then time the
+    searches (keyword search, which no index changes, with exact only)."""
+    store = FaissStore(data_dir, policy=IndexPolicy(approximate_above=0 if approximate else sys.maxsize))
+    started = time.perf_counter()
+    info = store.settle(NAMESPACE)
+    ready_s = time.perf_counter() - started
+    ready_mib = memory_mib("VmRSS")
+    searched = timed_searches(store, requests, keyword=not approximate)
     store.close()
     return {
         "index": asdict(info),
         "ready_s": round(ready_s, 1),
         "rss_mib_ready": ready_mib,
         "rss_mib_peak": memory_mib("VmHWM"),
-        "timings": timings,
-        "top": top,
+        **searched,
     }

@@ -32,9 +32,11 @@ HYBRID_CANDIDATES = 50
 RRF_K = 60
 # Chunks pseudo-relevance feedback reads in hybrid search; ANCE-PRF's best depth (Yu et al., 2021).
 FEEDBACK_CHUNKS = 3
-# FAISS backend: above this many chunks a namespace is searched approximately; measured with `make
-# bench-scale` (README, Benchmarks, scale): where exact search stops meeting the hybrid p99 target.
-APPROXIMATE_ABOVE = 50_000
+# FAISS backend: from this many chunks on a namespace is searched approximately. Measured with `make
+# bench-scale` (README, Benchmarks, scale): at 10k chunks exact dense search alone (hybrid runs two) already
+# takes the whole 50 ms p99 budget at concurrency 8 on 2 cores, IVF 5-10x less at recall@10 >= 0.95, built in
+# about a second; below it exact search costs a few ms and an IVF of under 100 cells gains little.
+APPROXIMATE_ABOVE = 10_000
 # Recall@10 against exact search that the approximate index's nprobe is calibrated to reach on sample queries;
 # above 0.95 to leave a margin for queries unlike them (`make bench-scale` measures it on others: >= 0.95).
 APPROXIMATE_RECALL = 0.97
