@@ -39,7 +39,7 @@ FEEDBACK_CHUNKS = 3
 APPROXIMATE_ABOVE = 10_000
 # Recall@10 against exact search that the approximate index's nprobe is calibrated to reach on sample queries;
 # above 0.95 to leave a margin for queries unlike them (`make bench-scale` measures it on others: >= 0.95).
-APPROXIMATE_RECALL = 0.97
+APPROXIMATE_RECALL = 0.98
 
 
 class Backend(StrEnum):

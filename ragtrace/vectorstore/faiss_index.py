@@ -176,15 +176,18 @@ def _trained_ivf(vectors: np.ndarray, cells: int) -> faiss.IndexIVFFlat:
     return index
 
 
-def calibration_queries(vectors: np.ndarray, count: int = CALIBRATION_QUERIES, seed: int = 0) -> np.ndarray:
-    """`count` stored vectors, each moved by noise to a cosine of about 0.8 from where it was, normalized."""
+def calibration_queries(
+    ids: np.ndarray, vectors: np.ndarray, count: int = CALIBRATION_QUERIES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` stored vectors, each moved by noise to a cosine of about 0.8 from where it was and normalized,
+    and the ids they come from."""
     rng = np.random.default_rng(seed)
-    picked = vectors[rng.choice(len(vectors), min(count, len(vectors)), replace=False)]
-    noise = rng.standard_normal(picked.shape).astype(np.float32)
+    picked = rng.choice(len(vectors), min(count, len(vectors)), replace=False)
+    noise = rng.standard_normal((len(picked), vectors.shape[1])).astype(np.float32)
     noise *= CALIBRATION_NOISE / np.linalg.norm(noise, axis=1, keepdims=True)
-    queries = picked + noise
+    queries = vectors[picked] + noise
     faiss.normalize_L2(queries)
-    return queries
+    return queries, ids[picked]
 
 
 def recall_at(found: np.ndarray, exact: np.ndarray) -> float:
@@ -196,17 +199,24 @@ def recall_at(found: np.ndarray, exact: np.ndarray) -> float:
     return hits / max(1, int((exact >= 0).sum()))
 
 
+def _without_sources(found: np.ndarray, sources: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first k ids other than its query's source."""
+    return np.asarray([row[row != source][:k] for row, source in zip(found, sources, strict=True)])
+
+
 def calibrate(index: faiss.IndexIVF, ids: np.ndarray, vectors: np.ndarray, min_recall: float) -> tuple[int, float]:
     """The smallest nprobe whose recall@10 against exact search reaches `min_recall` on calibration
-    queries (doubling, then bisection: recall grows with nprobe), set on the index; and that recall."""
-    queries = calibration_queries(vectors)
-    k = min(RECALL_AT, len(vectors))
-    _, positions = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-    exact = np.where(positions >= 0, ids[positions], -1)
+    queries (doubling, then bisection: recall grows with nprobe), set on the index; and that recall. A
+    query's own source is left out of both top 10s: it is the one neighbour a real query does not have
+    (found almost always, it would make recall look better than a new query gets)."""
+    queries, sources = calibration_queries(ids, vectors)
+    k = min(RECALL_AT, len(vectors) - 1)
+    _, positions = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    exact = _without_sources(np.where(positions >= 0, ids[positions], -1), sources, k)
 
     def recall(nprobe: int) -> float:
         index.nprobe = nprobe
-        return recall_at(index.search(queries, k)[1], exact)
+        return recall_at(_without_sources(index.search(queries, k + 1)[1], sources, k), exact)
 
     low, high = 0, 1  # recall(low) falls short (0: nothing searched), recall(high) is the candidate
     while high < index.nlist and recall(high) < min_recall:
