@@ -70,7 +70,13 @@ def _in_fresh_process(data_dir: Path, approximate: bool, requests: int) -> dict[
 
 def _with_percentiles(measured: dict[str, Any]) -> dict[str, Any]:
     measured["latency"] = [
-        {"mode": mode, "concurrency": concurrency, "requests": len(timings), **_percentiles(timings)}
+        {
+            "mode": mode,
+            "concurrency": concurrency,
+            "requests": len(timings),
+            "errors": sorted(t for t in timings if isinstance(t, str)),
+            **_percentiles([t for t in timings if not isinstance(t, str)]),
+        }
         for mode, concurrency, timings in measured.pop("timings")
     ]
     return measured
@@ -166,7 +172,12 @@ def run(
 
 def _latency_cell(measured: dict[str, Any], mode: str) -> str:
     by_concurrency = {r["concurrency"]: r for r in measured["latency"] if r["mode"] == mode}
-    return " / ".join(f"{by_concurrency[c]['p50_ms']} / **{by_concurrency[c]['p99_ms']}**" for c in CONCURRENCY)
+    cells = []
+    for concurrency in CONCURRENCY:
+        row = by_concurrency[concurrency]
+        failed = f" ({len(row['errors'])} of {row['requests']} failed: {row['errors'][0]})" if row["errors"] else ""
+        cells.append(f"{row['p50_ms']} / **{row['p99_ms']}**{failed}")
+    return " / ".join(cells)
 
 
 def _lines(rows: Sequence[dict[str, Any]], rows_weaviate: Sequence[dict[str, Any]] = ()) -> list[str]:
