@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PROTOS := $(wildcard proto/ragtrace/v1/*.proto)
 GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 
-.PHONY: help install venv proto infra onnx llm-model up down status test test-unit lint clean eval bench bench-device bench-onnx load-gen drill asyncapi \
+.PHONY: help install venv proto infra onnx llm-model up down status test test-unit lint clean eval bench bench-device bench-scale bench-onnx load-gen drill asyncapi \
 	cluster-start cluster-stop cluster-status cluster-logs cluster-check
 
 help: ## List the targets
@@ -68,6 +68,9 @@ bench: install ## Speed and memory of the running stack (make up): bench/results
 
 bench-device: install ## Embedding (MiniLM, bge-m3-sized) and index search in-process on the best device (CUDA when present)
 	$(RAGTRACE) bench-device
+
+bench-scale: venv ## FAISS search cost by namespace size (10k, 100k, 1M synthetic chunks), exact and approximate, in-process (SCALE_ARGS: options)
+	$(RAGTRACE) bench-scale $(SCALE_ARGS)
 
 bench-onnx: venv ## Embedding backends on this CPU (torch fp32, ONNX fp32, int8 variants): chunks/s and nDCG@10 per set
 	$(RAGTRACE) bench-onnx

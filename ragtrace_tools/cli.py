@@ -235,6 +235,29 @@ def bench_device(
     run(data, passages, sizes, large, output)
 
 
+@app.command("bench-scale")
+def bench_scale(
+    sizes: Annotated[str, typer.Option(help="Namespace sizes in chunks, comma-separated")] = "10000,100000,1000000",
+    requests: Annotated[int, typer.Option(help="Searches per mode and concurrency")] = 200,
+    work_dir: Annotated[
+        Path, typer.Option(help="Folder for the synthetic namespace (about 3 GB at 1M chunks)")
+    ] = REPO_ROOT / ".state" / "bench-scale",
+    keep: Annotated[bool, typer.Option(help="Keep the namespace afterwards")] = False,
+    weaviate: Annotated[
+        str, typer.Option(help="Sizes (of --sizes) to measure in Weaviate too, its local binary; empty: none")
+    ] = "",
+    output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
+) -> None:
+    """FAISS search p50/p99 (concurrency 1 and 8), memory and recall, exact and approximate, by namespace size."""
+    from ragtrace_tools.scalebench import run
+
+    faiss_sizes = [int(size) for size in sizes.split(",")]
+    weaviate_sizes = [int(size) for size in weaviate.split(",") if size]
+    if not set(weaviate_sizes) <= set(faiss_sizes):
+        raise typer.BadParameter("every --weaviate size must be one of --sizes (recall is against FAISS's exact)")
+    run(faiss_sizes, requests, work_dir, keep, output, weaviate_sizes)
+
+
 @app.command("bench-onnx")
 def bench_onnx(
     data: Annotated[

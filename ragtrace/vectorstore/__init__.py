@@ -32,6 +32,14 @@ HYBRID_CANDIDATES = 50
 RRF_K = 60
 # Chunks pseudo-relevance feedback reads in hybrid search; ANCE-PRF's best depth (Yu et al., 2021).
 FEEDBACK_CHUNKS = 3
+# FAISS backend: from this many chunks on a namespace is searched approximately. Measured with `make
+# bench-scale` (README, Benchmarks, scale): at 10k chunks exact dense search alone (hybrid runs two) already
+# takes the whole 50 ms p99 budget at concurrency 8 on 2 cores, IVF 5-10x less at recall@10 >= 0.95, built in
+# about a second; below it exact search costs a few ms and an IVF of under 100 cells gains little.
+APPROXIMATE_ABOVE = 10_000
+# Recall@10 against exact search that the approximate index's nprobe is calibrated to reach on sample queries;
+# above 0.95 to leave a margin for queries unlike them (`make bench-scale` measures it on others: >= 0.95).
+APPROXIMATE_RECALL = 0.98
 
 
 class Backend(StrEnum):
@@ -47,6 +55,10 @@ class VectorStoreSettings(BaseSettings):
     weaviate_collection: str = "RagtraceChunk"
     # Hybrid search: chunks whose vectors expand the query vector (README, Evaluation); 0: no feedback.
     feedback_chunks: int = Field(FEEDBACK_CHUNKS, ge=0)
+    # FAISS backend: chunks above which a namespace is searched approximately (IVF), and the recall@10
+    # against exact search its nprobe is calibrated for (faiss_index.py; README, Benchmarks, scale).
+    approximate_above: int = Field(APPROXIMATE_ABOVE, ge=0)
+    approximate_recall: float = Field(APPROXIMATE_RECALL, gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -211,6 +223,8 @@ def open_vector_store(settings: VectorStoreSettings, weaviate: WeaviateSettings 
         from ragtrace.vectorstore.weaviate_store import WeaviateStore
 
         return WeaviateStore(weaviate or WeaviateSettings(), settings.weaviate_collection, settings.feedback_chunks)
+    from ragtrace.vectorstore.faiss_index import IndexPolicy
     from ragtrace.vectorstore.faiss_store import FaissStore
 
-    return FaissStore(settings.data_dir, settings.feedback_chunks)
+    policy = IndexPolicy(settings.approximate_above, settings.approximate_recall)
+    return FaissStore(settings.data_dir, settings.feedback_chunks, policy)

@@ -5,15 +5,24 @@ vectors, an FTS5 keyword index kept in step by triggers, and a change log. Each 
 FAISS index per namespace (inner product over normalized vectors = cosine) and, before every search,
 applies the changes logged since it last looked, so the indexer's writes are visible to the search service
 without reloading. On a machine with a GPU and faiss-gpu, searches run on a GPU copy of the index.
+
+A namespace's index is exact while small and approximate (IVF) above `IndexPolicy.approximate_above`
+chunks (faiss_index.py). The switch, and each rebuild a change of size calls for, happens in a thread: the
+new index is built from a snapshot of the namespace while searches go on with the old one, then the writes
+committed since the snapshot are replayed onto it and it is swapped in under the namespace's lock. An
+approximate index is saved beside the namespace (`<namespace>.ivf.npz`, with the change it reflects), so
+a restart loads it and replays only the changes since, instead of training again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import threading
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
@@ -36,6 +45,18 @@ from ragtrace.vectorstore import (
     fused_ranking,
     written_model,
 )
+from ragtrace.vectorstore.faiss_index import (
+    IndexInfo,
+    IndexPolicy,
+    NamespaceIndex,
+    build,
+    placeholders,
+    read_all_vectors,
+)
+
+log = logging.getLogger(__name__)
+# An approximate index is saved beside its namespace's SQLite file as <namespace><SAVED_INDEX_SUFFIX>.
+SAVED_INDEX_SUFFIX = ".ivf.npz"
 
 _SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -111,17 +132,23 @@ _PROVENANCE_COLUMNS = ", ".join(f"coalesce({name}, '')" for name in _PROVENANCE)
 class _Namespace:
     db: sqlite3.Connection
     lock: threading.Lock
-    index: faiss.IndexIDMap2 | None = None
-    seen_seq: int = 0
+    path: Path
+    current: NamespaceIndex | None = None  # swapped whole by a rebuild, under the lock
     device_index: faiss.Index | None = None  # GPU copy, rebuilt after changes
+    rebuilding: threading.Thread | None = None
+    failed_at_size: int | None = None
+    closed: bool = False
 
 
 class FaissStore:
     backend = Backend.FAISS
 
-    def __init__(self, data_dir: Path, feedback_chunks: int = FEEDBACK_CHUNKS) -> None:
+    def __init__(
+        self, data_dir: Path, feedback_chunks: int = FEEDBACK_CHUNKS, policy: IndexPolicy | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.feedback_chunks = feedback_chunks
+        self.policy = policy or IndexPolicy()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._namespaces: dict[str, _Namespace] = {}
         self._lock = threading.Lock()
@@ -139,7 +166,7 @@ class FaissStore:
                 db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
                 db.executescript(_SCHEMA)
                 db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes in WAL mode
-                self._namespaces[namespace] = _Namespace(db, threading.Lock())
+                self._namespaces[namespace] = _Namespace(db, threading.Lock(), path)
             return self._namespaces[namespace]
 
     def write(self, namespace: str, upserts: Sequence[DocumentChunks], deletes: Sequence[str]) -> None:
@@ -190,43 +217,94 @@ class FaissStore:
                 db.execute("ROLLBACK")
                 raise
 
-    def _sync(self, ns: _Namespace) -> faiss.Index:
-        """Bring the in-memory index up to the last committed change (call with ns.lock held)."""
-        db = ns.db
-        latest = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
-        if ns.index is not None and latest == ns.seen_seq:
-            return ns.device_index or ns.index
-        changes = db.execute("SELECT op, id FROM changes WHERE seq > ? ORDER BY seq", (ns.seen_seq,)).fetchall()
-        if ns.index is None:
-            ns.index = self._load_all(db)
-        else:
-            removed = [i for op, i in changes if op == "remove"]
-            added = [i for op, i in changes if op == "add"]
-            if removed:
-                _remove(ns.index, np.asarray(removed, dtype=np.int64))
-            if added:
-                added_rows = f"SELECT id, vector FROM chunks WHERE id IN ({_placeholders(added)})"  # noqa: S608
-                ids, vectors = _vectors(db, added_rows, added)
-                if len(ids):
-                    if ns.index.ntotal == 0 and ns.index.d != vectors.shape[1]:
-                        ns.index = _new_index(vectors.shape[1])  # the first vectors fix the dimension
-                    _remove(ns.index, ids)  # re-applying a change must not add a second copy
-                    ns.index.add_with_ids(vectors, ids)
-        ns.seen_seq = latest
-        ns.device_index = self._to_gpu(ns.index)
-        return ns.device_index or ns.index
+    def _sync(self, ns: _Namespace) -> NamespaceIndex:
+        """Bring the in-memory index up to the last committed change, and start the rebuild its size calls
+        for (call with ns.lock held)."""
+        latest = ns.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+        if ns.current is None:
+            ns.current = self._first_index(ns, latest)
+            ns.device_index = self._to_gpu(ns.current)
+        elif ns.current.seq != latest:
+            ns.current.apply_changes(ns.db, latest)
+            ns.device_index = self._to_gpu(ns.current)
+        self._start_rebuild_if_due(ns, ns.current)
+        return ns.current
 
-    def _load_all(self, db: sqlite3.Connection) -> faiss.IndexIDMap2:
-        ids, vectors = _vectors(db, "SELECT id, vector FROM chunks", [])
-        index = _new_index(vectors.shape[1])
-        if len(ids):
-            index.add_with_ids(vectors, ids)
-        return index
+    def _first_index(self, ns: _Namespace, latest: int) -> NamespaceIndex:
+        """The approximate index this store saved, brought up to date, when it still matches the namespace;
+        else the exact index of every chunk (the policy then rebuilds it in the background if it is large)."""
+        saved = self._saved_path(ns)
+        if saved.exists():
+            loaded = NamespaceIndex.load(saved)
+            if loaded.seq <= latest:
+                loaded.apply_changes(ns.db, latest)
+                if loaded.size == ns.db.execute("SELECT count(*) FROM chunks").fetchone()[0]:
+                    return loaded
+            log.warning("%s does not match its namespace (recreated?): rebuilding", saved)
+            saved.unlink(missing_ok=True)
+        ids, vectors = read_all_vectors(ns.db)
+        return build(ids, vectors, 0, self.policy.min_recall, latest)
 
-    def _to_gpu(self, index: faiss.IndexIDMap2) -> faiss.Index | None:
-        if not self._gpus or index.ntotal == 0:
+    def _start_rebuild_if_due(self, ns: _Namespace, current: NamespaceIndex) -> None:
+        """A rebuild in a thread when the namespace's size calls for another index and none is running."""
+        if ns.rebuilding is not None and ns.rebuilding.is_alive():
+            return
+        cells = self.policy.rebuild_cells(current.size, current.cells)
+        if cells is None or ns.failed_at_size == current.size:
+            return
+        ns.rebuilding = threading.Thread(
+            target=self._rebuild, args=(ns, cells, current.size), name="faiss-rebuild", daemon=True
+        )
+        ns.rebuilding.start()
+
+    def _rebuild(self, ns: _Namespace, cells: int, size: int) -> None:
+        """Build the new index from a snapshot of the namespace (its own connection: searches go on with the
+        old index meanwhile), save it when approximate, then, under the lock, replay the writes committed
+        since the snapshot onto it and swap it in."""
+        try:
+            with closing(sqlite3.connect(f"file:{ns.path}?mode=ro", uri=True, timeout=30)) as db:
+                db.execute("BEGIN")  # one snapshot: the vectors and the change they reflect
+                seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+                ids, vectors = read_all_vectors(db)
+                db.execute("COMMIT")
+            built = build(ids, vectors, cells, self.policy.min_recall, seq)
+            del ids, vectors
+            if ns.closed:
+                return
+            if built.cells:
+                built.save(self._saved_path(ns))
+            else:
+                self._saved_path(ns).unlink(missing_ok=True)
+            with ns.lock:
+                if ns.closed:
+                    return
+                built.apply_changes(ns.db, ns.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+                ns.current = built
+                ns.device_index = self._to_gpu(built)
+            log.info("namespace index rebuilt: %s", built.info())
+        except Exception:
+            ns.failed_at_size = size  # not again until the namespace changes size
+            log.exception("rebuilding the index of %s failed; searches go on with the old one", ns.path)
+
+    def _saved_path(self, ns: _Namespace) -> Path:
+        return ns.path.with_suffix(SAVED_INDEX_SUFFIX)
+
+    def _to_gpu(self, index: NamespaceIndex) -> faiss.Index | None:
+        if not self._gpus or index.size == 0:
             return None
-        return faiss.index_cpu_to_all_gpus(index)
+        return faiss.index_cpu_to_all_gpus(index.index)
+
+    def settle(self, namespace: str) -> IndexInfo:
+        """Bring the namespace's index up to date and wait until the rebuild it calls for, if any, is
+        swapped in: what it is searched with from then on (for benchmarks and tests)."""
+        ns = self._open(namespace, create=False)
+        while True:
+            with ns.lock:
+                current = self._sync(ns)
+                rebuilding = ns.rebuilding
+                if rebuilding is None or not rebuilding.is_alive():
+                    return current.info()
+            rebuilding.join()
 
     def search(self, namespace: str, vector: Sequence[float], top_k: int) -> list[Hit]:
         ns = self._open(namespace, create=False)
@@ -236,12 +314,13 @@ class FaissStore:
     def _nearest(self, ns: _Namespace, vector: Sequence[float], top_k: int) -> list[tuple[int, float]]:
         """(FAISS id, cosine) of the top_k nearest chunks, best first (call with ns.lock held)."""
         query = np.asarray([vector], dtype=np.float32)
-        index = self._sync(ns)
-        if index.ntotal == 0:
+        current = self._sync(ns)
+        if current.size == 0:
             return []
-        if index.d != query.shape[1]:
-            raise ValueError(f"the query vector has dimension {query.shape[1]}, the index {index.d}")
-        scores, ids = index.search(query, min(top_k, index.ntotal))
+        if current.index.d != query.shape[1]:
+            raise ValueError(f"the query vector has dimension {query.shape[1]}, the index {current.index.d}")
+        index = ns.device_index or current.index
+        scores, ids = index.search(query, min(top_k, current.size))
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def keyword_search(self, namespace: str, query: str, top_k: int) -> list[Hit]:
@@ -261,8 +340,8 @@ class FaissStore:
                 nearest = [i for i, _ in self._nearest(ns, vector, candidates)]
                 keyword = [i for i, _ in _matches(ns.db, query, candidates)]
                 feedback = feedback_ids(nearest, keyword, self.feedback_chunks)
-                if feedback and ns.index is not None:
-                    feedback_vectors = ns.index.reconstruct_batch(np.asarray(feedback, dtype=np.int64))
+                if feedback and ns.current is not None:
+                    feedback_vectors = ns.current.index.reconstruct_batch(np.asarray(feedback, dtype=np.int64))
                     nearest = [i for i, _ in self._nearest(ns, expanded_query(vector, feedback_vectors), candidates)]
                 return _hits(ns.db, fused_ranking(nearest, keyword, alpha, top_k))
             finally:
@@ -308,7 +387,9 @@ class FaissStore:
     def close(self) -> None:
         with self._lock:
             for ns in self._namespaces.values():
-                ns.db.close()
+                with ns.lock:
+                    ns.closed = True  # a rebuild in flight is dropped
+                    ns.db.close()
             self._namespaces.clear()
 
 
@@ -348,32 +429,10 @@ def _hits(db: sqlite3.Connection, ranked: Sequence[tuple[int, float]]) -> list[H
     columns = 'id, chunk_id, document_id, content, metadata, chunk_no, start, "end", ' + _PROVENANCE_COLUMNS
     found_rows = (
         f"SELECT {columns} FROM chunks LEFT JOIN provenance USING (document_id)"  # noqa: S608
-        f" WHERE id IN ({_placeholders(ranked)})"
+        f" WHERE id IN ({placeholders(ranked)})"
     )
     rows = {row[0]: row for row in db.execute(found_rows, [i for i, _ in ranked])}
     return [_hit(rows[i], score) for i, score in ranked if i in rows]
-
-
-def _placeholders(values: Sequence[object]) -> str:
-    """`?, ?, ?` for an IN clause: the values themselves are always bound parameters."""
-    return ", ".join("?" * len(values))
-
-
-def _remove(index: faiss.IndexIDMap2, ids: np.ndarray) -> None:
-    # faiss's Python wrapper takes an id array here; its type stubs only know the IDSelector form.
-    index.remove_ids(ids)  # type: ignore[arg-type]
-
-
-def _new_index(dimension: int) -> faiss.IndexIDMap2:
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
-
-
-def _vectors(db: sqlite3.Connection, sql: str, params: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    rows = db.execute(sql, list(params)).fetchall()
-    ids = np.asarray([row[0] for row in rows], dtype=np.int64)
-    if not rows:
-        return ids, np.zeros((0, 1), dtype=np.float32)
-    return ids, np.vstack([np.frombuffer(row[1], dtype=np.float32) for row in rows])
 
 
 def _hit(row: tuple[object, ...], score: float) -> Hit:
