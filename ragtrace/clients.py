@@ -9,6 +9,9 @@ import redis.asyncio as aioredis
 import urllib3
 import weaviate
 from minio import Minio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 
 from ragtrace.errors import DependencyUnavailable
@@ -59,9 +62,14 @@ def minio_client(settings: MinioSettings) -> Minio:
 
 
 def redis_client(settings: RedisSettings, timeout_s: float = 1.0) -> aioredis.Redis[bytes]:
-    # Short timeouts: a cache that is down must cost a request milliseconds, not a hang.
+    # Short timeouts: a cache that is down must cost a request milliseconds, not a hang. One immediate retry on
+    # a connection error: a pooled connection to a Redis that restarted fails once, then reconnects.
     return aioredis.Redis.from_url(
-        settings.url.get_secret_value(), socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        settings.url.get_secret_value(),
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), retries=1),
+        retry_on_error=[RedisConnectionError],
     )
 
 

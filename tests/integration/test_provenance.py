@@ -5,6 +5,7 @@ namespace's cost (LLM tokens, embedding time) is counted. Real pipelines, the se
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from datetime import datetime
 
@@ -76,7 +77,7 @@ def test_sources_carry_their_ingestion_and_the_retrieval_span_links_to_it(
 
     # A cached answer carries the same provenance.
     cached = pipeline.search(**question).json()
-    assert cached["metadata"]["cache_hit"] is True
+    assert cached["metadata"]["cache_hit"] is True, json.dumps([body["metadata"], cached["metadata"]])
     assert [s["provenance"] for s in cached["sources"]] == [s["provenance"] for s in body["sources"]]
 
 

@@ -311,3 +311,16 @@ def test_redis_down_search_still_works_uncached(faiss_pipeline: Pipeline, infra:
         )
     assert all(b["metadata"]["cache_hit"] is False and b["sources"][0]["document_id"] == "one" for b in bodies)
     assert elapsed < 2.0, f"two uncached searches took {elapsed:.2f}s"
+
+
+def test_after_a_redis_restart_the_first_search_is_cached_again(faiss_pipeline: Pipeline, infra: Infra) -> None:
+    """The search service's pooled connections to the old Redis fail once and reconnect: no search is left
+    uncached (and no namespace version unread) because of a restart it did not see happen."""
+    supervisor, redis = session_server(infra, "redis")
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace, {"one": ("One", "A single document about fumaroles.")})
+    assert _search(faiss_pipeline, namespace, "fumaroles", generate=False)["metadata"]["cache_hit"] is False
+    with supervisor.stopped(redis):
+        pass  # restarted while no search ran
+    after = [_search(faiss_pipeline, namespace, "fumaroles again", generate=False) for _ in range(2)]
+    assert [b["metadata"]["cache_hit"] for b in after] == [False, True]
