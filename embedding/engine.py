@@ -105,11 +105,9 @@ class EmbeddingEngine:
                 self.model.max_seq_length or 256,
                 threads=settings.onnx_threads or (1 if serves_queries else 0),
                 spinning=not serves_queries if settings.onnx_spinning is None else settings.onnx_spinning,
+                texts_alone=variant.quantize,
             )
             self.dtype = "int8" if variant.quantize else "float32"
-        # Dynamic int8 scales activations per batch, so a text's vector depends a little on the texts batched with
-        # it: a query server then embeds each caller's text on its own, the same for the same text every time.
-        self.batch_invariant = not (self.onnx is not None and VARIANTS[self.backend].quantize)
         DEVICE.labels(self.model_name, self.device, self.dtype, self.backend).set(1)
         self.tokenizer: Any = self.model.tokenizer
         # The model truncates longer inputs, so a chunk never exceeds what it reads (less [CLS] and [SEP]).

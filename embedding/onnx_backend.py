@@ -1,5 +1,5 @@
 """The ONNX Runtime backend of the embedding engine (CPU): the sentence-transformers model exported once to ONNX,
-optionally int8-quantized, run by onnxruntime with length-sorted batches.
+optionally int8-quantized, run by onnxruntime: fp32 in length-sorted batches, int8 one text per run.
 
 sentence-transformers' own `backend="onnx"` needs `optimum-onnx`, whose only releases require
 transformers < 4.58 while sentence-transformers 6 requires transformers >= 5: pip cannot install both, and
@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -55,8 +56,9 @@ VARIANTS: dict[str, Variant] = {
     "onnx": Variant("onnx"),
     "onnx-opt": Variant("onnx-opt", optimize=True),
     # Dynamic int8 as optimum's avx512_vnni configuration makes it: every integer operator (the embedding
-    # tables too), weights symmetric and per output channel. Per channel is what keeps it within the quality
-    # bound: the same per tensor lost 0.006 nDCG@10 on msmarco-5k (ragtrace_tools/onnxbench.py, README).
+    # tables too), weights symmetric and per output channel, run one text at a time (OnnxEncoder). Per channel
+    # and alone is what keeps it within the quality bound: per tensor lost 0.013 nDCG@10 on cranfield even
+    # alone, and batches of 16 lost 0.009 (ragtrace_tools/onnxbench.py, README).
     "onnx-int8": Variant("onnx-int8", quantize=True, per_channel=True, operators=INTEGER_OPS),
 }
 
@@ -219,25 +221,41 @@ def quantize(source: Path, target: Path, variant: Variant) -> None:
 
 
 class OnnxEncoder:
-    """An onnxruntime session of an exported model, with the model's tokenizer. Texts are tokenized once,
-    sorted by token count, cut into batches, padded to each batch's own longest, and put back in order."""
+    """An onnxruntime session of an exported model, with the model's tokenizer. Texts are tokenized once and sorted
+    by token count. An fp32 model runs them in batches, each padded to its own longest, on `threads` intra-op
+    threads. A dynamically quantized model runs each text alone (`texts_alone`): its activations are scaled per
+    run, so in a batch a text's vector would depend on its batch-mates and on their padding (`make eval` measured
+    that at batch 16 as 0.009 nDCG@10 on cranfield); alone, it is the same vector whoever else is being embedded,
+    with no padding at all, and `threads` texts run at once, one core each. Either way the rows come back in the
+    caller's order."""
 
-    def __init__(self, path: Path, tokenizer: Any, max_length: int, threads: int = 0, spinning: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        tokenizer: Any,
+        max_length: int,
+        threads: int = 0,
+        spinning: bool = True,
+        texts_alone: bool = False,
+    ) -> None:
         import onnxruntime as ort
 
+        self.threads = threads or cpu_count()
+        self.texts_alone = texts_alone
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or cpu_count()
+        # Texts alone: each run computes on the thread that calls it, and `threads` callers run at once.
+        options.intra_op_num_threads = 1 if texts_alone else self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning threads keep the cores between batches: the fastest for a stream of batches, a cost to the
         # process's other threads (gRPC, Kafka) when idle. Off, they sleep as soon as a call is done.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._callers = ThreadPoolExecutor(self.threads, "onnx") if texts_alone and self.threads > 1 else None
         self.path = path
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.threads = options.intra_op_num_threads
         self.names = [i.name for i in self.session.get_inputs()]
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.dimension = int(self.session.get_outputs()[0].shape[-1])
@@ -247,11 +265,11 @@ class OnnxEncoder:
             texts, truncation=True, max_length=self.max_length, padding=False, return_attention_mask=False
         )["input_ids"]
         order = length_order([len(i) for i in ids])
-        rows = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            batch = [ids[i] for i in order[start : start + batch_size]]
-            rows[start : start + len(batch)] = self._run(batch)
-        return restore_order(rows, order)
+        size = 1 if self.texts_alone else batch_size
+        batches = [[ids[i] for i in order[start : start + size]] for start in range(0, len(texts), size)]
+        # Longest first, so the last texts to finish are short ones and the callers end together.
+        runs = self._callers.map(self._run, batches) if self._callers and len(batches) > 1 else map(self._run, batches)
+        return restore_order(np.vstack(list(runs)), order)
 
     def _run(self, batch: list[list[int]]) -> np.ndarray:
         width = max(len(i) for i in batch)

@@ -1,8 +1,9 @@
 """EmbeddingService over gRPC: the workers' engine, for query-time embedding.
 
 Concurrent `Embed` calls are gathered into one model batch (micro-batching): the calls that arrive while the
-model is busy form the next batch, so a call on an idle service never waits for company. An engine whose vectors
-depend on their batch (dynamic int8) takes one call at a time instead. Serves the gRPC health checking protocol.
+model is busy form the next batch, so a call on an idle service never waits for company. Every engine gives a
+text the vector it gets alone (embedding/onnx_backend.py runs int8 texts alone), so sharing a batch changes
+no caller's answer. Serves the gRPC health checking protocol.
 
 Run: `python -m embedding.server` (127.0.0.1:50062 by default).
 """
@@ -97,7 +98,7 @@ async def _validate(context: grpc.aio.ServicerContext, texts: list[str]) -> None
 
 async def serve(settings: EmbeddingSettings) -> None:
     engine = EmbeddingEngine(settings, serves_queries=True)
-    batcher = MicroBatcher(engine, engine.batch_size if engine.batch_invariant else 1)
+    batcher = MicroBatcher(engine, engine.batch_size)
     batching = asyncio.create_task(batcher.run())
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     server = await start_grpc_server(

@@ -9,10 +9,10 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
-# `backend=auto` on CPU, and the CPU batch size: measured by ragtrace_tools/onnxbench.py (README). fp32 ONNX, not
-# int8: its vectors are torch's (cosine 1.0000) whatever the batch, while dynamic int8's move with their batch-mates
-# and `make eval` measured them 0.009 nDCG@10 below torch fp32 on cranfield (the bound is 0.005).
-CPU_BACKEND = "onnx"
+# `backend=auto` on CPU, and the CPU batch size: measured by ragtrace_tools/onnxbench.py (README). Dynamic int8, each
+# text run alone (embedding/onnx_backend.py): batched, its vectors moved with their batch-mates and `make eval`
+# measured 0.009 nDCG@10 below torch fp32 on cranfield; alone, they are within 0.002 on every set (bound 0.005).
+CPU_BACKEND = "onnx-int8"
 CPU_BATCH_SIZE = 16
 DEFAULT_ONNX_CACHE = Path("~/.cache/ragtrace/onnx")
 
@@ -26,10 +26,12 @@ class EmbeddingSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fp16: bool = True  # on CUDA only
     # auto: torch on CUDA, CPU_BACKEND on CPU. onnx: fp32 ONNX Runtime; onnx-opt: the same after ORT's
-    # transformer fusions; onnx-int8: dynamic int8 (all three CPU only, exported once into onnx_cache_dir).
+    # transformer fusions; onnx-int8: dynamic int8, each text run alone (all three CPU only, exported once into
+    # onnx_cache_dir).
     backend: Literal["auto", "torch", "onnx", "onnx-opt", "onnx-int8"] = "auto"
     onnx_cache_dir: Path = DEFAULT_ONNX_CACHE
-    # onnxruntime intra-op threads; 0: by role (a worker: the cores this process may run on; a query server: 1)
+    # onnxruntime threads (int8: texts run at once); 0: by role (a worker: the cores this process may run on; a
+    # query server: 1)
     onnx_threads: int = 0
     # ORT's threads spin between calls; unset: by role (a worker's stream of batches spins, a query server's
     # single texts do not, or every query would burn the cores the gateway and the search need for a while)

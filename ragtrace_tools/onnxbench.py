@@ -110,10 +110,12 @@ def run(
             max_length,
             threads=settings.onnx_threads,
             spinning=settings.onnx_spinning is not False,  # unset: as a worker's engine (batches spin)
+            texts_alone=variant.quantize,  # as the engine runs it
         )
         embedders[variant.name] = encoder.encode
     default_name = next((n for n in VARIANTS if n in embedders and n == _cpu_default()), None)
-    if default_name is not None and settings.onnx_spinning is not False:
+    # Spinning or not matters to batches on a shared thread pool; texts run alone (int8) have none.
+    if default_name is not None and settings.onnx_spinning is not False and not VARIANTS[default_name].quantize:
         quiet = OnnxEncoder(
             ensure_exported(model, cache, path, BUNDLED_MODEL, VARIANTS[default_name]),
             model.tokenizer,
