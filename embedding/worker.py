@@ -109,21 +109,29 @@ class Embedding:
             vectors = await asyncio.to_thread(self.engine.embed, texts)
         end_ns = time.time_ns()
         _count_embedding_cost(upserts, (end_ns - start_ns) / 1e9)
-        row = 0
+        batches, row = [], 0
         for item in prepared:
-            chunks = self._chunk_batch(item, vectors[row : row + len(item.chunks)].tolist(), start_ns, end_ns)
+            batches.append(self._chunk_batch(item, vectors[row : row + len(item.chunks)].tolist(), start_ns, end_ns))
             row += len(item.chunks)
-            try:
-                with trace.use_span(item.span, end_on_exit=False):
-                    key = message_key(item.event.namespace, item.event.document_id)
-                    await self.chunks.publish(self.kafka.chunks_topic, key, chunks)
-            except DependencyUnavailable:
-                raise
-            except Exception as error:
-                delivered.fail(item.index, error)
+        # All at once: the producer sends them together, rather than one broker round trip after another while
+        # the model waits for the next batch.
+        outcomes = await asyncio.gather(
+            *(self._publish(item, chunks) for item, chunks in zip(prepared, batches, strict=True)),
+            return_exceptions=True,
+        )
+        for item, chunks, outcome in zip(prepared, batches, outcomes, strict=True):
+            if isinstance(outcome, DependencyUnavailable):
+                raise outcome
+            if isinstance(outcome, Exception):
+                delivered.fail(item.index, outcome)
                 continue
             DOCUMENTS_PROCESSED.labels("embedding", chunks.type.value).inc()
             CHUNKS_PROCESSED.labels("embedding").inc(len(chunks.chunks))
+
+    async def _publish(self, item: _Prepared, chunks: ChunkBatch) -> None:
+        with trace.use_span(item.span, end_on_exit=False):
+            key = message_key(item.event.namespace, item.event.document_id)
+            await self.chunks.publish(self.kafka.chunks_topic, key, chunks)
 
     def _chunk_batch(self, item: _Prepared, vectors: list[list[float]], start_ns: int, end_ns: int) -> ChunkBatch:
         event = item.event

@@ -15,8 +15,9 @@ last is the version that is stored, described and indexed:
 - A request whose event cannot be published gives ownership back (the previous record is restored) before
   its caller is told it failed; should its event still arrive, it owns nothing.
 
-A document costs four round trips to MinIO in all: the ingest API reads and writes its record (`accept`),
-the indexer reads it before the index write (`read_owned`) and writes the outcome against the ETag it read
+A new document costs three round trips to MinIO in all: the ingest API writes its record as a new one
+(`accept`; only a record that is there already, a re-post or a new version, is then read and written), the
+indexer reads it before the index write (`read_owned`) and writes the outcome against the ETag it read
 (`settle`). Only when another writer got there in between does a write read again.
 
 Everything here is synchronous MinIO I/O: async callers use `asyncio.to_thread`.
@@ -114,7 +115,8 @@ class DocumentLifecycle:
         def accepted(current: DocumentRecord | None) -> DocumentRecord | None:
             return None if current is not None and _settled_with(current, content_hash) else version
 
-        previous, written = self._replace(namespace, document_id, accepted)
+        # Most posts are of new documents: write first, and read only if a record was there after all.
+        previous, written = self._replace(namespace, document_id, accepted, expect_none=True)
         if written is None and previous is not None:
             return Claim(previous, previous)
         return Claim(written or version, previous)
@@ -190,11 +192,22 @@ class DocumentLifecycle:
     # plumbing
 
     def _replace(
-        self, namespace: str, document_id: str, change: Callable[[DocumentRecord | None], DocumentRecord | None]
+        self,
+        namespace: str,
+        document_id: str,
+        change: Callable[[DocumentRecord | None], DocumentRecord | None],
+        expect_none: bool = False,
     ) -> tuple[DocumentRecord | None, DocumentRecord | None]:
         """Read the record, ask `change` for its successor (None: leave it as it is), write that conditionally,
-        and start again when another writer got there first. Returns the record read last and the one written
-        (None if none was)."""
+        and start again when another writer got there first. `expect_none`: the first attempt skips the read and
+        writes as if there were no record (If-None-Match), which a record that exists refuses. Returns the
+        record read last and the one written (None if none was)."""
+        if expect_none and (successor := change(None)) is not None:
+            try:
+                self.store.write(successor, None)
+                return None, successor
+            except Conflict:
+                pass
         for _ in range(MAX_ATTEMPTS):
             current, etag = self.store.read(namespace, document_id)
             successor = change(current)

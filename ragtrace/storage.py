@@ -4,10 +4,10 @@ its status and the raw text and metadata of the version that owns it.
 Layout of the bucket (default `documents`):
     {namespace}/{document_id}.json   the document's record
 
-One object per document keeps a document's whole life to four round trips: the ingest API reads the record
-and writes the new version into it; the indexer reads it (does the event still own the document?) and writes
-the outcome. The event carries the text, so the embedding worker never reads MinIO; duplicate content is
-found in the index, which knows each document's content hash.
+One object per document keeps a new document's whole life to three round trips: the ingest API writes the
+record as a new one (and reads and writes again only when one was there); the indexer reads it (does the
+event still own the document?) and writes the outcome. The event carries the text, so the embedding worker
+never reads MinIO; duplicate content is found in the index, which knows each document's content hash.
 
 Records are only ever written conditionally (S3 preconditions: `If-Match` on the ETag that was read,
 `If-None-Match: *` for a record that did not exist), so two writers can never both win: the loser gets
