@@ -214,7 +214,9 @@ def bare_embedding(engine: EmbeddingEngine, texts: list[str]) -> dict[str, Any]:
     best: dict[str, Any] = {}
     chosen = engine.batch_size
     engine.embed(texts[:64])  # warm-up
-    for batch_size in (16, 32, 64, 128):
+    # An engine that runs each text alone (int8) has no batch size to choose: it is measured once.
+    alone = engine.onnx is not None and engine.onnx.texts_alone
+    for batch_size in (1,) if alone else (16, 32, 64, 128):
         engine.batch_size = batch_size
         started = time.perf_counter()
         engine.embed(texts)
