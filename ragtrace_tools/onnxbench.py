@@ -3,7 +3,8 @@
 For torch fp32 (sentence-transformers' `encode`, the reference) and each ONNX variant (embedding/onnx_backend.py,
 plus the int8 candidates below that were tried for the default):
 - chunks/s on the first N passages of a set at batch 32 (best of R interleaved rounds, after a warm-up, so a
-  busy machine slows every variant alike), and a batch-size sweep for torch and the named fp32 backends (int8 runs each text alone);
+  busy machine slows every variant alike), and a batch-size sweep for torch and the named fp32 backends (int8
+  runs each text alone);
 - cosine of each variant's vectors to torch fp32's on those passages (mean and minimum);
 - dense-only nDCG@10 (exact search over whole documents, as `ragtrace eval`'s dense baseline) on every set.
 A variant qualifies as the CPU default only if its nDCG@10 is within 0.005 of torch fp32 on every set.
