@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
-from ingest import deps, routes
+from ingest import bodies, deps, routes
 from ingest.ingestion import Ingestion
 from ingest.settings import IngestSettings
 from ragtrace.http import create_service_app
@@ -35,13 +36,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or IngestSettings()
-    return create_service_app(
+    app = create_service_app(
         "ragtrace ingest",
         settings.max_body_bytes,
         readiness=deps.readiness,
         routers=[routes.router],
         lifespan=lifespan,
     )
+    generated = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's description, with the schemas of the bodies the routes read themselves (ingest/bodies.py)."""
+        schema = generated()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(bodies.openapi_schemas())
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
 
 
 def main() -> None:

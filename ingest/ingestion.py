@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 
-from ragtrace.errors import DependencyUnavailable, DocumentNotFound
+from ragtrace.errors import ConcurrentUpdate, DependencyUnavailable, DocumentNotFound
 from ragtrace.lifecycle import Claim, DocumentLifecycle
 from ragtrace.messaging import Publisher
 from ragtrace.schemas import (
     DocumentEvent,
+    DocumentInput,
     DocumentStatus,
     EventType,
     IngestAccepted,
@@ -62,13 +64,71 @@ class Ingestion:
         self, namespace: str, document_id: str | None, text: str, metadata: dict[str, Any]
     ) -> IngestAccepted:
         """Store the version and announce it; a re-post of settled, unchanged content changes nothing."""
-        document_id = document_id or uuid.uuid4().hex
-        digest = content_hash(text)
         span = trace.get_current_span()
+        claim = await self._claim(span, namespace, document_id, text, metadata)
+        if claim.changed:
+            await self._publish(_upsert(claim, text, metadata), claim)
+        return self._accepted(claim.status, span)
+
+    async def accept_batch(
+        self, namespace: str, documents: Sequence[DocumentInput]
+    ) -> list[IngestAccepted | ConcurrentUpdate]:
+        """Each document as `accept` would, each in a trace of its own that the request's span links to (and
+        that links back to it): records written concurrently, then the changed ones announced together (the
+        producer sends them in one request per partition). Results by position; a document that too many
+        concurrent writers kept from its record gets its ConcurrentUpdate. A dependency that is down raises
+        DependencyUnavailable once every document is either announced or given back."""
+        request = trace.get_current_span()
+        request.set_attributes({"ragtrace.namespace": namespace, "messaging.batch.message_count": len(documents)})
+        spans = [
+            tracer.start_span(
+                "ingest document",
+                context=Context(),  # a new trace per document, as if it had been posted alone
+                links=[trace.Link(request.get_span_context(), {"ragtrace.batch.index": index})],
+            )
+            for index in range(len(documents))
+        ]
+        for span in spans:
+            request.add_link(span.get_span_context())
+        try:
+            claims = await asyncio.gather(
+                *(
+                    self._claim(span, namespace, doc.document_id, doc.text, doc.metadata.model_dump())
+                    for span, doc in zip(spans, documents, strict=True)
+                ),
+                return_exceptions=True,
+            )
+            announced = await asyncio.gather(
+                *(
+                    self._publish_in(span, _upsert(claim, doc.text, doc.metadata.model_dump()), claim)
+                    for span, doc, claim in zip(spans, documents, claims, strict=True)
+                    if isinstance(claim, Claim) and claim.changed
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            for span in spans:
+                span.end()
+        for outcome in (*claims, *announced):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ConcurrentUpdate):
+                raise outcome  # DependencyUnavailable (503 naming it), or a bug
+        return [
+            self._accepted(claim.status, span) if isinstance(claim, Claim) else cast(ConcurrentUpdate, claim)
+            for span, claim in zip(spans, claims, strict=True)
+        ]
+
+    async def _claim(
+        self, span: trace.Span, namespace: str, document_id: str | None, text: str, metadata: dict[str, Any]
+    ) -> Claim:
+        """The lifecycle's claim of the document for this request (`span`: the document's own span)."""
+        document_id = document_id or uuid.uuid4().hex
         span.set_attributes({"document.id": document_id, "ragtrace.namespace": namespace})
         key = self.store.record_key(namespace, document_id)
-        with tracer.start_as_current_span(
-            "upload document", attributes={"ragtrace.bucket": self.store.bucket, "ragtrace.key": key}
+        with (
+            trace.use_span(span),
+            tracer.start_as_current_span(
+                "upload document", attributes={"ragtrace.bucket": self.store.bucket, "ragtrace.key": key}
+            ),
         ):
             claim = await self._call(
                 self.lifecycle.accept,
@@ -76,27 +136,16 @@ class Ingestion:
                 document_id,
                 text,
                 metadata,
-                digest,
+                content_hash(text),
                 utcnow(),
                 trace_id_hex(span),
                 span_id_hex(span),
             )
         if not claim.changed:
             span.set_attribute("ragtrace.unchanged", True)
-            return self._accepted(claim.status)
-        event = DocumentEvent(
-            type=EventType.UPSERT,
-            document_id=document_id,
-            namespace=namespace,
-            ingest_id=claim.status.ingest_id or "",
-            content_hash=digest,
-            text=text,
-            metadata=metadata,
-            accepted_at=claim.status.accepted_at or utcnow(),
-        )
-        await self._publish(event, claim)
-        log.info("accepted document %s in namespace %s (%d characters)", document_id, namespace, len(text))
-        return self._accepted(claim.status)
+        else:
+            log.info("accepted document %s in namespace %s (%d characters)", document_id, namespace, len(text))
+        return claim
 
     async def delete(self, namespace: str, document_id: str) -> DocumentStatus:
         """Mark the document `deleting` and announce it; its chunks leave the index through the same flow."""
@@ -112,6 +161,10 @@ class Ingestion:
         )
         await self._publish(event, claim)
         return claim.status
+
+    async def _publish_in(self, span: trace.Span, event: DocumentEvent, claim: Claim) -> None:
+        with trace.use_span(span):
+            await self._publish(event, claim)
 
     async def _publish(self, event: DocumentEvent, claim: Claim) -> None:
         """Announce the claim on Kafka. Refused: ownership goes back before the caller hears of it, so the
@@ -130,7 +183,12 @@ class Ingestion:
             raise DocumentNotFound(namespace, document_id)
         return current
 
-    def _accepted(self, status: DocumentStatus) -> IngestAccepted:
+    async def statuses(self, namespace: str, document_ids: Sequence[str]) -> dict[str, DocumentStatus | None]:
+        """Many documents' statuses, read concurrently (None: no such document)."""
+        found = await asyncio.gather(*(self._call(self.lifecycle.status, namespace, d) for d in document_ids))
+        return dict(zip(document_ids, found, strict=True))
+
+    def _accepted(self, status: DocumentStatus, span: trace.Span) -> IngestAccepted:
         return IngestAccepted(
             document_id=status.document_id,
             namespace=status.namespace,
@@ -138,7 +196,7 @@ class Ingestion:
             bucket=self.store.bucket,
             key=self.store.record_key(status.namespace, status.document_id),
             content_hash=status.content_hash or "",
-            trace_id=trace_id_hex(),
+            trace_id=trace_id_hex(span),
         )
 
     async def check_kafka(self) -> None:
@@ -146,3 +204,19 @@ class Ingestion:
 
     async def check_minio(self) -> None:
         await asyncio.to_thread(self.store.ensure_bucket)
+
+
+def _upsert(claim: Claim, text: str, metadata: dict[str, Any]) -> DocumentEvent:
+    """The event that announces a claimed version (it carries the text: the embedding worker never reads it
+    back)."""
+    status = claim.status
+    return DocumentEvent(
+        type=EventType.UPSERT,
+        document_id=status.document_id,
+        namespace=status.namespace,
+        ingest_id=status.ingest_id or "",
+        content_hash=status.content_hash,
+        text=text,
+        metadata=metadata,
+        accepted_at=status.accepted_at or utcnow(),
+    )

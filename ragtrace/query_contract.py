@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StringConstraints,
     ValidationError,
@@ -45,9 +46,17 @@ MODE_NAMES: dict[int, ModeName] = {value: name for name, value in MODES.items()}
 QueryText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS), AfterValidator(encodable)
 ]
-TopK = Annotated[StrictInt, Field(ge=1, le=MAX_TOP_K)]
-Alpha = Annotated[float, Field(ge=0.0, le=1.0, description="hybrid: the vector ranking's weight, 0 to 1")]
-MaxTokens = Annotated[StrictInt, Field(ge=1, le=MAX_GENERATED_TOKENS)]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's `integer` is any number without a fraction (89.0 too): take it as the integer it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Strict: a JSON boolean or string is not a number here, as the OpenAPI document's types say.
+TopK = Annotated[StrictInt, Field(ge=1, le=MAX_TOP_K), BeforeValidator(_whole_number)]
+Alpha = Annotated[StrictFloat, Field(ge=0.0, le=1.0, description="hybrid: the vector ranking's weight, 0 to 1")]
+MaxTokens = Annotated[StrictInt, Field(ge=1, le=MAX_GENERATED_TOKENS), BeforeValidator(_whole_number)]
 FilterKey = Annotated[str, StringConstraints(min_length=1), AfterValidator(encodable)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -10,7 +11,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-DOCUMENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+MAX_DOCUMENT_ID_CHARS = 128
+DOCUMENT_ID_PATTERN = rf"^[A-Za-z0-9._:-]{{1,{MAX_DOCUMENT_ID_CHARS}}}$"
 
 
 def encodable(text: str) -> str:
@@ -50,6 +52,20 @@ def _not_a_dot_segment(document_id: str) -> str:
     return document_id
 
 
+def document_id_for_path(path: str) -> str:
+    """The document id of a file or object at `path` (relative, `/`-separated): the path with `/` as `:` when
+    every other character is one an id may hold (`:` itself is not, here); otherwise those characters become
+    `_` and a digest of the whole path follows, so that two paths never share an id. Every way in that names
+    documents by their path uses this."""
+    path = path.strip("/")
+    readable = path.replace("/", ":")
+    safe = re.sub(r"[^A-Za-z0-9._:-]", "_", readable)
+    if ":" not in path and safe == readable and 0 < len(safe) <= MAX_DOCUMENT_ID_CHARS and safe not in (".", ".."):
+        return safe
+    digest = hashlib.sha256(path.encode()).hexdigest()[:12]
+    return f"{safe[: MAX_DOCUMENT_ID_CHARS - len(digest) - 1]}-{digest}"
+
+
 Text = Annotated[str, AfterValidator(encodable)]
 Namespace = Annotated[str, StringConstraints(pattern=NAMESPACE_PATTERN)]
 DocumentId = Annotated[str, StringConstraints(pattern=DOCUMENT_ID_PATTERN), AfterValidator(_not_a_dot_segment)]
@@ -84,12 +100,15 @@ class DocumentMetadata(BaseModel):
         return self
 
 
-class IngestRequest(BaseModel):
+class DocumentInput(BaseModel):
+    """One document as a client gives it: the one validation of every way in (POST /ingest, each item of
+    POST /ingest/batch, an uploaded file, an object in the inbox bucket)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    text: Text
+    # The schema says what the validator refuses: at least one character other than white space.
+    text: Annotated[Text, Field(min_length=1, json_schema_extra={"pattern": r"\S"})]
     metadata: DocumentMetadata
-    namespace: Namespace = "default"
     document_id: DocumentId | None = None
 
     @field_validator("text")
@@ -98,6 +117,12 @@ class IngestRequest(BaseModel):
         if not text.strip():
             raise ValueError("text must contain something other than whitespace")
         return text
+
+
+class IngestRequest(DocumentInput):
+    """The body of POST /ingest: one document, and its namespace."""
+
+    namespace: Namespace = "default"
 
 
 class DocumentState(StrEnum):
@@ -144,6 +169,55 @@ class ErrorBody(BaseModel):
     message: str
     dependency: str | None = None
     details: list[dict[str, Any]] | None = None
+
+
+MAX_BATCH_DOCUMENTS = 1000
+
+
+class IngestBatchRequest(BaseModel):
+    """The body of POST /ingest/batch (JSON). Each document is validated on its own (`DocumentInput`), so one
+    bad document is answered in its own result and never fails the others."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: Namespace = "default"
+    documents: list[DocumentInput] = Field(min_length=1, max_length=MAX_BATCH_DOCUMENTS)
+
+
+class ItemError(BaseModel):
+    field: str  # e.g. `documents[3].text`
+    message: str
+
+
+class BatchItemResult(BaseModel):
+    """One document of a batch, by its position in the input: accepted (with its own trace) or refused."""
+
+    index: int
+    document_id: str | None = None
+    status: DocumentState | None = None
+    content_hash: str | None = None
+    trace_id: str | None = None
+    error: ItemError | None = None
+
+
+class IngestBatchAccepted(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[BatchItemResult]
+
+
+class StatusQuery(BaseModel):
+    """The body of POST /ingest/status: many documents' statuses in one request (progress of a bulk ingest,
+    and what a rerun need not send again)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: Namespace = "default"
+    document_ids: list[DocumentId] = Field(min_length=1, max_length=MAX_BATCH_DOCUMENTS)
+
+
+class StatusAnswer(BaseModel):
+    documents: dict[str, DocumentStatus | None]  # None: no such document
 
 
 # Stored document and Kafka events ------------------------------------------------------------------------

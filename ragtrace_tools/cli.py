@@ -6,14 +6,18 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ragtrace_tools.client import IngestError
 from ragtrace_tools.devstack import LocalStack, StartError, State, Status, default_state_dir
 from ragtrace_tools.devstack.servers import REPO_ROOT, read_env_file
+
+if TYPE_CHECKING:
+    from ragtrace_tools.ingest_files import Outcome
 
 app = typer.Typer(help="ragtrace: event-driven RAG with one trace per document and question.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack of real servers and ragtrace services.", no_args_is_help=True)
@@ -81,6 +85,47 @@ def _file_setting(env_file: Path, name: str, made_by: str) -> str:
 def _stack_setting(name: str) -> str:
     """A setting from the environment, else from the local stack's .state/stack.env."""
     return os.environ.get(name) or _file_setting(default_state_dir() / "stack.env", name, "make up")
+
+
+@app.command("ingest")
+def ingest(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files and folders (.txt .md .html .pdf, .jsonl: a document a line)")
+    ],
+    namespace: Annotated[str, typer.Option(help="The namespace the documents go to")] = "default",
+    url: Annotated[str | None, typer.Option(help="The ingest API (default: $RAGTRACE_INGEST_URL or make up's)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Batch requests in flight")] = 2,
+    wait: Annotated[bool, typer.Option(help="Wait until every document is indexed (or failed)")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the documents to settle")] = 3600.0,
+) -> None:
+    """Ingest files and folders through the batch endpoint, with progress; a rerun sends only what changed.
+    Exits 1 when any document failed (each listed with its reason)."""
+    from ragtrace_tools.client import AsyncIngestClient
+    from ragtrace_tools.ingest_files import collect, failures, ingest_paths, summary
+
+    try:
+        collected = collect(paths)
+    except FileNotFoundError as error:
+        raise typer.BadParameter(str(error)) from error
+
+    async def run() -> Outcome:
+        async with AsyncIngestClient(
+            url or _stack_setting("RAGTRACE_INGEST_URL"), _stack_setting("RAGTRACE_API_KEY")
+        ) as client:
+            return await ingest_paths(
+                client, namespace, collected, concurrency=concurrency, wait=wait, timeout_s=timeout, console=console
+            )
+
+    try:
+        outcome = asyncio.run(run())
+    except IngestError as error:
+        console.print(f"[red]ingest failed:[/] {error}")
+        raise typer.Exit(1) from error
+    console.print(summary(outcome))
+    if outcome.failures:
+        console.print(failures(outcome))
+    if not outcome.ok:
+        raise typer.Exit(1)
 
 
 @app.command("eval")

@@ -1,29 +1,32 @@
-"""The one client for "ingest, then wait until indexed", used by eval, bench, drill, load-gen (and its
-locustfile) and the tests' pipeline.
+"""The one client for "ingest, then wait until indexed", used by the CLI's `ragtrace ingest`, eval, bench,
+drill, load-gen (and its locustfile) and the tests' pipeline.
 
-`POST /ingest` answers 202 once a document is accepted; its status record (`GET /ingest/{id}`) then says where
-it is. Waiting follows one rule, written once in `Settling` for the sync and the async client: documents are
-checked in the order they were accepted, and a round stops at the first one still on its way, so waiting
-costs the system under test about one GET per interval whatever the number of documents. A wait ends when
-every document is in one of the wanted states (by default an outcome: indexed, duplicate or failed), or
-raises `NotSettled` after its timeout, carrying what had settled by then.
+Documents go in through `POST /ingest/batch` (at most MAX_BATCH_DOCUMENTS a request, and under the body
+limit), or one at a time through `POST /ingest`. Each answer says, per document, accepted (202) or why not;
+its status record then says where it is, and `POST /ingest/status` reads many at once. Waiting follows one
+rule, written once in `Settling` for the sync and the async client: documents are checked in the order they
+were accepted, a window of them per request, and the next request waits an interval unless the whole window
+had settled, so waiting costs the system under test one status request per interval. A wait ends when every
+document is in one of the wanted states (by default an outcome: indexed, duplicate or failed), or raises
+`NotSettled` after its timeout, carrying what had settled by then.
 
-    with IngestClient("http://127.0.0.1:8000", api_key) as client:
+    with IngestClient("http://127.0.0.1:8082", api_key) as client:
         statuses = client.ingest_and_wait("docs", [Document("Tides rise twice a day.", "Tides", "tides")])
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import httpx
 
-from ragtrace.schemas import DocumentState
+from ragtrace.schemas import MAX_BATCH_DOCUMENTS, DocumentState
 
 Status = dict[str, Any]
 """A document's status record as GET /ingest/{id} returns it (the JSON of ragtrace.schemas.DocumentStatus)."""
@@ -32,10 +35,13 @@ OUTCOMES: frozenset[str] = frozenset({DocumentState.INDEXED, DocumentState.DUPLI
 """Where an accepted document ends up: waiting for these waits until the pipeline is done with it."""
 
 POLL_INTERVAL_S = 0.2
-INGEST_CONCURRENCY = 16
+INGEST_CONCURRENCY = 16  # single-document requests in flight
+BATCH_CONCURRENCY = 2  # batch requests in flight: each already keeps the ingest API's writers busy
+BATCH_BODY_BYTES = 8 * 1024 * 1024  # a batch's JSON, kept under the ingest API's 10 MiB body limit
+STATUS_WINDOW = 32  # documents whose statuses one wait request reads
 
-Progress = Callable[[int, int], None]
-"""Called as (settled, total) each time one more document settles."""
+Progress = Callable[[Status], None]
+"""Called with a document's status each time one more document settles."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +53,28 @@ class Document:
     document_id: str | None = None  # None: the API derives one from the content
     metadata: Mapping[str, Any] = field(default_factory=dict)  # free keys next to the title
 
+    def item(self) -> dict[str, Any]:
+        """The document as an item of POST /ingest/batch."""
+        return {"text": self.text, "document_id": self.document_id, "metadata": {"title": self.title, **self.metadata}}
+
     def body(self, namespace: str) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "namespace": namespace,
-            "document_id": self.document_id,
-            "metadata": {"title": self.title, **self.metadata},
-        }
+        """The document as the body of POST /ingest."""
+        return {**self.item(), "namespace": namespace}
+
+
+def batches(documents: Iterable[Document]) -> Iterator[list[Document]]:
+    """The documents in batches the ingest API takes: at most MAX_BATCH_DOCUMENTS, and under its body limit."""
+    batch: list[Document] = []
+    size = 0
+    for document in documents:
+        cost = len(json.dumps(document.item()).encode()) + 1
+        if batch and (len(batch) == MAX_BATCH_DOCUMENTS or size + cost > BATCH_BODY_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(document)
+        size += cost
+    if batch:
+        yield batch
 
 
 class IngestError(RuntimeError):
@@ -64,6 +85,16 @@ class IngestError(RuntimeError):
         super().__init__(
             f"{response.request.method} {response.request.url}: HTTP {response.status_code}: {response.text[:500]}"
         )
+
+
+class DocumentsRefused(IngestError):
+    """Some documents of a batch were refused; `errors` holds each one's result (index, field, message)."""
+
+    def __init__(self, response: httpx.Response, errors: list[dict[str, Any]]) -> None:
+        super().__init__(response)
+        self.errors = errors
+        first = errors[0]["error"]
+        self.args = (f"{len(errors)} document(s) refused; the first, {first['field']}: {first['message']}",)
 
 
 class NotSettled(TimeoutError):
@@ -79,7 +110,7 @@ class NotSettled(TimeoutError):
 
 
 class Settling:
-    """The waiting rule, without I/O: which document to check next, and how long to wait before checking
+    """The waiting rule, without I/O: which documents to check next, and how long to wait before checking
     again. Both clients drive it; see the module's description."""
 
     def __init__(
@@ -89,30 +120,41 @@ class Settling:
         timeout_s: float | None,
         interval_s: float,
         on_settled: Progress | None = None,
+        window: int = STATUS_WINDOW,
     ) -> None:
         self.ids = list(dict.fromkeys(document_ids))
         self.states, self.timeout_s, self.interval_s = frozenset(states), timeout_s, interval_s
-        self.on_settled = on_settled
-        self.settled: dict[str, Status] = {}
+        self.on_settled, self.window = on_settled, window
+        self._settled: dict[str, Status] = {}
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
-    def next_id(self) -> str | None:
-        """The document to check now; None once every document is settled."""
-        return self.ids[len(self.settled)] if len(self.settled) < len(self.ids) else None
+    @property
+    def settled(self) -> dict[str, Status]:
+        """The settled documents' statuses, in accept order."""
+        return {d: self._settled[d] for d in self.ids if d in self._settled}
 
     def pending(self) -> list[str]:
-        return self.ids[len(self.settled) :]
+        return [d for d in self.ids if d not in self._settled]
 
-    def observe(self, status: Status) -> float:
-        """The status of `next_id()`: seconds to wait before the next check (0: check the next one at once).
+    def next_ids(self) -> list[str]:
+        """The documents to check now, earliest accepted first; empty once every document is settled."""
+        return self.pending()[: self.window]
+
+    def observe(self, statuses: Mapping[str, Status | None]) -> float:
+        """The statuses of `next_ids()`: seconds to wait before the next check (0: every one had settled).
         Raises NotSettled once the timeout has passed."""
-        if status.get("status") in self.states:
-            self.settled[self.ids[len(self.settled)]] = status
-            if self.on_settled:
-                self.on_settled(len(self.settled), len(self.ids))
+        waiting: Status | None = None
+        for document_id, status in statuses.items():
+            if status is not None and status.get("status") in self.states:
+                self._settled[document_id] = status
+                if self.on_settled:
+                    self.on_settled(status)
+            elif waiting is None:
+                waiting = status or {"status": "unknown"}
+        if waiting is None:
             return 0.0
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            raise NotSettled(self, status)
+            raise NotSettled(self, waiting)
         return self.interval_s
 
 
@@ -144,6 +186,12 @@ class _Endpoints(Generic[HttpT]):
     def ingest_url(self) -> str:
         return f"{self.base_url}/ingest"
 
+    def batch_url(self) -> str:
+        return f"{self.base_url}/ingest/batch"
+
+    def statuses_url(self) -> str:
+        return f"{self.base_url}/ingest/status"
+
     def status_url(self, document_id: str) -> str:
         return f"{self.base_url}/ingest/{document_id}"
 
@@ -153,6 +201,23 @@ class _Endpoints(Generic[HttpT]):
             raise IngestError(response)
         body: dict[str, Any] = response.json()
         return body
+
+    @classmethod
+    def accepted_ids(cls, response: httpx.Response) -> list[str]:
+        """A batch's accepted document ids, in order; DocumentsRefused if any document was refused."""
+        results = cls.json(response)["results"]
+        refused = [result for result in results if result.get("error")]
+        if refused:
+            raise DocumentsRefused(response, refused)
+        return [str(result["document_id"]) for result in results]
+
+    @staticmethod
+    def batch_body(namespace: str, documents: Iterable[Document]) -> dict[str, Any]:
+        return {"namespace": namespace, "documents": [document.item() for document in documents]}
+
+    @staticmethod
+    def status_body(namespace: str, document_ids: list[str]) -> dict[str, Any]:
+        return {"namespace": namespace, "document_ids": document_ids}
 
 
 class IngestClient(_Endpoints[httpx.Client]):
@@ -174,14 +239,29 @@ class IngestClient(_Endpoints[httpx.Client]):
         """POST /ingest; the 202 body (document_id, status, trace_id, ...)."""
         return self.json(self.http.post(self.ingest_url(), json=document.body(namespace), headers=self.headers))
 
+    def ingest_batch(self, namespace: str, documents: Iterable[Document]) -> dict[str, Any]:
+        """POST /ingest/batch; the 202 body (accepted, rejected, a result per document)."""
+        return self.json(self._post_batch(namespace, documents))
+
+    def _post_batch(self, namespace: str, documents: Iterable[Document]) -> httpx.Response:
+        return self.http.post(self.batch_url(), json=self.batch_body(namespace, documents), headers=self.headers)
+
     def status(self, namespace: str, document_id: str) -> Status:
         return self.json(
             self.http.get(self.status_url(document_id), params={"namespace": namespace}, headers=self.headers)
         )
 
+    def statuses(self, namespace: str, document_ids: list[str]) -> dict[str, Status | None]:
+        """POST /ingest/status: up to MAX_BATCH_DOCUMENTS documents' statuses (None: no such document)."""
+        body = self.status_body(namespace, document_ids)
+        answer: dict[str, Status | None] = self.json(
+            self.http.post(self.statuses_url(), json=body, headers=self.headers)
+        )["documents"]
+        return answer
+
     def ingest_all(self, namespace: str, documents: Iterable[Document]) -> list[str]:
-        """Each document in turn; their ids in accept order."""
-        return [str(self.ingest(namespace, document)["document_id"]) for document in documents]
+        """The documents in batches; their ids in the order given. DocumentsRefused if any is refused."""
+        return [d for batch in batches(documents) for d in self.accepted_ids(self._post_batch(namespace, batch))]
 
     def wait_until_settled(
         self,
@@ -194,8 +274,8 @@ class IngestClient(_Endpoints[httpx.Client]):
     ) -> dict[str, Status]:
         """Until every document is in one of `states`: their statuses, in accept order."""
         settling = Settling(document_ids, states, timeout_s, self.interval_s, on_settled)
-        while (document_id := settling.next_id()) is not None:
-            if delay := settling.observe(self.status(namespace, document_id)):
+        while window := settling.next_ids():
+            if delay := settling.observe(self.statuses(namespace, window)):
                 time.sleep(delay)
         return settling.settled
 
@@ -230,30 +310,58 @@ class AsyncIngestClient(_Endpoints[httpx.AsyncClient]):
         """POST /ingest; the 202 body (document_id, status, trace_id, ...)."""
         return self.json(await self.http.post(self.ingest_url(), json=document.body(namespace), headers=self.headers))
 
+    async def ingest_batch(self, namespace: str, documents: Iterable[Document]) -> dict[str, Any]:
+        """POST /ingest/batch; the 202 body (accepted, rejected, a result per document)."""
+        return self.json(await self._post_batch(namespace, documents))
+
+    async def _post_batch(self, namespace: str, documents: Iterable[Document]) -> httpx.Response:
+        body = self.batch_body(namespace, documents)
+        return await self.http.post(self.batch_url(), json=body, headers=self.headers)
+
     async def status(self, namespace: str, document_id: str) -> Status:
         response = await self.http.get(
             self.status_url(document_id), params={"namespace": namespace}, headers=self.headers
         )
         return self.json(response)
 
-    async def ingest_all(
-        self,
-        namespace: str,
-        documents: Iterable[Document],
-        concurrency: int = INGEST_CONCURRENCY,
-        on_accepted: Callable[[dict[str, Any]], None] | None = None,
+    async def statuses(self, namespace: str, document_ids: list[str]) -> dict[str, Status | None]:
+        """POST /ingest/status: up to MAX_BATCH_DOCUMENTS documents' statuses (None: no such document)."""
+        body = self.status_body(namespace, document_ids)
+        response = await self.http.post(self.statuses_url(), json=body, headers=self.headers)
+        answer: dict[str, Status | None] = self.json(response)["documents"]
+        return answer
+
+    async def ingest_each(
+        self, namespace: str, documents: Iterable[Document], concurrency: int = INGEST_CONCURRENCY
     ) -> list[str]:
-        """The documents, `concurrency` requests at a time; their ids in the order given."""
+        """Each document in a POST /ingest of its own, `concurrency` at a time; their ids in the order given."""
         gate = asyncio.Semaphore(concurrency)
 
         async def one(document: Document) -> str:
             async with gate:
-                accepted = await self.ingest(namespace, document)
-            if on_accepted:
-                on_accepted(accepted)
-            return str(accepted["document_id"])
+                return str((await self.ingest(namespace, document))["document_id"])
 
         return list(await asyncio.gather(*(one(d) for d in documents)))
+
+    async def ingest_all(
+        self,
+        namespace: str,
+        documents: Iterable[Document],
+        concurrency: int = BATCH_CONCURRENCY,
+        on_accepted: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """The documents in batches, `concurrency` batches at a time; their ids in the order given.
+        `on_accepted(n)` after each batch. DocumentsRefused if any document is refused."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(batch: list[Document]) -> list[str]:
+            async with gate:
+                accepted = self.accepted_ids(await self._post_batch(namespace, batch))
+            if on_accepted:
+                on_accepted(len(accepted))
+            return accepted
+
+        return [d for ids in await asyncio.gather(*(one(b) for b in batches(documents))) for d in ids]
 
     async def wait_until_settled(
         self,
@@ -266,8 +374,8 @@ class AsyncIngestClient(_Endpoints[httpx.AsyncClient]):
     ) -> dict[str, Status]:
         """Until every document is in one of `states`: their statuses, in accept order."""
         settling = Settling(document_ids, states, timeout_s, self.interval_s, on_settled)
-        while (document_id := settling.next_id()) is not None:
-            if delay := settling.observe(await self.status(namespace, document_id)):
+        while window := settling.next_ids():
+            if delay := settling.observe(await self.statuses(namespace, window)):
                 await asyncio.sleep(delay)
         return settling.settled
 

@@ -128,12 +128,10 @@ class Client:
         with Progress(console=console) as progress:
             ingest = progress.add_task(f"ingest {eval_set.name}", total=len(documents))
             ids = await self.documents.ingest_all(
-                self.namespace, documents, on_accepted=lambda _: progress.advance(ingest)
+                self.namespace, documents, on_accepted=lambda count: progress.advance(ingest, count)
             )
             index = progress.add_task("index", total=len(ids))
-            await self.documents.wait_until_settled(
-                self.namespace, ids, on_settled=lambda done, _: progress.update(index, completed=done)
-            )
+            await self.documents.wait_until_settled(self.namespace, ids, on_settled=lambda _: progress.advance(index))
 
     async def rankings(self, queries: dict[str, str], **options: Any) -> dict[str, list[str]]:
         gate = asyncio.Semaphore(8)

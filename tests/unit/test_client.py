@@ -1,16 +1,28 @@
-"""The ingest client against a fake ingest API (httpx's MockTransport): the body it sends, the waiting rule
-(accept order, one check per interval, a round stops at the first document on its way), timeouts, errors."""
+"""The ingest client against a fake ingest API (httpx's MockTransport): the bodies it sends, batches under the
+API's limits, the waiting rule (accept order, a window of documents per status request, an interval between
+requests unless the window settled), timeouts, errors."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
 
-from ragtrace_tools.client import AsyncIngestClient, Document, IngestClient, IngestError, NotSettled
+from ragtrace.schemas import MAX_BATCH_DOCUMENTS, DocumentInput, document_id_for_path
+from ragtrace_tools.client import (
+    AsyncIngestClient,
+    Document,
+    DocumentsRefused,
+    IngestClient,
+    IngestError,
+    NotSettled,
+    Settling,
+    batches,
+)
 
 KEY = "test-key"
 
@@ -20,44 +32,88 @@ class FakeIngestApi:
 
     def __init__(self, checks: int = 2, final: str = "indexed", stuck: frozenset[str] = frozenset()) -> None:
         self.checks, self.final, self.stuck = checks, final, stuck
-        self.bodies: list[dict[str, object]] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.batches: list[int] = []
         self.reads: Counter[str] = Counter()
-        self.order: list[str] = []
+        self.windows: list[list[str]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         assert request.headers["X-API-Key"] == KEY
-        if request.method == "POST":
-            body = json.loads(request.content)
+        body = json.loads(request.content) if request.content else {}
+        if request.url.path == "/ingest/batch":
+            self.batches.append(len(body["documents"]))
+            results = [
+                self._accept(i, {**item, "namespace": body["namespace"]}) for i, item in enumerate(body["documents"])
+            ]
+            return httpx.Response(202, json={"results": results})
+        if request.url.path == "/ingest/status":
+            assert body["namespace"] == "ns"
+            self.windows.append(body["document_ids"])
+            return httpx.Response(200, json={"documents": {d: self._status(d) for d in body["document_ids"]}})
+        if request.url.path == "/ingest":
             if not body["text"].strip():
                 return httpx.Response(422, json={"error": "validation", "message": "text is blank"})
             self.bodies.append(body)
             return httpx.Response(202, json={"document_id": body["document_id"], "status": "accepted"})
-        document_id = request.url.path.rsplit("/", 1)[1]
-        assert request.url.params["namespace"] == "ns"
+        raise AssertionError(f"unexpected {request.method} {request.url}")
+
+    def _accept(self, index: int, body: dict[str, Any]) -> dict[str, Any]:
+        if not body["text"].strip():
+            return {"index": index, "error": {"field": f"documents[{index}].text", "message": "text is blank"}}
+        self.bodies.append(body)
+        return {"index": index, "document_id": body["document_id"], "status": "accepted"}
+
+    def _status(self, document_id: str) -> dict[str, Any]:
         self.reads[document_id] += 1
-        self.order.append(document_id)
         done = self.reads[document_id] > self.checks and document_id not in self.stuck
-        state = self.final if done else "accepted"
-        return httpx.Response(200, json={"document_id": document_id, "status": state, "error": None})
+        return {"document_id": document_id, "status": self.final if done else "accepted", "error": None}
 
 
 def _documents(count: int) -> list[Document]:
     return [Document(f"text {i}", f"title {i}", f"d{i}", {"topic": "t"}) for i in range(count)]
 
 
-def test_ingest_and_wait_checks_documents_in_accept_order() -> None:
+def test_ingest_and_wait_sends_batches_and_checks_documents_in_accept_order() -> None:
     api = FakeIngestApi(checks=2)
     with IngestClient("http://ingest/", KEY, transport=httpx.MockTransport(api), interval_s=0.001) as client:
         statuses = client.ingest_and_wait("ns", _documents(3))
     assert list(statuses) == ["d0", "d1", "d2"] and all(s["status"] == "indexed" for s in statuses.values())
+    assert api.batches == [3]
     assert api.bodies[0] == {
         "text": "text 0",
         "namespace": "ns",
         "document_id": "d0",
         "metadata": {"title": "title 0", "topic": "t"},
     }
-    # d0 is checked until it settles, then each next one: never a later document before an earlier one settles.
-    assert api.order == ["d0"] * 3 + ["d1"] * 3 + ["d2"] * 3
+    # One status request per round, for the pending documents in accept order.
+    assert api.windows == [["d0", "d1", "d2"]] * 3
+
+
+def test_waiting_reads_a_window_of_the_earliest_pending_documents() -> None:
+    settling = Settling([f"d{i}" for i in range(5)], {"indexed"}, None, 0.5, window=2)
+    assert settling.next_ids() == ["d0", "d1"]
+    assert settling.observe({"d0": {"status": "indexed"}, "d1": {"status": "accepted"}}) == 0.5
+    assert settling.next_ids() == ["d1", "d2"]
+    assert settling.observe({"d1": {"status": "indexed"}, "d2": {"status": "indexed"}}) == 0.0
+    assert settling.observe({"d3": None, "d4": {"status": "indexed"}}) == 0.5  # d3 not even there yet
+    assert settling.pending() == ["d3"] and list(settling.settled) == ["d0", "d1", "d2", "d4"]
+
+
+def test_batches_stay_under_the_apis_limits() -> None:
+    many = [Document("x", "t", f"d{i}") for i in range(MAX_BATCH_DOCUMENTS + 1)]
+    assert [len(b) for b in batches(many)] == [MAX_BATCH_DOCUMENTS, 1]
+    large = [Document("y" * (3 * 1024 * 1024), "t", f"big{i}") for i in range(3)]
+    assert [len(b) for b in batches(large)] == [2, 1]  # 8 MiB of JSON at most per request
+
+
+def test_a_refused_document_in_a_batch_raises_naming_it() -> None:
+    api = FakeIngestApi()
+    documents = [*_documents(2), Document(" ", "blank", "blank")]
+    with IngestClient("http://ingest", KEY, transport=httpx.MockTransport(api)) as client:
+        with pytest.raises(DocumentsRefused, match=r"documents\[2\]\.text: text is blank") as refused:
+            client.ingest_all("ns", documents)
+        assert client.ingest_batch("ns", documents)["results"][2]["error"]["field"] == "documents[2].text"
+    assert [e["index"] for e in refused.value.errors] == [2]
 
 
 def test_waiting_for_other_states_and_the_timeout() -> None:
@@ -67,8 +123,8 @@ def test_waiting_for_other_states_and_the_timeout() -> None:
         assert client.wait_until_settled("ns", ["d0"], states={"duplicate"})["d0"]["status"] == "duplicate"
         with pytest.raises(NotSettled) as late:
             client.wait_until_settled("ns", ["d0", "d1", "d2"], timeout_s=0.05)
-    assert list(late.value.settled) == ["d0"] and late.value.pending == ["d1", "d2"]
-    assert "2 of 3 documents" in str(late.value) and "'d1', is accepted" in str(late.value)
+    assert list(late.value.settled) == ["d0", "d2"] and late.value.pending == ["d1"]
+    assert "1 of 3 documents" in str(late.value) and "'d1', is accepted" in str(late.value)
 
 
 def test_a_refused_document_raises_with_the_apis_answer() -> None:
@@ -82,16 +138,30 @@ def test_a_refused_document_raises_with_the_apis_answer() -> None:
 
 def test_async_client_ingests_concurrently_and_reports_progress() -> None:
     api = FakeIngestApi(checks=1, final="failed")
-    progress: list[tuple[int, int]] = []
+    progress: list[str] = []
 
     async def scenario() -> dict[str, dict[str, object]]:
         async with AsyncIngestClient(
             "http://ingest", KEY, transport=httpx.MockTransport(api), interval_s=0.001
         ) as client:
             ids = await client.ingest_all("ns", _documents(20), concurrency=4)
-            assert ids == [f"d{i}" for i in range(20)]
-            return await client.wait_until_settled("ns", ids, on_settled=lambda *p: progress.append(p))
+            assert ids == [f"d{i}" for i in range(20)] and api.batches == [20]
+            return await client.wait_until_settled("ns", ids, on_settled=lambda s: progress.append(s["document_id"]))
 
     statuses = asyncio.run(scenario())
     assert len(statuses) == 20 and {s["status"] for s in statuses.values()} == {"failed"}
-    assert progress == [(i, 20) for i in range(1, 21)]
+    assert progress == [f"d{i}" for i in range(20)]
+
+
+def test_a_path_names_one_document_whatever_its_characters() -> None:
+    assert document_id_for_path("notes/2024/tides.md") == "notes:2024:tides.md"
+    assert document_id_for_path("tides.md") == "tides.md"
+    spaced, colon, slash = (document_id_for_path(p) for p in ("my notes/a b.md", "a:b", "a/b"))
+    assert spaced.startswith("my_notes:a_b.md-") and len(spaced) == len("my_notes:a_b.md-") + 12
+    assert colon != slash and slash == "a:b", "a ':' in a path is not confused with a folder"
+    long = document_id_for_path("d/" * 100 + "x.txt")
+    assert len(long) == 128 and long != document_id_for_path("d/" * 101 + "x.txt")
+    for path in ("my notes/a b.md", "a:b", "..", "é.txt", "d/" * 100 + "x.txt"):
+        assert DocumentInput.model_validate(
+            {"text": "t", "metadata": {"title": "t"}, "document_id": document_id_for_path(path)}
+        )

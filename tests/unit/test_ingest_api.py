@@ -3,6 +3,8 @@ bodies and headers as the integration tier sees them, without a server."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from ingest.deps import get_ingestion
 from ingest.ingestion import Ingestion
 from ragtrace.auth import AuthSettings
 from ragtrace.errors import ConcurrentUpdate, DependencyUnavailable, DocumentNotFound
-from ragtrace.schemas import DocumentState, DocumentStatus, IngestAccepted
+from ragtrace.schemas import MAX_BATCH_DOCUMENTS, DocumentInput, DocumentState, DocumentStatus, IngestAccepted
 
 KEY, TENANT_KEY = "test-key", "tenant-key"
 
@@ -46,6 +48,18 @@ class FakeIngestion:
             content_hash="sha256:x",
             trace_id="0" * 32,
         )
+
+    async def accept_batch(
+        self, namespace: str, documents: Sequence[DocumentInput]
+    ) -> list[IngestAccepted | ConcurrentUpdate]:
+        self._fail()
+        return [
+            await self.accept(namespace, d.document_id or f"generated-{i}", d.text, d.metadata.model_dump())
+            for i, d in enumerate(documents)
+        ]
+
+    async def statuses(self, namespace: str, document_ids: Sequence[str]) -> dict[str, DocumentStatus | None]:
+        return {d: self.documents.get((namespace, d)) for d in document_ids}
 
     async def delete(self, namespace: str, document_id: str) -> DocumentStatus:
         self._fail()
@@ -164,6 +178,148 @@ def test_uploads(client: TestClient) -> None:
     assert unsupported.status_code == 415 and unsupported.json()["error"] == "unsupported_media_type"
     bad_metadata = client.post("/ingest/file", files={"file": ("a.txt", b"text")}, data={"metadata": "[1]"})
     assert bad_metadata.status_code == 422 and "JSON object" in bad_metadata.json()["message"]
+
+
+def test_a_batch_answers_each_document_by_position(client: TestClient, ingestion: FakeIngestion) -> None:
+    documents = [
+        _document(document_id="good-1"),
+        _document(document_id="blank", text=" "),
+        {"text": "no title", "metadata": {}},
+        _document(document_id="bad id!"),
+        _document(document_id="surrogate", text="\ud800"),
+        _document(document_id="good-1", text="again"),
+        "not an object",
+        _document(document_id="good-2"),
+    ]
+    body = json.dumps({"namespace": "team-a", "documents": documents})  # ASCII: the surrogate as \\ud800
+    response = client.post("/ingest/batch", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert (answer["accepted"], answer["rejected"]) == (2, 6)
+    results = answer["results"]
+    assert [r["index"] for r in results] == list(range(len(documents)))
+    assert [r["document_id"] for r in results if r.get("error") is None] == ["good-1", "good-2"]
+    assert all(r["status"] == "accepted" and r["trace_id"] for r in results if r.get("error") is None)
+    fields = {r["index"]: r["error"]["field"] for r in results if r.get("error")}
+    assert fields == {
+        1: "documents[1].text",
+        2: "documents[2].metadata.title",
+        3: "documents[3].document_id",
+        4: "documents[4].text",
+        5: "documents[5].document_id",
+        6: "documents[6]",
+    }
+    assert "lone surrogate" in results[4]["error"]["message"] and "documents[0]" in results[5]["error"]["message"]
+    assert set(ingestion.documents) == {("team-a", "good-1"), ("team-a", "good-2")}
+
+
+def test_a_batch_as_ndjson_takes_its_namespace_from_the_query(client: TestClient, ingestion: FakeIngestion) -> None:
+    lines = [json.dumps(_document(document_id="n1")), "{not json", "", json.dumps(_document(document_id="n2"))]
+    response = client.post(
+        "/ingest/batch?namespace=team-b",
+        content="\n".join(lines).encode(),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (2, 1)
+    assert body["results"][1]["error"]["field"] == "documents[1]"
+    assert set(ingestion.documents) == {("team-b", "n1"), ("team-b", "n2")}
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "fragment"),
+    [
+        ({"documents": []}, 422, "at least one"),
+        ({"namespace": "Bad NS", "documents": [_document()]}, 422, "namespace"),
+        ({"documents": [_document()], "extra": 1}, 422, "extra"),
+        ({"documents": "x"}, 422, "documents"),
+        ({"documents": [_document()] * (MAX_BATCH_DOCUMENTS + 1)}, 413, f"limit of {MAX_BATCH_DOCUMENTS}"),
+    ],
+    ids=["empty", "namespace", "extra-field", "not-a-list", "too-many"],
+)
+def test_a_batch_that_cannot_be_read_is_refused_whole(
+    client: TestClient, ingestion: FakeIngestion, body: dict[str, Any], code: int, fragment: str
+) -> None:
+    response = client.post("/ingest/batch", json=body)
+    assert response.status_code == code, response.text
+    assert fragment in response.json()["message"] and not ingestion.documents
+
+
+def test_a_batch_is_refused_whole_when_a_dependency_is_down(client: TestClient, ingestion: FakeIngestion) -> None:
+    ingestion.failure = DependencyUnavailable("kafka", "no answer")
+    response = client.post("/ingest/batch", json={"documents": [_document()]})
+    assert response.status_code == 503 and response.json()["dependency"] == "kafka"
+
+
+def test_a_batch_checks_the_namespace_against_the_key(client: TestClient) -> None:
+    body = {"namespace": "tenant-b", "documents": [_document()]}
+    assert client.post("/ingest/batch", json=body, headers={"X-API-Key": TENANT_KEY}).status_code == 403
+    assert (
+        client.post(
+            "/ingest/status", json={"namespace": "tenant-b", "document_ids": ["x"]}, headers={"X-API-Key": TENANT_KEY}
+        ).status_code
+        == 403
+    )
+
+
+def test_many_statuses_at_once(client: TestClient) -> None:
+    client.post("/ingest", json=_document(document_id="d1"))
+    response = client.post("/ingest/status", json={"document_ids": ["d1", "absent"]})
+    assert response.status_code == 200, response.text
+    documents = response.json()["documents"]
+    assert documents["d1"]["status"] == "accepted" and documents["absent"] is None
+
+
+def _multipart(fields: dict[str, bytes], filename: str = "a.txt", data: bytes = b"text") -> tuple[bytes, str]:
+    """A multipart body written by hand, so that a field can carry bytes that are not UTF-8."""
+    parts = [
+        b'--B\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (name.encode(), value)
+        for name, value in fields.items()
+    ]
+    parts.append(
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="%s"\r\n\r\n%s\r\n' % (filename.encode(), data)
+    )
+    return b"".join(parts) + b"--B--\r\n", "multipart/form-data; boundary=B"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("title", b"\xed\xa0\x80"), ("title", b"ab\xffcd"), ("metadata", b'{"k":"v\xff"}'), ("namespace", b"\xff")],
+    ids=["surrogate-bytes", "title", "metadata", "namespace"],
+)
+def test_an_upload_whose_field_is_not_utf8_is_a_422_naming_it(
+    client: TestClient, ingestion: FakeIngestion, field: str, value: bytes
+) -> None:
+    body, content_type = _multipart({field: value})
+    response = client.post("/ingest/file", content=body, headers={"content-type": content_type})
+    assert response.status_code == 422, response.text
+    assert response.json()["message"].startswith(f"{field}: not valid UTF-8") and not ingestion.documents
+
+
+def test_an_upload_is_validated_as_a_document_is(client: TestClient, ingestion: FakeIngestion) -> None:
+    body, content_type = _multipart({"title": "Café".encode(), "document_id": b"caf\xc3\xa9"})
+    refused = client.post("/ingest/file", content=body, headers={"content-type": content_type})
+    assert refused.status_code == 422 and "document_id" in refused.json()["message"]
+    body, content_type = _multipart({"title": "Café".encode(), "document_id": b"cafe"}, data=b"   ")
+    blank = client.post("/ingest/file", content=body, headers={"content-type": content_type})
+    assert blank.status_code == 422 and "text" in blank.json()["message"]
+    body, content_type = _multipart({"title": "Café".encode(), "document_id": b"cafe"})
+    accepted = client.post("/ingest/file", content=body, headers={"content-type": content_type})
+    assert accepted.status_code == 202, accepted.text
+    assert ingestion.documents["default", "cafe"].status == "accepted"
+
+
+def test_the_openapi_description_says_what_the_bodies_hold(client: TestClient) -> None:
+    description = client.get("/openapi.json").json()
+    batch = description["paths"]["/ingest/batch"]["post"]["requestBody"]["content"]
+    assert set(batch) == {"application/json", "application/x-ndjson"}
+    schemas = description["components"]["schemas"]
+    documents = schemas["IngestBatchRequest"]["properties"]["documents"]
+    assert documents["maxItems"] == MAX_BATCH_DOCUMENTS and documents["items"]["$ref"].endswith("/DocumentInput")
+    assert schemas["DocumentInput"]["properties"]["text"]["minLength"] == 1
+    upload = description["paths"]["/ingest/file"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"]["required"] == ["file"]
 
 
 def test_the_openapi_description_has_the_error_bodies(client: TestClient) -> None:

@@ -9,12 +9,20 @@ from typing import Any, cast
 import grpc
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from query.app import create_app
 from query.deps import get_search_client
 from query.server import SearchServicer
 from ragtrace.auth import AuthSettings
-from ragtrace.query_contract import MAX_GENERATED_TOKENS, MAX_QUERY_CHARS, MAX_TOP_K, SearchMetadata, SearchResult
+from ragtrace.query_contract import (
+    MAX_GENERATED_TOKENS,
+    MAX_QUERY_CHARS,
+    MAX_TOP_K,
+    SearchMetadata,
+    SearchQuery,
+    SearchResult,
+)
 from ragtrace.v1 import search_pb2
 from tests.unit.search_fakes import Aborted, AbortingContext, search_service
 
@@ -82,12 +90,28 @@ async def test_grpc_names_every_problem_at_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"top_k": "5"}, "top_k"), ({"generate": 0}, "generate"), ({"max_tokens": 1.5}, "max_tokens"), ({"k": 1}, "k")],
-    ids=["top_k-string", "generate-int", "max_tokens-float", "unknown-field"],
+    [
+        ({"top_k": "5"}, "top_k"),
+        ({"top_k": True}, "top_k"),
+        ({"alpha": True}, "alpha"),
+        ({"alpha": "0.5"}, "alpha"),
+        ({"generate": 0}, "generate"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"k": 1}, "k"),
+    ],
+    ids=["top_k-string", "top_k-bool", "alpha-bool", "alpha-string", "generate-int", "max_tokens-float", "unknown"],
 )
 def test_http_fields_are_strictly_typed(http: TestClient, body: dict[str, Any], field: str) -> None:
     response = http.post("/api/search", json={"query": "x", **body})
     assert response.status_code == 422 and field in response.json()["message"]
+
+
+def test_a_whole_number_written_with_a_fraction_is_the_integer_the_schema_allows() -> None:
+    """JSON Schema's `integer` holds 89.0; the contract takes it as 89 (and still refuses 89.5)."""
+    assert SearchQuery.model_json_schema()["properties"]["top_k"]["type"] == "integer"
+    assert SearchQuery.model_validate_json('{"query": "x", "top_k": 89.0, "max_tokens": 7.0}').top_k == 89
+    with pytest.raises(ValidationError):
+        SearchQuery.model_validate_json('{"query": "x", "top_k": 89.5}')
 
 
 def _response() -> search_pb2.SearchResponse:
