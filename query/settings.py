@@ -23,7 +23,7 @@ class SearchSettings(BaseSettings):
     # For gRPC callers that leave a field unset; the limits are the query contract's (ragtrace/query_contract.py).
     default_top_k: int = DEFAULT_TOP_K
     default_mode: ModeName = "hybrid"
-    default_alpha: float = 0.7  # hybrid: the vector ranking's weight in rank fusion (README, Evaluation)
+    default_alpha: float = 0.7  # hybrid: the vector ranking's weight in rank fusion (docs/evaluation.md)
     cache_ttl_s: int = 300
     embedding_cache_ttl_s: int = 86_400
     filter_candidates: int = 200  # with metadata filters, how many results are filtered down to top_k

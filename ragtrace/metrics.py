@@ -1,7 +1,7 @@
 """The Prometheus metrics every ragtrace process shares: requests (HTTP and gRPC) and the consumer loop.
 
 Each service's own metrics live beside the code that measures them (embedding/engine.py, indexer/worker.py,
-query/search.py, query/generation.py, ragtrace/cache.py); README.md lists all of them in one table.
+query/search.py, query/generation.py, ragtrace/cache.py); docs/observability.md lists all of them in one table.
 Latency histograms carry the current trace id as an exemplar (exposed in the OpenMetrics format, which
 Prometheus asks for), so a slow bucket in Grafana leads to one of its traces.
 """

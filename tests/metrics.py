@@ -1,4 +1,4 @@
-"""Reading Prometheus expositions, the README's metrics table and the PromQL in monitoring/, for the tests."""
+"""Reading Prometheus expositions, the metrics table of docs/observability.md and the PromQL in monitoring/."""
 
 from __future__ import annotations
 
@@ -72,9 +72,9 @@ class DocumentedMetric:
 
 
 def documented_metrics() -> list[DocumentedMetric]:
-    """The rows of the README's metrics table."""
+    """The rows of the metrics table in docs/observability.md."""
     row = r"^\| `(ragtrace_\w+)` \|([^|]+)\|([^|]*)\|([^|]+)\|"
-    rows = re.findall(row, (ROOT / "README.md").read_text(), re.M)
+    rows = re.findall(row, (ROOT / "docs" / "observability.md").read_text(), re.M)
     return [
         DocumentedMetric(
             name,

@@ -134,7 +134,7 @@ def test_images_are_pinned_by_tag(rendered: dict[str, Objects], overlay: str) ->
 
 def _kind_tags_of_local_versions() -> dict[str, str]:
     """Image repository → the tag of the version the local stack runs (infra/local/versions.env). Kind's other
-    images have no local build to match: ragtrace's own, MinIO (no image tag for a Go pseudo-version; the README
+    images have no local build to match: ragtrace's own, MinIO (no image tag for a Go pseudo-version; docs/kubernetes.md
     says so), Redis (Debian's), Grafana, metrics-server and vLLM."""
     v = pinned_versions()
     return {

@@ -21,7 +21,7 @@ image="ragtrace:$version$([ "$faiss" = gpu ] && echo -gpu || true)"
 log() { printf '\033[1m[cluster]\033[0m %s\n' "$*" >&2; }
 need() {
   for tool in "$@"; do
-    command -v "$tool" >/dev/null 2>&1 || { log "$tool is required (see the README's Kubernetes section)"; exit 1; }
+    command -v "$tool" >/dev/null 2>&1 || { log "$tool is required (see docs/kubernetes.md)"; exit 1; }
   done
 }
 

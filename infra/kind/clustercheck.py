@@ -3,8 +3,8 @@
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler (built by infra/local/install.sh at the version
 of infra/kind/cluster.yaml's node image) run on 127.0.0.1 with a temporary data directory and certificates made
 for the run. kwok registers nodes shaped like the Kind cluster: a tainted control plane and two workers sharing
-the CPU and memory the README tells Kind users to give Docker; under the gpu overlay the second worker is a GPU
-node as the README describes it. A small provisioner plays Kind's default storage class (`standard`, rancher's
+the CPU and memory docs/kubernetes.md tells Kind users to give Docker; under the gpu overlay the second worker is a GPU
+node as docs/kubernetes.md describes it. A small provisioner plays Kind's default storage class (`standard`, rancher's
 local-path, WaitForFirstConsumer): a volume of the claimed size on the node the scheduler chose, refused when
 the node's disk is full. The overlay is applied by infra/kind/apply.sh, the code `make cluster-start` runs, and
 the check waits (bounded) until every Deployment is Available, StatefulSet and DaemonSet Ready, Job Complete,
@@ -51,8 +51,8 @@ KIND = ROOT / "infra" / "kind"
 OVERLAYS = ("cpu", "gpu")
 Obj = dict[str, Any]
 
-# What the README tells Kind users to give Docker, per overlay (CPUs, GiB of memory, GiB of disk, GPUs). The
-# README's numbers are these (tests/test_cluster_check.py holds them together); they come from the sums of
+# What docs/kubernetes.md tells Kind users to give Docker, per overlay (CPUs, GiB of memory, GiB of disk, GPUs). The
+# numbers there are these (tests/test_cluster_check.py holds them together); they come from the sums of
 # requests this check prints.
 DOCKER: dict[str, tuple[int, int, int, int]] = {"cpu": (6, 12, 80, 0), "gpu": (8, 28, 120, 3)}
 # Kind's nodes share Docker's disk; the images (the ragtrace image with torch is several GB, loaded into every

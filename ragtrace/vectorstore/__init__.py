@@ -33,7 +33,7 @@ RRF_K = 60
 # Chunks pseudo-relevance feedback reads in hybrid search; ANCE-PRF's best depth (Yu et al., 2021).
 FEEDBACK_CHUNKS = 3
 # FAISS backend: from this many chunks on a namespace is searched approximately. Measured with `make
-# bench-scale` (README, Benchmarks, scale): at 10k chunks exact dense search alone (hybrid runs two) already
+# bench-scale` (docs/benchmarks.md, scale): at 10k chunks exact dense search alone (hybrid runs two) already
 # takes the whole 50 ms p99 budget at concurrency 8 on 2 cores, IVF 5-10x less at recall@10 >= 0.95, built in
 # about a second; below it exact search costs a few ms and an IVF of under 100 cells gains little.
 APPROXIMATE_ABOVE = 10_000
@@ -53,10 +53,10 @@ class VectorStoreSettings(BaseSettings):
     backend: Backend = Backend.FAISS
     data_dir: Path = Path(".state/index")  # FAISS backend: one SQLite file per namespace
     weaviate_collection: str = "RagtraceChunk"
-    # Hybrid search: chunks whose vectors expand the query vector (README, Evaluation); 0: no feedback.
+    # Hybrid search: chunks whose vectors expand the query vector (docs/evaluation.md); 0: no feedback.
     feedback_chunks: int = Field(FEEDBACK_CHUNKS, ge=0)
     # FAISS backend: chunks above which a namespace is searched approximately (IVF), and the recall@10
-    # against exact search its nprobe is calibrated for (faiss_index.py; README, Benchmarks, scale).
+    # against exact search its nprobe is calibrated for (faiss_index.py; docs/benchmarks.md, scale).
     approximate_above: int = Field(APPROXIMATE_ABOVE, ge=0)
     approximate_recall: float = Field(APPROXIMATE_RECALL, gt=0, le=1)
 

@@ -51,14 +51,14 @@ def test_the_gpu_overlay_puts_vllm_and_gpu_embedding_on_the_gpu_node() -> None:
     assert clustercheck.main(["--overlay", "gpu", "--timeout", str(UP_WITHIN)]) == 0
 
 
-def test_the_readme_gives_kind_what_the_check_simulates() -> None:
-    readme = " ".join((ROOT / "README.md").read_text().split())
+def test_the_docs_give_kind_what_the_check_simulates() -> None:
+    readme = " ".join((ROOT / "docs" / "kubernetes.md").read_text().split())
     for overlay, (cpus, memory, disk, gpus) in clustercheck.DOCKER.items():
         sums = clustercheck.resource_sums(clustercheck.render(overlay), clustercheck.node_shapes(overlay))
         assert sums["requests"]["cpu"] < cpus - 1 and sums["requests"]["memory"] < memory - 2, overlay
         assert f"{cpus} CPUs, {memory} GiB of memory and {disk} GiB of disk" in readme, overlay
         stated = f"requests {sums['requests']['cpu']:.1f} CPU and {sums['requests']['memory']:.1f} GiB"
-        assert stated in readme, f"README: the {overlay} overlay {stated}"
+        assert stated in readme, f"docs/kubernetes.md: the {overlay} overlay {stated}"
         if gpus:
             assert sums["limits"][GPU_RESOURCE] == gpus and f"{gpus} GPUs" in readme
 

@@ -1,5 +1,5 @@
-"""Every process's /metrics against the README's table, values that follow from the traffic a test made, and
-the names monitoring/ queries against the series a real Prometheus scraped after that traffic."""
+"""Every process's /metrics against the table in docs/observability.md, values that follow from the traffic a
+test made, and the names monitoring/ queries against the series a real Prometheus scraped after that traffic."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_every_documented_metric_is_exposed_by_each_service_it_names(
     faiss_pipeline: Pipeline, traffic: Traffic
 ) -> None:
     documented = documented_metrics()
-    assert len(documented) >= 20, "the README's metrics table was not found"
+    assert len(documented) >= 20, "the metrics table of docs/observability.md was not found"
     expositions = {service: scrape(faiss_pipeline, service) for service in _metrics_urls(faiss_pipeline)}
     missing = []
     for metric in documented:

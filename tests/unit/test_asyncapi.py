@@ -1,5 +1,5 @@
 """The AsyncAPI document FastStream generates describes every topic the pipeline uses, and the committed copy
-(linked from the README) is the one `make asyncapi` writes today."""
+(linked from the README and docs/) is the one `make asyncapi` writes today."""
 
 from __future__ import annotations
 
