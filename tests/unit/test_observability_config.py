@@ -1,13 +1,11 @@
 """The local observability stack runs the same monitoring/ files as Kind: the local rendering of each differs
 from the file the Kind overlay mounts only at the address, port and path leaves listed here, and what it puts
-there is local (127.0.0.1, or a path under the state directory); and the pinned binaries check each rendering
-themselves (collector `validate`, Tempo `-config.verify`, Loki `-verify-config`, promtool)."""
+there is local (127.0.0.1, or a path under the state directory). The pinned binaries' own checks of each
+rendering are in tests/test_config_binaries.py."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ import pytest
 
 from ragtrace_tools.devstack.observability import (
     MONITORING,
-    Observability,
     ObservabilityPorts,
     ScrapeTargets,
     load,
@@ -25,7 +22,6 @@ from ragtrace_tools.devstack.observability import (
     render_tempo,
 )
 from ragtrace_tools.devstack.services import ServicePorts
-from ragtrace_tools.devstack.supervisor import Component
 
 Path_ = tuple[str, ...]
 
@@ -163,44 +159,3 @@ def test_prometheus_scrapes_every_ragtrace_process_of_each_pipeline_and_the_serv
     assert jobs["search-service"] and jobs["minio"] == ["127.0.0.1:9000"]
     assert jobs["kafka"] == ["127.0.0.1:9404"] and jobs["redis-exporter"] == ["127.0.0.1:9121"]
     assert jobs["vllm"] == [], "nothing local to scrape: no targets"
-
-
-def _binary(path: Path) -> Path:
-    if not path.exists():
-        pytest.fail(f"{path} is missing: `make install` builds it (infra/local/install.sh)")
-    return path
-
-
-def _check_command(stack: Observability, component: str) -> list[str]:
-    """The pinned binary's own check of the component's rendered config (written first)."""
-    makers: dict[str, Callable[[], Component]] = {
-        "otel-collector": stack.collector,
-        "tempo": stack.tempo,
-        "loki": stack.loki,
-        "prometheus": lambda: stack.prometheus(ScrapeTargets()),
-    }
-    made = makers[component]()
-    assert made.prepare is not None
-    made.prepare()
-    if component == "prometheus":
-        return [shutil.which("promtool") or "promtool", "check", "config", made.argv[1].split("=", 1)[1]]
-    # made.argv[-1] is the config flag the component starts with (--config=… or -config.file=…).
-    check = {"otel-collector": "validate", "tempo": "-config.verify=true", "loki": "-verify-config"}[component]
-    return [str(_binary(Path(made.argv[0]))), check, made.argv[-1]]
-
-
-@pytest.mark.parametrize("component", ["otel-collector", "tempo", "loki", "prometheus"])
-def test_the_pinned_binaries_accept_the_local_rendering(component: str, tmp_path: Path) -> None:
-    command = _check_command(Observability(tmp_path, PORTS, [str(tmp_path / "logs" / "*.log")]), component)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.mark.parametrize(("component", "key"), [("tempo", "storage"), ("loki", "compactor")])
-def test_tempo_and_loki_refuse_a_misspelt_key(component: str, key: str, tmp_path: Path) -> None:
-    """Their check reads the config as strictly as their start does: a misspelt key fails it."""
-    command = _check_command(Observability(tmp_path, PORTS, []), component)
-    config = tmp_path / component / "config.yaml"
-    config.write_text(config.read_text().replace(f"\n{key}:", f"\n{key}_misspelt:", 1))
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode != 0 and f"{key}_misspelt" in result.stdout + result.stderr
