@@ -62,12 +62,22 @@ install_jmx_exporter() {
   rm -rf "$dest" && mv "$tmp" "$dest"
 }
 
+# need_go WHAT: Go on PATH, at least GO_MIN_VERSION (versions.env: the one place that states it).
+need_go() {
+  need go "$1: install Go $GO_MIN_VERSION or newer"
+  local have; have="$(go env GOVERSION)"; have="${have#go}"
+  if [ "$(printf '%s\n%s\n' "$GO_MIN_VERSION" "$have" | sort -V | head -n 1)" != "$GO_MIN_VERSION" ]; then
+    log "$1 with Go $GO_MIN_VERSION or newer; this is Go $have"
+    exit 1
+  fi
+}
+
 # go_build NAME MODULE VERSION PACKAGE: `go install` one binary into the cache, under its pinned version.
 go_build() {
   local name="$1" module="$2" version="$3" package="$4"
   local dest="$cache/$name-$version"
   [ -x "$dest/$name" ] && return 0
-  need go "$name is built from its Go module: install Go 1.24 or newer"
+  need_go "$name is built from its Go module"
   log "$name $version: go install $package (first build takes minutes; Go caches it)"
   local tmp; tmp="$(mktemp -d "$cache/.$name.XXXXXX")"
   GOBIN="$tmp" GOFLAGS=-buildvcs=false go install "$package@$version"
@@ -97,7 +107,7 @@ need_disk() {
 install_kubernetes() {
   local dest="$cache/kubernetes-$KUBERNETES_VERSION"
   [ -f "$dest/.complete" ] && return 0
-  need go "Kubernetes is built from its Go module: install Go 1.24 or newer"
+  need_go "Kubernetes is built from its Go module"
   need_disk "$KUBERNETES_DISK_GIB" "Building Kubernetes" "$cache" "$(go env GOMODCACHE)" "$(go env GOCACHE)"
   log "Kubernetes $KUBERNETES_VERSION: building the control plane and kubectl (about 12 min cold; Go caches it)"
   local module; module="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
@@ -130,7 +140,7 @@ install_kubernetes() {
 install_kwok() {
   local dest="$cache/kwok-$KWOK_VERSION"
   [ -f "$dest/.complete" ] && return 0
-  need go "kwok is built from its Go module: install Go 1.24 or newer"
+  need_go "kwok is built from its Go module"
   log "kwok $KWOK_VERSION: go install sigs.k8s.io/kwok/cmd/kwok"
   local tmp; tmp="$(mktemp -d "$cache/.kwok.XXXXXX")"
   GOBIN="$tmp" GOFLAGS=-buildvcs=false go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
@@ -144,7 +154,7 @@ install_kwok() {
 install_otelcol() {
   local dest="$cache/otelcol-ragtrace-$OTELCOL_VERSION"
   [ -x "$dest/otelcol-ragtrace" ] && return 0
-  need go "the OpenTelemetry Collector is built from its Go modules: install Go 1.24 or newer"
+  need_go "the OpenTelemetry Collector is built from its Go modules"
   local manifest="$here/../../monitoring/otel-collector/builder.yaml"
   if grep -E '^ +- gomod: ' "$manifest" | grep -v " $OTELCOL_VERSION\$" >/dev/null; then
     log "every module in $manifest must be at $OTELCOL_VERSION (infra/local/versions.env)"; exit 1
@@ -164,7 +174,7 @@ go_build_module() {
   local name="$1" module="$2" version="$3" package="$4"; shift 4
   local dest="$cache/$name-$version"
   [ -x "$dest/$name" ] && return 0
-  need go "$name is built from its Go module: install Go 1.24 or newer"
+  need_go "$name is built from its Go module"
   need_disk "$OBSERVABILITY_DISK_GIB" "Building $name" "$cache" "$(go env GOMODCACHE)" "$(go env GOCACHE)"
   log "$name $version: go build $package in its module (about 10 min cold; Go caches it)"
   local dir; dir="$(GONOSUMDB="$module" go mod download -json "$module@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
