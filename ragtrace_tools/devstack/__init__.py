@@ -214,15 +214,12 @@ class LocalStack:
             if self.supervisor.stop(component):
                 report(f"{component.name}: stopped (no longer wanted)")
         for component in self.components():
-            changed = self.supervisor.changes(component)
-            if changed:
-                report(f"{component.name}: restarting ({', '.join(changed)} changed)")
-            elif self.supervisor.pid(component.name) is None and port_in_use(component.port):
+            if self.supervisor.pid(component.name) is None and port_in_use(component.port):
                 raise StartError(
                     f"{component.name}: port {component.port} is already in use by a process this stack did not "
                     f"start; stop it or choose another port"
                 )
-            self.supervisor.start(component)
+            self.supervisor.start(component, report)
         return self.status()
 
     def _unwanted(self) -> list[Component]:

@@ -142,10 +142,13 @@ class Supervisor:
         changed = tuple(self.changes(component))
         return Status(component.name, state, component.port, pid, self.log_path(component.name), changed)
 
-    def start(self, component: Component) -> bool:
-        """Start the component unless it already runs as it would start now (one whose configuration changed is
-        stopped first: see `changes`); wait until it is ready. True if it was (re)started."""
-        if self.changes(component):
+    def start(self, component: Component, report: Callable[[str], None] = lambda line: None) -> bool:
+        """Start the component unless it already runs as it would start now: one whose configuration changed
+        (`changes`) is restarted, and `report` given a line saying what changed. Wait until it is ready. True if
+        it was (re)started."""
+        changed = self.changes(component)
+        if changed:
+            report(f"{component.name}: restarting ({', '.join(changed)} changed)")
             self.stop(component)
         pid = self.pid(component.name)
         if pid is not None:
