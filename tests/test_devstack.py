@@ -137,7 +137,9 @@ def test_cli_status_shows_each_component_on_the_ports_it_was_started_with(tmp_pa
     stack.supervisor.start(redis)
     try:
         result = CliRunner().invoke(
-            app, ["stack", "status", "--state-dir", str(tmp_path), "--check"], env={"COLUMNS": "200"}
+            app,
+            ["stack", "status", "--state-dir", str(tmp_path), "--check"],
+            env={"COLUMNS": "300", "RAGTRACE_LLM": ""},
         )
     finally:
         stack.supervisor.stop(redis)
@@ -145,6 +147,7 @@ def test_cli_status_shows_each_component_on_the_ports_it_was_started_with(tmp_pa
     assert result.exit_code == 1, "--check fails while anything is down"
     assert " up " in lines["redis"] and f" {redis.port} " in lines["redis"]
     assert " down " in lines["kafka"] and " down " in lines["weaviate"]
+    assert "LLM none (extractive answers)" in lines["search-service"], "what it runs with"
 
 
 def _greeter(tmp_path: Path, **env: str) -> Component:

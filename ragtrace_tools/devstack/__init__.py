@@ -252,7 +252,7 @@ class LocalStack:
             base_url = env.get("RAGTRACE_LLM_BASE_URL")
             if not base_url:
                 return f"{backend}, LLM none (extractive answers)"
-            return f"{backend}, LLM {base_url}, model {env.get('RAGTRACE_LLM_MODEL') or 'the one it lists'}"
+            return f"{backend}, LLM {base_url}, model {env.get('RAGTRACE_LLM_MODEL') or 'listed by the server'}"
         if component.name == "vllm":
             return f"model {llm.local_model()}"
         return ""
