@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ragtrace_tools.devstack import LocalStack, StartError, State, Status, default_state_dir
 from ragtrace_tools.devstack.servers import REPO_ROOT, read_env_file
+from ragtrace_tools.devstack.supervisor import describe_changes
 
 app = typer.Typer(help="ragtrace: event-driven RAG with one trace per document and question.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack of real servers and ragtrace services.", no_args_is_help=True)
@@ -30,8 +31,8 @@ def _print_status(stack: LocalStack, statuses: list[Status]) -> None:
     components = {c.name: c for c in stack.components()}
     for s in statuses:
         runs_with = stack.runs_with(components[s.name])
-        if s.changed:  # the running process was started otherwise: say what differs, not what it would be
-            runs_with = f"[yellow]started with other {', '.join(s.changed)}: `make up` restarts it[/]"
+        if s.changed:  # the running process was started otherwise: say what differs, not what it would run with
+            runs_with = f"[yellow]restarted by the next `make up`: {describe_changes(s.changed)}[/]"
         table.add_row(s.name, f"[{_STYLE[s.state]}]{s.state}[/]", str(s.port), str(s.pid or "-"), runs_with, str(s.log))
     console.print(table)
 

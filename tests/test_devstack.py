@@ -197,7 +197,9 @@ def test_a_process_whose_configuration_was_not_recorded_is_restarted(supervisor:
     for path in supervisor.run_dir.glob("greeter.fingerprint.json"):  # as a stack started before they were kept
         path.unlink()
     assert supervisor.changes(greeter) == [NOT_RECORDED]
-    assert supervisor.start(greeter) is True and supervisor.pid("greeter") != pid
+    reported: list[str] = []
+    assert supervisor.start(greeter, reported.append) is True and supervisor.pid("greeter") != pid
+    assert reported == ["greeter: restarting (its configuration was not recorded)"]
 
 
 def test_switching_the_llm_changes_what_the_search_service_and_prometheus_run_with_alone(

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -34,6 +34,11 @@ class StartError(RuntimeError):
 
 def _digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
+def describe_changes(changed: Sequence[str]) -> str:
+    """`Supervisor.changes` in words: "RAGTRACE_LLM_BASE_URL changed"."""
+    return "its configuration was not recorded" if list(changed) == [NOT_RECORDED] else f"{', '.join(changed)} changed"
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ class Supervisor:
         it was (re)started."""
         changed = self.changes(component)
         if changed:
-            report(f"{component.name}: restarting ({', '.join(changed)} changed)")
+            report(f"{component.name}: restarting ({describe_changes(changed)})")
             self.stop(component)
         pid = self.pid(component.name)
         if pid is not None:
