@@ -42,6 +42,24 @@ class LLMUnavailable(RuntimeError):
     """The LLM could not be reached or failed: the answer falls back to extractive."""
 
 
+@dataclass(frozen=True)
+class Producer:
+    """What is to answer a question that has sources, known before the cache is looked in: the LLM and the
+    model it serves (configured, or the one the server lists), or extractive. `unavailable`: why the configured
+    LLM cannot answer now; its extractive fallback is no answer of this producer's."""
+
+    generator: str  # "llm" or "extractive"
+    model: str = ""
+    unavailable: str = ""
+
+    @property
+    def name(self) -> str:
+        """What a cached answer is keyed by: "llm:<model>" or "extractive"; empty while the LLM is unavailable."""
+        if self.unavailable:
+            return ""
+        return f"llm:{self.model}" if self.generator == "llm" else self.generator
+
+
 @dataclass
 class Answer:
     """What generation produced, filled in while it streams."""
@@ -49,6 +67,7 @@ class Answer:
     generator: str = "none"  # "llm", "extractive" or "none"
     reason: str = ""
     model: str = ""
+    fallback: bool = False  # not what the producer gives: extractive because the LLM failed, or the LLM's cut off
     input_tokens: int = 0
     output_tokens: int = 0
     time_to_first_token_ms: float = 0.0
@@ -112,10 +131,20 @@ class Generator:
     def configured(self) -> bool:
         return bool(self.settings.base_url)
 
+    async def producer(self) -> Producer:
+        """Who answers now: without an LLM configured, extractive; with one, the LLM and its model."""
+        if not self.configured:
+            return Producer("extractive")
+        try:
+            return Producer("llm", await self._model_name())
+        except LLMUnavailable as error:
+            return Producer("llm", unavailable=str(error))
+
     async def answer(
-        self, query: str, namespace: str, hits: Sequence[Hit], max_tokens: int, answer: Answer
+        self, query: str, namespace: str, hits: Sequence[Hit], max_tokens: int, producer: Producer, answer: Answer
     ) -> AsyncIterator[str]:
-        """Yield the answer's text as it is produced; `answer` holds the generator, usage and timings."""
+        """Yield the answer's text as it is produced by `producer` (`producer()`'s), falling back to extractive
+        when the LLM fails; `answer` holds the generator, usage and timings."""
         started = time.perf_counter()
         try:
             if not hits:
@@ -124,14 +153,18 @@ class Generator:
                 answer.parts.append(text)
                 yield text
                 return
-            if not self.configured:
+            if producer.generator == "extractive":
                 answer.reason = "no LLM configured (RAGTRACE_LLM_BASE_URL is empty)"
+            elif producer.unavailable:
+                answer.reason, answer.fallback = f"LLM unavailable: {producer.unavailable}", True
             else:
                 try:
-                    async for token in self._llm(query, hits, max_tokens, answer):
+                    async for token in self._llm(query, hits, max_tokens, producer.model, answer):
                         yield token
                     return
                 except LLMUnavailable as error:
+                    self._model = self.settings.model  # a model it listed is asked for again: it may serve another now
+                    answer.fallback = True
                     if answer.parts:  # part of the answer is out already: say it was cut off
                         answer.reason = f"LLM failed mid-answer: {error}"
                         return
@@ -145,19 +178,22 @@ class Generator:
             ANSWERS.labels(answer.generator).inc()
 
     async def _model_name(self) -> str:
+        """The configured model, else the first the server lists (asked once, and again after the LLM failed:
+        it may have been restarted with another model)."""
         if not self._model:
-            response = await self.http.get("/models")
-            response.raise_for_status()
-            self._model = response.json()["data"][0]["id"]
+            try:
+                response = await self.http.get("/models")
+                response.raise_for_status()
+                self._model = response.json()["data"][0]["id"]
+            except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
+                LLM_REQUESTS.labels("unknown", "error").inc()
+                raise LLMUnavailable(f"listing models failed: {error!r}") from error
         return self._model
 
-    async def _llm(self, query: str, hits: Sequence[Hit], max_tokens: int, answer: Answer) -> AsyncIterator[str]:
+    async def _llm(
+        self, query: str, hits: Sequence[Hit], max_tokens: int, model: str, answer: Answer
+    ) -> AsyncIterator[str]:
         parent = context.get_current()
-        try:
-            model = await self._model_name()
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
-            LLM_REQUESTS.labels("unknown", "error").inc()
-            raise LLMUnavailable(f"listing models failed: {error!r}") from error
         messages = build_messages(query, hits, self.settings.max_context_tokens)
         span = tracer.start_span(
             f"chat {model}",

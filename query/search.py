@@ -15,7 +15,7 @@ from google.protobuf import struct_pb2
 from opentelemetry import trace
 from prometheus_client import Histogram
 
-from query.generation import Answer, Generator
+from query.generation import Answer, Generator, Producer
 from query.settings import SearchSettings
 from ragtrace.cache import SearchCache, normalize_query
 from ragtrace.clients import channel_ready, grpc_channel
@@ -92,8 +92,9 @@ class LocalEmbedder:
         return np.asarray(vectors[0], dtype=np.float32)
 
 
-def cache_parameters(query: ResolvedQuery, generator_model: str) -> dict[str, Any]:
-    """What a cached result depends on, besides its namespace's version."""
+def cache_parameters(query: ResolvedQuery, producer: str) -> dict[str, Any]:
+    """What a cached result depends on, besides its namespace's version: `producer` is what answers
+    (`Producer.name`: the LLM and its model, or extractive)."""
     return {
         "q": normalize_query(query.query),
         "k": query.top_k,
@@ -102,8 +103,11 @@ def cache_parameters(query: ResolvedQuery, generator_model: str) -> dict[str, An
         "filters": query.filters,
         "generate": query.generate,
         "max_tokens": query.max_tokens,
-        "llm": generator_model if query.generate else "",
+        "producer": producer if query.generate else "",
     }
+
+
+NOT_GENERATED = Producer("none")  # generation not requested: the result is sources alone
 
 
 def _source(hit: Hit) -> search_pb2.Source:
@@ -158,10 +162,16 @@ class SearchService:
         """Sources first, then answer tokens, then the final metadata."""
         started = time.perf_counter()
         query = ResolvedQuery.from_proto(request, self.defaults)
-        key = await self._cache_key(query)
-        with tracer.start_as_current_span("cache lookup", attributes={"ragtrace.namespace": query.namespace}) as span:
-            cached = await self.cache.get(key)
-            span.set_attribute("ragtrace.cache.hit", cached is not None)
+        producer = await self.generator.producer() if query.generate else NOT_GENERATED
+        if producer.name:
+            key = await self._cache_key(query, producer.name)
+            with tracer.start_as_current_span(
+                "cache lookup", attributes={"ragtrace.namespace": query.namespace}
+            ) as span:
+                cached = await self.cache.get(key)
+                span.set_attribute("ragtrace.cache.hit", cached is not None)
+        else:
+            key, cached = None, None  # the LLM is unavailable: its answer is unknown, nothing is looked up or kept
         if cached is not None:
             response = search_pb2.SearchResponse.FromString(cached)
             response.metadata.cache_hit = True
@@ -191,7 +201,8 @@ class SearchService:
 
         answer = Answer()
         if query.generate:
-            async for token in self.generator.answer(query.query, query.namespace, hits, query.max_tokens, answer):
+            tokens = self.generator.answer(query.query, query.namespace, hits, query.max_tokens, producer, answer)
+            async for token in tokens:
                 yield search_pb2.SearchEvent(token=token)
         metadata.generator = answer.generator if query.generate else "none"
         metadata.generator_reason = answer.reason if query.generate else "generation not requested"
@@ -204,8 +215,8 @@ class SearchService:
         metadata.timings_ms.generate = answer.generate_ms
         metadata.timings_ms.total = (time.perf_counter() - started) * 1000
         yield search_pb2.SearchEvent(done=metadata)
-        if metadata.generator != "extractive" or not self.generator.configured:
-            # An extractive answer given because the LLM failed is not kept: the LLM may be back next time.
+        if key is not None and not answer.fallback:
+            # Kept under its producer's key; a fallback is not that producer's answer (the LLM may be back next time).
             final = search_pb2.SearchResponse(answer=answer.text, sources=sources, metadata=metadata)
             self._write_behind(self.cache.put(key, final.SerializeToString()))
 
@@ -216,8 +227,8 @@ class SearchService:
         self._cache_writes.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._cache_writes.discard)
 
-    async def _cache_key(self, query: ResolvedQuery) -> str | None:
-        return await self.cache.result_key(query.namespace, cache_parameters(query, self.generator.settings.model))
+    async def _cache_key(self, query: ResolvedQuery, producer: str) -> str | None:
+        return await self.cache.result_key(query.namespace, cache_parameters(query, producer))
 
     async def _embed(self, text: str, namespace: str, metadata: search_pb2.SearchMetadata) -> np.ndarray:
         started = time.perf_counter()

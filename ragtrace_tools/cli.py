@@ -15,6 +15,7 @@ from rich.table import Table
 from ragtrace_tools.client import IngestError
 from ragtrace_tools.devstack import LocalStack, StartError, State, Status, default_state_dir
 from ragtrace_tools.devstack.servers import REPO_ROOT, read_env_file
+from ragtrace_tools.devstack.supervisor import describe_changes
 
 if TYPE_CHECKING:
     from ragtrace_tools.ingest_files import Outcome
@@ -29,24 +30,29 @@ StateDir = Annotated[Path | None, typer.Option(help="State directory (default: $
 _STYLE = {State.UP: "green", State.DOWN: "red", State.UNHEALTHY: "yellow"}
 
 
-def _print_status(statuses: list[Status]) -> None:
-    table = Table("component", "state", "port", "pid", "log")
+def _print_status(stack: LocalStack, statuses: list[Status]) -> None:
+    table = Table("component", "state", "port", "pid", "runs with", "log")
+    components = {c.name: c for c in stack.components()}
     for s in statuses:
-        table.add_row(s.name, f"[{_STYLE[s.state]}]{s.state}[/]", str(s.port), str(s.pid or "-"), str(s.log))
+        runs_with = stack.runs_with(components[s.name])
+        if s.changed:  # the running process was started otherwise: say what differs, not what it would run with
+            runs_with = f"[yellow]restarted by the next `make up`: {describe_changes(s.changed)}[/]"
+        table.add_row(s.name, f"[{_STYLE[s.state]}]{s.state}[/]", str(s.port), str(s.pid or "-"), runs_with, str(s.log))
     console.print(table)
 
 
 @stack_app.command()
 def up(state_dir: StateDir = None) -> None:
-    """Start every component that is not running yet and wait until each is ready."""
+    """Start every component that is not running yet, restart each whose configuration changed (saying what
+    changed), and wait until each is ready."""
     stack = LocalStack(state_dir)
     try:
         with console.status("starting the local stack"):
-            statuses = stack.up()
+            statuses = stack.up(console.print)
     except StartError as error:
         console.print(f"[red]start failed:[/] {error}")
         raise typer.Exit(1) from error
-    _print_status(statuses)
+    _print_status(stack, statuses)
     endpoints = Table("endpoint", "address", box=None)
     for name, address in stack.endpoints():
         endpoints.add_row(name, address)
@@ -68,9 +74,10 @@ def status(
     state_dir: StateDir = None,
     check: Annotated[bool, typer.Option(help="Exit 1 unless every component is up")] = False,
 ) -> None:
-    """Show each component: up, down or unhealthy, its port, pid and log."""
-    statuses = LocalStack(state_dir).status()
-    _print_status(statuses)
+    """Show each component: up, down or unhealthy, its port, pid, what it runs with and its log."""
+    stack = LocalStack(state_dir)
+    statuses = stack.status()
+    _print_status(stack, statuses)
     if check and any(s.state is not State.UP for s in statuses):
         raise typer.Exit(1)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from typer.testing import CliRunner
 from ragtrace_tools.cli import app
 from ragtrace_tools.devstack import LocalStack, StackPorts, StartError, State
 from ragtrace_tools.devstack.servers import LocalServers
-from ragtrace_tools.devstack.supervisor import Component, Supervisor
+from ragtrace_tools.devstack.supervisor import NOT_RECORDED, Component, Supervisor
 
 
 @pytest.fixture
@@ -135,7 +137,9 @@ def test_cli_status_shows_each_component_on_the_ports_it_was_started_with(tmp_pa
     stack.supervisor.start(redis)
     try:
         result = CliRunner().invoke(
-            app, ["stack", "status", "--state-dir", str(tmp_path), "--check"], env={"COLUMNS": "200"}
+            app,
+            ["stack", "status", "--state-dir", str(tmp_path), "--check"],
+            env={"COLUMNS": "300", "RAGTRACE_LLM": ""},
         )
     finally:
         stack.supervisor.stop(redis)
@@ -143,3 +147,74 @@ def test_cli_status_shows_each_component_on_the_ports_it_was_started_with(tmp_pa
     assert result.exit_code == 1, "--check fails while anything is down"
     assert " up " in lines["redis"] and f" {redis.port} " in lines["redis"]
     assert " down " in lines["kafka"] and " down " in lines["weaviate"]
+    assert "LLM none (extractive answers)" in lines["search-service"], "what it runs with"
+
+
+def _greeter(tmp_path: Path, **env: str) -> Component:
+    """A process that writes its GREETING to a file once it runs: ready when the file says what it was given."""
+    said = tmp_path / "greeting"
+    script = (
+        "import os, pathlib, sys, time; pathlib.Path(sys.argv[1]).write_text(os.environ['GREETING']); time.sleep(600)"
+    )
+    return Component(
+        name="greeter",
+        port=1,
+        argv=[sys.executable, "-c", script, str(said)],
+        ready=lambda: said.exists() and said.read_text() == env["GREETING"],
+        env=env,
+    )
+
+
+def test_a_component_started_otherwise_is_restarted_saying_what_changed(supervisor: Supervisor, tmp_path: Path) -> None:
+    reported: list[str] = []
+    first = _greeter(tmp_path, GREETING="hello-secret-1", OTHER="same")
+    assert supervisor.start(first, reported.append) is True
+    pid = supervisor.pid("greeter")
+
+    assert supervisor.start(first, reported.append) is False, "the same configuration keeps the running process"
+    assert supervisor.pid("greeter") == pid and reported == []
+
+    second = _greeter(tmp_path, GREETING="hello-secret-2", OTHER="same")
+    assert supervisor.changes(second) == ["GREETING"]
+    assert supervisor.status(second).changed == ("GREETING",)
+    assert supervisor.start(second, reported.append) is True
+    assert reported == ["greeter: restarting (GREETING changed)"], "one line, the name alone"
+    assert supervisor.pid("greeter") not in (None, pid)
+    _wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text())
+    assert (tmp_path / "greeting").read_text() == "hello-secret-2", "the new process has the new environment"
+    assert supervisor.changes(second) == []
+    recorded = "".join(path.read_text() for path in supervisor.run_dir.iterdir())
+    assert "hello-secret" not in recorded, "no value is written down, only digests"
+
+    moved = dataclasses.replace(second, argv=[*second.argv, "--moved"])
+    assert supervisor.changes(moved) == ["command line"]
+
+
+def test_a_process_whose_configuration_was_not_recorded_is_restarted(supervisor: Supervisor, tmp_path: Path) -> None:
+    greeter = _greeter(tmp_path, GREETING="hi")
+    supervisor.start(greeter)
+    pid = supervisor.pid("greeter")
+    for path in supervisor.run_dir.glob("greeter.fingerprint.json"):  # as a stack started before they were kept
+        path.unlink()
+    assert supervisor.changes(greeter) == [NOT_RECORDED]
+    reported: list[str] = []
+    assert supervisor.start(greeter, reported.append) is True and supervisor.pid("greeter") != pid
+    assert reported == ["greeter: restarting (its configuration was not recorded)"]
+
+
+def test_switching_the_llm_changes_what_the_search_service_and_prometheus_run_with_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make up LLM=vllm` after `make up`: vLLM joins, the search service gets its URL and Prometheus scrapes it;
+    every other component would start exactly as before, so it is kept."""
+    ports = StackPorts.free()
+
+    def fingerprints(llm: str) -> dict[str, dict[str, str]]:
+        monkeypatch.setenv("RAGTRACE_LLM", llm)  # what `make up LLM=...` sets
+        return {c.name: c.fingerprint() for c in LocalStack(tmp_path, ports).components()}
+
+    without, with_llm = fingerprints("none"), fingerprints("vllm")
+    assert set(with_llm) - set(without) == {"vllm"}
+    assert {name for name in without if without[name] != with_llm[name]} == {"search-service", "prometheus"}
+    search_before, search_after = without["search-service"], with_llm["search-service"]
+    assert {name for name in search_after if search_before.get(name) != search_after[name]} == {"RAGTRACE_LLM_BASE_URL"}

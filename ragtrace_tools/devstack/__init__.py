@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from ragtrace.vectorstore import VectorStoreSettings
 from ragtrace_tools.devstack import llm
 from ragtrace_tools.devstack.observability import Observability, ObservabilityPorts, ScrapeTargets
 from ragtrace_tools.devstack.servers import REPO_ROOT, LocalServers, StackPorts, port_in_use
@@ -25,6 +27,15 @@ __all__ = [
     "default_state_dir",
     "observability_wanted",
 ]
+
+
+# The stack's own switches: they decide what the components are started with and configure none of them.
+STACK_SWITCHES = frozenset(
+    {"RAGTRACE_LLM", "RAGTRACE_LLM_LOCAL_MODEL", "RAGTRACE_OBSERVABILITY", "RAGTRACE_STATE_DIR", "RAGTRACE_CACHE_DIR"}
+)
+SHELL_SETTINGS = ("RAGTRACE_", "OTEL_")  # the settings ragtrace's processes read from their environment
+LLM_SETTINGS = "RAGTRACE_LLM_"  # the search service's alone
+API_KEY = "RAGTRACE_API_KEY"
 
 
 def default_state_dir() -> Path:
@@ -76,16 +87,25 @@ class LocalStack:
             )
         )
         self.servers = LocalServers(self.state_dir, ports)
-        self.services = (
-            Services(self.state_dir, service_ports, self._service_env(observability_ports)) if with_services else None
+        names = [c.name for c in Services(self.state_dir, service_ports, {}).components()] if with_services else []
+        self.observability = Observability(
+            self.state_dir, observability_ports, [str(self.supervisor.log_path(name)) for name in names]
         )
-        log_files = [str(self.supervisor.log_path(c.name)) for c in self.services.components()] if self.services else []
-        self.observability = Observability(self.state_dir, observability_ports, log_files)
+        if with_services:
+            shell = self._shell_settings(service_ports)
+            llm_env = {k: v for k, v in shell.items() if k.startswith(LLM_SETTINGS)}
+            if self.with_llm:
+                llm_env["RAGTRACE_LLM_BASE_URL"] = f"http://127.0.0.1:{ports.vllm}/v1"
+            shared = {k: v for k, v in shell.items() if k not in llm_env} | self._service_env()
+            self.services: Services | None = Services(self.state_dir, service_ports, shared, llm_env)
+        else:
+            self.services = None
         self.vllm = llm.vllm_component(
             ports.vllm, observability_ports.otlp_grpc_endpoint if self.with_observability else None
         )
 
-    def _service_env(self, observability: ObservabilityPorts) -> dict[str, str]:
+    def _service_env(self) -> dict[str, str]:
+        observability = self.observability
         return {
             **self.servers.client_env(),
             "RAGTRACE_API_KEYS": json.dumps({self.servers.secrets.api_key: ["*"]}),
@@ -97,7 +117,29 @@ class LocalStack:
                 if self.with_observability
                 else {}
             ),
-            **({"RAGTRACE_LLM_BASE_URL": f"http://127.0.0.1:{self.servers.ports.vllm}/v1"} if self.with_llm else {}),
+        }
+
+    def _shell_settings(self, service_ports: ServicePorts) -> dict[str, str]:
+        """The settings in the environment of `make up` (RAGTRACE_*, OTEL_*), given to ragtrace's processes
+        explicitly, so that changing one restarts them; less the stack's switches and what it writes to
+        stack.env (a shell that sourced that file carries them back)."""
+        written = {
+            API_KEY,
+            *self.servers.client_env(),
+            *self.observability.client_env(),
+            *self._service_urls(service_ports),
+        }
+        return {
+            name: value
+            for name, value in os.environ.items()
+            if name.startswith(SHELL_SETTINGS) and name not in STACK_SWITCHES | written
+        }
+
+    @staticmethod
+    def _service_urls(ports: ServicePorts) -> dict[str, str]:
+        return {
+            "RAGTRACE_INGEST_URL": f"http://127.0.0.1:{ports.ingest}",
+            "RAGTRACE_SEARCH_URL": f"http://127.0.0.1:{ports.gateway}",
         }
 
     @property
@@ -121,12 +163,9 @@ class LocalStack:
 
     def client_env(self) -> dict[str, str]:
         """What a client of this stack needs: the servers' settings, the services' URLs and the API key."""
-        env = {**self.servers.client_env(), "RAGTRACE_API_KEY": self.servers.secrets.api_key}
+        env = {**self.servers.client_env(), API_KEY: self.servers.secrets.api_key}
         if self.services:
-            env |= {
-                "RAGTRACE_INGEST_URL": f"http://127.0.0.1:{self.services.ports.ingest}",
-                "RAGTRACE_SEARCH_URL": f"http://127.0.0.1:{self.services.ports.gateway}",
-            }
+            env |= self._service_urls(self.services.ports)
         if self.with_observability:
             env |= self.observability.client_env()
         return env
@@ -166,30 +205,57 @@ class LocalStack:
             listed.append(("vLLM (OpenAI API)", f"http://127.0.0.1:{p.vllm}/v1  (/metrics)"))
         return listed
 
-    def up(self) -> list[Status]:
-        """Start every component not yet running, in order, each once ready; idempotent."""
+    def up(self, report: Callable[[str], None] = lambda line: None) -> list[Status]:
+        """Start every component not yet running, in order, each once ready; restart each whose configuration
+        changed, and stop the optional ones no longer wanted (vLLM, the observability backends), saying so in
+        one line each through `report`. Twice in a row, the second does nothing."""
         self._write_env_file()
+        for component in reversed(self._unwanted()):
+            if self.supervisor.stop(component):
+                report(f"{component.name}: stopped (no longer wanted)")
         for component in self.components():
             if self.supervisor.pid(component.name) is None and port_in_use(component.port):
                 raise StartError(
                     f"{component.name}: port {component.port} is already in use by a process this stack did not "
                     f"start; stop it or choose another port"
                 )
-            self.supervisor.start(component)
+            self.supervisor.start(component, report)
         return self.status()
+
+    def _unwanted(self) -> list[Component]:
+        """The optional components this stack may have started that RAGTRACE_OBSERVABILITY and RAGTRACE_LLM now
+        leave out."""
+        unwanted = []
+        if self.services and not self.with_observability:
+            unwanted += self._observability()
+        if self.services and not self.with_llm:
+            unwanted.append(self.vllm)
+        return unwanted
 
     def down(self) -> list[str]:
         """Stop what this stack started, in reverse order; returns the names that were running. The
         observability backends and vLLM are stopped whatever RAGTRACE_OBSERVABILITY and RAGTRACE_LLM say now."""
-        every = self.components()
-        if self.services and not self.with_observability:
-            every += self._observability()
-        if self.services and not self.with_llm:
-            every.append(self.vllm)
+        every = self.components() + self._unwanted()
         return [c.name for c in reversed(every) if self.supervisor.stop(c)]
 
     def status(self) -> list[Status]:
         return [self.supervisor.status(c) for c in self.components()]
+
+    def runs_with(self, component: Component) -> str:
+        """What `make status` shows a component runs with, where it applies: the index backend, the LLM, its
+        model (the settings it was given, else their defaults)."""
+        env = {**os.environ, **component.env}
+        backend = f"backend {env.get('RAGTRACE_INDEX_BACKEND') or VectorStoreSettings.model_fields['backend'].default}"
+        if component.name == "indexer-worker":
+            return backend
+        if component.name == "search-service":
+            base_url = env.get("RAGTRACE_LLM_BASE_URL")
+            if not base_url:
+                return f"{backend}, LLM none (extractive answers)"
+            return f"{backend}, LLM {base_url}, model {env.get('RAGTRACE_LLM_MODEL') or 'listed by the server'}"
+        if component.name == "vllm":
+            return f"model {llm.local_model()}"
+        return ""
 
     def _write_env_file(self) -> None:
         self.env_file.parent.mkdir(parents=True, exist_ok=True)

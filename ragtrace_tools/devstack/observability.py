@@ -240,20 +240,26 @@ class Observability:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _config(self, name: str, render: Callable[[], Config], filename: str = "config.yaml") -> tuple[Path, Prepare]:
-        """Where the component's rendered config goes, and the step that writes it before each start."""
+    def _config(
+        self, name: str, render: Callable[[], Config], filename: str = "config.yaml"
+    ) -> tuple[Path, Prepare, Callable[[], str]]:
+        """Where the component's rendered config goes, the step that writes it before each start, and its text
+        (what the supervisor compares with the running process's, to restart it when the file changes)."""
         path = self._dir(name) / filename
 
-        def write() -> None:
-            path.write_text(yaml.safe_dump(render(), sort_keys=False))
+        def text() -> str:
+            return yaml.safe_dump(render(), sort_keys=False)
 
-        return path, write
+        def write() -> None:
+            path.write_text(text())
+
+        return path, write, text
 
     def _binary(self, name: str, version_key: str, binary: str | None = None) -> str:
         return str(self.cache / f"{name}-{self.versions[version_key]}" / (binary or name))
 
     def collector(self) -> Component:
-        config, prepare = self._config(
+        config, prepare, text = self._config(
             "otel-collector",
             lambda: render_collector(load(MONITORING / "otel-collector" / "config.yaml"), self.ports, self.log_files),
         )
@@ -263,6 +269,7 @@ class Observability:
             argv=[self._binary("otelcol-ragtrace", "OTELCOL_VERSION"), f"--config={config}"],
             ready=lambda: _answers(f"http://{_addr(self.ports.collector_health)}/"),
             prepare=prepare,
+            config=text,
         )
 
     def tempo(self) -> Component:
@@ -284,19 +291,20 @@ class Observability:
         """Tempo or Loki: one binary with `-config.file`, its data under <state>/<name>, ready on /ready (once
         its ingester has joined its ring: about 15 s)."""
         data = self._dir(name)
-        config, prepare = self._config(name, lambda: render(load(kind_file), self.ports, data))
+        config, prepare, text = self._config(name, lambda: render(load(kind_file), self.ports, data))
         return Component(
             name=name,
             port=port,
             argv=[self._binary(name, version_key), f"-config.file={config}"],
             ready=lambda: _answers(f"http://{_addr(port)}/ready"),
             prepare=prepare,
+            config=text,
             start_timeout_s=120,
         )
 
     def prometheus(self, targets: ScrapeTargets) -> Component:
         home = self._dir("prometheus")
-        config, prepare = self._config(
+        config, prepare, text = self._config(
             "prometheus",
             lambda: render_prometheus(load(MONITORING / "prometheus" / "prometheus.yml"), self.ports, targets),
             "prometheus.yml",
@@ -310,4 +318,5 @@ class Observability:
             ],
             ready=lambda: _answers(f"{self.prometheus_url}/-/ready"),
             prepare=prepare,
+            config=text,
         )

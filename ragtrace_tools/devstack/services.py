@@ -48,9 +48,15 @@ def _serving(port: int) -> bool:
 
 
 class Services:
-    def __init__(self, state_dir: Path, ports: ServicePorts, env: dict[str, str]) -> None:
+    """`env` reaches every process; `llm_env` (RAGTRACE_LLM_*) the search service alone, the one that answers
+    with an LLM: a change of LLM restarts it and nothing else."""
+
+    def __init__(
+        self, state_dir: Path, ports: ServicePorts, env: dict[str, str], llm_env: dict[str, str] | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.ports = ports
+        self.llm_env = llm_env or {}
         self.env = {
             "RAGTRACE_INDEX_DATA_DIR": str(state_dir / "index"),
             "PYTHONUNBUFFERED": "1",
@@ -115,6 +121,7 @@ class Services:
                 "RAGTRACE_SEARCH_PORT": str(self.ports.search_grpc),
                 "RAGTRACE_SEARCH_METRICS_PORT": str(self.ports.search_metrics),
                 "RAGTRACE_SEARCH_EMBEDDING_TARGET": f"127.0.0.1:{self.ports.embedding_grpc}",
+                **self.llm_env,
             },
         )
 

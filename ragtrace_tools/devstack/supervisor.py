@@ -1,17 +1,22 @@
 """Starts, health-checks and stops local processes by pid file: the engine behind `make up/down/status`.
 
 A pid file records the pid and the process start time, so `stop` only ever signals a process this
-supervisor started (a recycled pid belongs to someone else and is left alone).
+supervisor started (a recycled pid belongs to someone else and is left alone). Next to it, a digest of each
+part of what the process was started with (its command line, each variable of its environment, its rendered
+config file): a component whose configuration changed since is restarted by `start`, and `changes` names what
+changed, never a value.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -19,9 +24,21 @@ from pathlib import Path
 
 Probe = Callable[[], bool]
 
+COMMAND_LINE, CONFIG_FILE = "command line", "config file"
+NOT_RECORDED = "configuration not recorded"  # a process started before configurations were recorded
+
 
 class StartError(RuntimeError):
     """A component did not become ready; the message names it and its log."""
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
+def describe_changes(changed: Sequence[str]) -> str:
+    """`Supervisor.changes` in words: "RAGTRACE_LLM_BASE_URL changed"."""
+    return "its configuration was not recorded" if list(changed) == [NOT_RECORDED] else f"{', '.join(changed)} changed"
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,15 @@ class Component:
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None  # first-start work, such as formatting storage
     start_timeout_s: float = 60.0
+    config: Callable[[], str] | None = None  # the config file `prepare` writes, rendered now
+
+    def fingerprint(self) -> dict[str, str]:
+        """A digest of each part of what the process is started with, by the name `changes` reports it under
+        (digests, so that no secret is written down)."""
+        parts: dict[str, object] = {COMMAND_LINE: self.argv, **self.env}
+        if self.config is not None:
+            parts[CONFIG_FILE] = self.config()
+        return {name: _digest([name, value]) for name, value in parts.items()}
 
 
 class State(StrEnum):
@@ -50,6 +76,7 @@ class Status:
     port: int
     pid: int | None
     log: Path
+    changed: tuple[str, ...] = ()  # what differs from what the running process was started with
 
 
 def _start_ticks(pid: int) -> str | None:
@@ -82,6 +109,13 @@ class Supervisor:
     def _pid_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
 
+    def _fingerprint_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.fingerprint.json"
+
+    def _forget(self, name: str) -> None:
+        self._pid_path(name).unlink(missing_ok=True)
+        self._fingerprint_path(name).unlink(missing_ok=True)
+
     def pid(self, name: str) -> int | None:
         """The pid of our live process for this component, or None (a stale pid file is removed)."""
         path = self._pid_path(name)
@@ -92,16 +126,35 @@ class Supervisor:
         pid = int(pid_text)
         if _start_ticks(pid) == ticks:
             return pid
-        path.unlink(missing_ok=True)
+        self._forget(name)
         return None
+
+    def changes(self, component: Component) -> list[str]:
+        """What differs between the component now and what its running process was started with: the names of
+        the variables, "command line", "config file"; empty when it runs as it would start now, or does not run."""
+        if self.pid(component.name) is None:
+            return []
+        try:
+            started: dict[str, str] = json.loads(self._fingerprint_path(component.name).read_text())
+        except (OSError, ValueError):
+            return [NOT_RECORDED]
+        now = component.fingerprint()
+        return sorted(name for name in started.keys() | now.keys() if started.get(name) != now.get(name))
 
     def status(self, component: Component) -> Status:
         pid = self.pid(component.name)
         state = State.DOWN if pid is None else State.UP if _probe(component) else State.UNHEALTHY
-        return Status(component.name, state, component.port, pid, self.log_path(component.name))
+        changed = tuple(self.changes(component))
+        return Status(component.name, state, component.port, pid, self.log_path(component.name), changed)
 
-    def start(self, component: Component) -> bool:
-        """Start the component unless it already runs; wait until it is ready. True if it was started."""
+    def start(self, component: Component, report: Callable[[str], None] = lambda line: None) -> bool:
+        """Start the component unless it already runs as it would start now: one whose configuration changed
+        (`changes`) is restarted, and `report` given a line saying what changed. Wait until it is ready. True if
+        it was (re)started."""
+        changed = self.changes(component)
+        if changed:
+            report(f"{component.name}: restarting ({describe_changes(changed)})")
+            self.stop(component)
         pid = self.pid(component.name)
         if pid is not None:
             self._wait_ready(component, pid)
@@ -121,6 +174,7 @@ class Supervisor:
                 start_new_session=True,  # own process group: stop() signals the whole group
             )
         ticks = _start_ticks(process.pid)
+        self._fingerprint_path(component.name).write_text(json.dumps(component.fingerprint()))
         self._pid_path(component.name).write_text(f"{process.pid} {ticks}\n")
         try:
             self._wait_ready(component, process.pid, process)
@@ -160,7 +214,7 @@ class Supervisor:
         if _start_ticks(pid) == ticks:
             os.killpg(pid, signal.SIGKILL)
             _reap(pid)
-        self._pid_path(component.name).unlink(missing_ok=True)
+        self._forget(component.name)
         return True
 
     @contextlib.contextmanager

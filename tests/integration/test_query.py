@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,9 +17,20 @@ from embedding.settings import BUNDLED_MODEL
 from ragtrace.errors import ModelMismatch
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 from ragtrace.vectorstore import DocumentChunks, EmbeddingModel, IndexedChunk
+from ragtrace_tools.devstack.services import ServicePorts, Services
+from ragtrace_tools.devstack.supervisor import Supervisor
 from tests.conftest import LLMServer
 from tests.infra import Infra
-from tests.pipeline import TENANT_KEY, Pipeline, server_sent_events, session_server, timed, wait_until
+from tests.pipeline import (
+    API_KEY,
+    LLM_API_KEY,
+    TENANT_KEY,
+    Pipeline,
+    server_sent_events,
+    session_server,
+    timed,
+    wait_until,
+)
 
 SEARCH_SERVICE = "ragtrace.v1.SearchService"
 CORPUS = {
@@ -175,6 +188,69 @@ def test_with_the_llm_stopped_the_answer_is_extractive_fast_and_flagged(
     assert body["metadata"]["generator"] == "extractive"
     assert "LLM unavailable" in body["metadata"]["generator_reason"]
     assert "Fahrenheit invented the mercury thermometer in 1714. [1]" in body["answer"]
+
+
+def test_a_cached_answer_is_always_the_one_of_what_answers_now(
+    faiss_pipeline: Pipeline, llm_server: LLMServer, tmp_path: Path
+) -> None:
+    """One question while the search service runs without an LLM, with one (its model learned from the server's
+    /v1/models, as with `make up LLM=vllm`), and without again, through the real service and Redis: each
+    answer comes from what answers at the time, never from the other's cached one; an extractive fallback
+    given while the LLM is down is not kept either."""
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace)
+    shared = {k: v for k, v in faiss_pipeline.env.items() if not k.startswith("RAGTRACE_LLM_")}
+    ports = dataclasses.replace(ServicePorts.free(), embedding_grpc=faiss_pipeline.services.ports.embedding_grpc)
+    without_llm = Services(tmp_path, ports, shared, {"RAGTRACE_LLM_BASE_URL": ""})
+    with_llm = Services(
+        tmp_path, ports, shared, {"RAGTRACE_LLM_BASE_URL": llm_server.url, "RAGTRACE_LLM_API_KEY": LLM_API_KEY}
+    )
+    supervisor = Supervisor(tmp_path)
+
+    def ask(question: str) -> dict[str, Any]:
+        response = httpx.post(
+            f"http://127.0.0.1:{ports.gateway}/api/search",
+            json={"query": question, "namespace": namespace, "generate": True},
+            headers={"X-API-Key": API_KEY},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def switch_to(services: Services) -> None:
+        assert supervisor.start(services.search_service()) is True, "a changed LLM restarts the search service"
+
+    question = "Who invented the mercury thermometer?"
+    llm_answer = "According to [1], Daniel Gabriel Fahrenheit invented the mercury thermometer in 1714."
+    with supervisor.running([without_llm.search_service(), without_llm.gateway()]):
+        extractive, again = ask(question), ask(question)
+        assert extractive["metadata"]["generator"] == "extractive" and extractive["answer"] != llm_answer
+        assert [extractive["metadata"]["cache_hit"], again["metadata"]["cache_hit"]] == [False, True]
+
+        switch_to(with_llm)
+        from_llm, again = ask(question), ask(question)
+        assert from_llm["metadata"]["cache_hit"] is False, "the extractive answer is not the LLM's"
+        assert from_llm["answer"] == llm_answer
+        assert from_llm["metadata"]["generator"] == "llm" and from_llm["metadata"]["model"] == "test-llm"
+        assert again["metadata"]["cache_hit"] is True and again["answer"] == llm_answer
+
+        switch_to(without_llm)
+        back = ask(question)
+        assert back["metadata"]["generator"] == "extractive", "the LLM's answer is not the extractive one"
+        assert back["answer"] == extractive["answer"] and back["metadata"]["cache_hit"] is True
+
+        switch_to(with_llm)
+        other = "Why does sourdough bread rise?"
+        with llm_server.supervisor.stopped(llm_server.component):
+            fallback = ask(other)
+        assert (
+            fallback["metadata"]["generator"] == "extractive"
+            and "LLM unavailable" in fallback["metadata"]["generator_reason"]
+        )
+        recovered = ask(other)
+        assert recovered["metadata"]["cache_hit"] is False, "a fallback is not kept as the LLM's answer"
+        assert recovered["metadata"]["generator"] == "llm" and recovered["answer"].startswith("According to [1]")
 
 
 def test_no_match_means_no_llm_call_and_a_clear_answer(faiss_pipeline: Pipeline, llm_server: LLMServer) -> None:
