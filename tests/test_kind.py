@@ -309,6 +309,7 @@ def test_every_required_setting_is_set_for_the_processes_that_need_it(
     containers = dict(_ragtrace_containers(rendered[overlay]))
     assert set(containers) == {
         "ingest.app",
+        "ingest.inbox",
         "embedding.worker",
         "embedding.server",
         "indexer.worker",
