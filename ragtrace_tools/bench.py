@@ -224,8 +224,9 @@ class Bench:
         return bool(response.json()["sources"])
 
     async def _until(self, http: httpx.AsyncClient, namespace: str, word: str, found: bool) -> None:
-        while await self._found(http, namespace, word) != found:  # noqa: ASYNC110 - polls a server, not this loop
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(60):  # an inbox worker that is not running fails the bench, not hangs it
+            while await self._found(http, namespace, word) != found:  # noqa: ASYNC110 - polls a server
+                await asyncio.sleep(0.01)
 
     async def bucket_events(self, objects: Minio, bucket: str, passages: dict[str, str]) -> dict[str, Any]:
         """Each passage as an object of the watched bucket, one at a time on the idle stack: seconds from the
