@@ -226,7 +226,8 @@ class Inbox:
         try:
             text, title = extract_text(object_name, stored.data)
         except (UnsupportedFileType, UnreadableFile) as error:
-            raise PoisonMessage(f"object '{object_name}': {error}") from error
+            named = object_name in str(error)  # the extractor's message names the file, or not
+            raise PoisonMessage(str(error) if named else f"object '{object_name}': {error}") from error
         source = {"source": f"s3://{self.bucket.bucket}/{object_name}", "etag": stored.etag}
         if stored.version_id:
             source["version_id"] = stored.version_id
