@@ -199,8 +199,6 @@ class Inbox:
     async def _apply(self, notification: ObjectNotification, span: trace.Span) -> None:
         span.set_attributes(
             {
-                "document.id": notification.document_id,
-                "ragtrace.namespace": notification.namespace,
                 "ragtrace.bucket": notification.bucket,
                 "ragtrace.key": notification.object_name,
                 "ragtrace.bucket.event": notification.event_name,
@@ -212,6 +210,8 @@ class Inbox:
         if notification.object_name.endswith("/"):
             skip_message(span, "a folder marker, not a file")
             return
+        # Only a watched object's span names its document: Tempo finds the document's trace, and only that one.
+        span.set_attributes({"document.id": notification.document_id, "ragtrace.namespace": notification.namespace})
         namespace, document_id = validated_document(notification.object_name)
         with trace.use_span(span, end_on_exit=False):
             stored = await asyncio.to_thread(self.bucket.read, notification.object_name)
