@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from ragtrace.kafka_admin import RawRecord, produce, read_topic
-from ragtrace.tempo import SpanView, TraceSummary, search_traces
+from ragtrace.tempo import SpanView
 from ragtrace_tools.devstack.observability import Observability
 from tests.pipeline import Pipeline, wait_until
-from tests.traces import path_to_root, whole_tree
+from tests.traces import path_to_root, searchable_document_traces, whole_tree
 
 
 @pytest.fixture
@@ -166,12 +166,11 @@ def test_an_object_event_starts_one_trace_through_the_workers_found_by_document_
         process_inbox,
     ]
 
-    traceql = f'{{ span.document.id = "lighthouse.txt" && span.ragtrace.namespace = "{namespace}" }}'
-
-    def searched() -> list[TraceSummary] | None:
-        found = search_traces(observability.tempo_url, traceql)
-        return found if found and all("indexer-worker" in t.services for t in found) else None
-
-    [found] = wait_until(searched, 60, 1, f"TraceQL {traceql} to find the trace")
+    [found] = wait_until(
+        lambda: searchable_document_traces(observability.tempo_url, "lighthouse.txt", namespace),
+        60,
+        1,
+        "TraceQL to find the object's trace by document.id",
+    )
     assert found.trace_id == status["trace_id"]
     assert (found.root_service, found.root_name) == process_inbox
