@@ -34,6 +34,20 @@ def _put(pipeline: Pipeline, name: str, text: str) -> None:
     pipeline.minio().put_object(pipeline.inbox_bucket, name, io.BytesIO(data), len(data))
 
 
+def _indexed(pipeline: Pipeline, document_ids: list[str], namespace: str) -> dict[str, dict[str, Any]]:
+    """Their statuses once indexed; a document written to the bucket has none until the inbox worker has
+    accepted it, so the wait starts once each has one."""
+
+    def known() -> bool:
+        with pipeline.http() as client:
+            return all(
+                client.get(f"/ingest/{i}", params={"namespace": namespace}).status_code == 200 for i in document_ids
+            )
+
+    wait_until(known, 60, 0.1, f"the inbox worker to accept {document_ids}")
+    return pipeline.wait_for(document_ids, namespace)
+
+
 def _found(pipeline: Pipeline, namespace: str, word: str) -> list[str]:
     """The documents a keyword search of the namespace finds, through the gateway."""
     response = pipeline.search(query=word, namespace=namespace, mode="keyword", generate=False)
@@ -70,7 +84,7 @@ def test_put_overwrite_and_delete_in_the_bucket_index_reindex_and_remove_the_doc
     _put(inbox, f"{namespace}/guides/tides.md", "# Tides\n\nThe pull of the moon raises the tides twice a day.")
     _put(inbox, f"{namespace}/kelp.txt", "Kelp forests grow along cold, nutrient-rich coasts.")
 
-    statuses = inbox.wait_for(["guides:tides.md", "kelp.txt"], namespace)
+    statuses = _indexed(inbox, ["guides:tides.md", "kelp.txt"], namespace)
     first = statuses["guides:tides.md"]
     assert _found(inbox, namespace, "moon") == ["guides:tides.md"]
     with inbox.vector_store() as store:
@@ -94,7 +108,7 @@ def test_a_duplicated_or_late_notification_changes_nothing(inbox: Pipeline) -> N
     namespace = _namespace()
     name = f"{namespace}/reef.txt"
     _put(inbox, name, "Coral reefs are built by colonies of tiny animals called polyps.")
-    indexed = inbox.wait_for(["reef.txt"], namespace)["reef.txt"]
+    indexed = _indexed(inbox, ["reef.txt"], namespace)["reef.txt"]
     [created] = wait_until(lambda: _notifications(inbox, name), 30, 0.2, "MinIO's notification of the put")
     assert b"s3:ObjectCreated:Put" in created.value
 
@@ -142,7 +156,7 @@ def test_an_object_event_starts_one_trace_through_the_workers_found_by_document_
 ) -> None:
     namespace = _namespace()
     _put(inbox, f"{namespace}/lighthouse.txt", "A lighthouse's lens gathers the lamp's light into one beam.")
-    status = inbox.wait_for(["lighthouse.txt"], namespace)["lighthouse.txt"]
+    status = _indexed(inbox, ["lighthouse.txt"], namespace)["lighthouse.txt"]
     kafka = inbox.kafka
 
     process_inbox = ("inbox-worker", f"process {kafka.inbox_topic}")
