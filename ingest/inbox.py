@@ -5,8 +5,10 @@ An object written under `<namespace>/<path>` of the watched bucket (RAGTRACE_INB
 of `ns1`), so the id stays one URL segment; an object name with a `:` of its own is refused, as that id would
 also be another object's. An overwrite is a new version; a delete removes the document (status `deleted`).
 
-MinIO publishes each event through its Kafka notification target onto the inbox topic, keyed by
+MinIO publishes each event through its Kafka notification targets onto the inbox topic, keyed by
 `bucket/object`, so one object's events share a partition and keep their order (docs/ingest.md sets it up).
+There are two targets, so each event arrives twice: at once, and again from MinIO's durable queue up to 3 s
+later (ingest/settings.py); the worker remembers the last event it applied to each object and skips the copy.
 Whatever the event says, this worker reads what the bucket holds for the object NOW: present, its text is
 extracted (ingest/extract.py) and accepted as POST /ingest/file would accept it; gone, the document is
 deleted. A replayed, duplicated or late notification therefore changes nothing the bucket does not say: a
@@ -25,6 +27,7 @@ the notification target (added to the bucket's notification configuration, once)
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -39,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ingest.extract import UnreadableFile, UnsupportedFileType, extract_text
 from ingest.ingestion import Ingestion
-from ingest.settings import INBOX_TARGET_ID, InboxSettings, IngestSettings
+from ingest.settings import InboxSettings, IngestSettings
 from ragtrace.errors import DependencyUnavailable, DocumentNotFound, PoisonMessage, field_errors
 from ragtrace.messaging import Batch, CurrentBatch, Publisher, batch_subscriber, new_broker
 from ragtrace.metrics import DOCUMENTS_PROCESSED
@@ -51,6 +54,7 @@ from ragtrace.telemetry import skip_message
 
 GROUP = "inbox"  # the consumer group, after the deployment's group prefix
 EVENTS = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+REMEMBERED_OBJECTS = 65_536  # objects whose last applied event a worker remembers (a few MiB)
 
 
 def document_of(object_name: str) -> tuple[str, str]:
@@ -61,10 +65,10 @@ def document_of(object_name: str) -> tuple[str, str]:
 
 
 class ObjectNotification(DocumentRef):
-    """One bucket event as MinIO's Kafka target publishes it: the event's name and `bucket/object` (the
-    object's own name, not URL-encoded; MinIO's `Records` are not read, since the bucket is). The document is
-    derived from the object's name (`document_of`). A notification is no request yet: the acceptance or
-    deletion it leads to is one, so it has no `ingest_id`."""
+    """One bucket event as MinIO's Kafka target publishes it: the event's name, `bucket/object` (the object's
+    own name, not URL-encoded) and, from its S3 record, the event's sequencer (what else the record says is
+    not read, since the bucket is). The document is derived from the object's name (`document_of`). A
+    notification is no request yet: the acceptance or deletion it leads to is one, so it has no `ingest_id`."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -73,13 +77,16 @@ class ObjectNotification(DocumentRef):
     namespace: str = Field("", description="Derived from the object's name: its first folder")
     document_id: str = Field("", description="Derived from the object's name: the rest, each / written :")
     ingest_id: str = ""
+    sequencer: str = Field("", description="From Records[0].s3.object: the event's, the same in each copy of it")
 
     @model_validator(mode="before")
     @classmethod
     def _derive_document(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("Key"), str):
             namespace, document_id = document_of(data["Key"].partition("/")[2])
-            return {"namespace": namespace, "document_id": document_id, **data}
+            records = data.get("Records") or [{}]
+            sequencer = records[0].get("s3", {}).get("object", {}).get("sequencer", "")
+            return {"namespace": namespace, "document_id": document_id, "sequencer": sequencer, **data}
         return data
 
     @property
@@ -152,15 +159,15 @@ class WatchedBucket:
             response.release_conn()
 
     @minio_call
-    def subscribe(self, arn: str) -> None:
-        """Create the bucket if missing and have its object events published to the notification target
-        `arn`, keeping whatever else its notification configuration holds; nothing to do when it is there."""
+    def subscribe(self, arns: Sequence[str]) -> None:
+        """Create the bucket if missing and have its object events published to each notification target of
+        `arns`, keeping whatever else its notification configuration holds; nothing to do when they are there."""
         ensure_bucket(self.client, self.bucket)
         config = self.client.get_bucket_notification(self.bucket)
-        if any(q.queue == arn and set(q.events) == set(EVENTS) for q in config.queue_config_list):
+        if set(arns) <= {q.queue for q in config.queue_config_list if set(q.events) == set(EVENTS)}:
             return
-        queues = [q for q in config.queue_config_list if q.queue != arn]
-        queues.append(QueueConfig(queue=arn, events=EVENTS, config_id="ragtrace-inbox"))
+        queues = [q for q in config.queue_config_list if q.queue not in arns]
+        queues += [QueueConfig(queue=arn, events=EVENTS, config_id=f"ragtrace-inbox-{n}") for n, arn in enumerate(arns)]
         try:
             self.client.set_bucket_notification(
                 self.bucket,
@@ -173,8 +180,8 @@ class WatchedBucket:
         except S3Error as error:
             if error.code == "InvalidArgument":
                 raise RuntimeError(
-                    f"MinIO has no notification target {arn} (RAGTRACE_INBOX_NOTIFICATION_ARN): start it with "
-                    f"MINIO_NOTIFY_KAFKA_ENABLE_{INBOX_TARGET_ID}=on and the inbox topic (docs/ingest.md)"
+                    f"MinIO lacks a notification target of RAGTRACE_INBOX_NOTIFICATION_ARNS {list(arns)} "
+                    f"({error.message}): start it with MINIO_NOTIFY_KAFKA_* for each (docs/ingest.md)"
                 ) from error
             raise
 
@@ -185,6 +192,11 @@ class Inbox:
     def __init__(self, bucket: WatchedBucket, ingestion: Ingestion) -> None:
         self.bucket = bucket
         self.ingestion = ingestion
+        # bucket/object → the sequencer of the last event applied to it (the most recently applied objects):
+        # the copy of an event from MinIO's other target is skipped, rather than read and accepted again while
+        # the first is still on its way through the pipeline. Elsewhere (another worker, after a restart) the
+        # copy is settled by the bucket like any notification, and changes nothing.
+        self._applied: OrderedDict[str, str] = OrderedDict()
 
     async def handle(self, notifications: Sequence[ObjectNotification], delivered: Batch) -> None:
         outcomes = await asyncio.gather(
@@ -210,8 +222,26 @@ class Inbox:
         if notification.object_name.endswith("/"):
             skip_message(span, "a folder marker, not a file")
             return
-        # Only a watched object's span names its document: Tempo finds the document's trace, and only that one.
+        if notification.sequencer and self._applied.get(notification.key) == notification.sequencer:
+            skip_message(span, "applied already: a copy of the event from MinIO's other notification target")
+            return
+        # Only the span of a notification acted on names its document: Tempo finds the document's trace by it.
         span.set_attributes({"document.id": notification.document_id, "ragtrace.namespace": notification.namespace})
+        try:
+            await self._settle(notification, span)
+        except PoisonMessage:
+            self._remember(notification)  # its copy would be refused the same way
+            raise
+        self._remember(notification)
+
+    def _remember(self, notification: ObjectNotification) -> None:
+        self._applied[notification.key] = notification.sequencer
+        self._applied.move_to_end(notification.key)
+        if len(self._applied) > REMEMBERED_OBJECTS:
+            self._applied.popitem(last=False)
+
+    async def _settle(self, notification: ObjectNotification, span: trace.Span) -> None:
+        """The document as the bucket says now: the object's text accepted, or the document deleted."""
         namespace, document_id = validated_document(notification.object_name)
         with trace.use_span(span, end_on_exit=False):
             stored = await asyncio.to_thread(self.bucket.read, notification.object_name)
@@ -293,7 +323,7 @@ def create_app(settings: InboxSettings, kafka: KafkaSettings) -> FastStream:
     store = document_store()
     bucket = WatchedBucket(store.client, settings.bucket, IngestSettings().max_body_bytes)
     # Before the worker reports ready: an object written once it is ready has its notification.
-    bucket.subscribe(settings.notification_arn)
+    bucket.subscribe(settings.notification_arns)
     return worker_app(
         broker,
         kafka,

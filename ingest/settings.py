@@ -13,9 +13,18 @@ class IngestSettings(BaseSettings):
     max_body_bytes: int = 10 * 1024 * 1024
 
 
-# The ID of MinIO's Kafka notification target that publishes the watched bucket's events onto the inbox topic
-# (MINIO_NOTIFY_KAFKA_*_RAGTRACE, set by the local stack and the Kind manifests).
-INBOX_TARGET_ID = "RAGTRACE"
+# MinIO's two Kafka notification targets of the watched bucket, by ID (MINIO_NOTIFY_KAFKA_*_<ID>, set by the
+# local stack and the Kind manifests), both publishing onto the inbox topic. IMMEDIATE sends each event as it
+# happens (milliseconds) and drops it when Kafka does not take it; DURABLE keeps each event in a queue directory
+# until Kafka has it, through outages, but sends it only when MinIO next replays that queue (every 3 s, fixed).
+# Together: fast, and nothing lost; the second copy of an event changes nothing (docs/ingest.md).
+INBOX_TARGET_IMMEDIATE = "RAGTRACE"
+INBOX_TARGET_DURABLE = "RAGTRACEDURABLE"
+
+
+def minio_kafka_arn(target_id: str) -> str:
+    """The queue ARN MinIO offers for its Kafka target `target_id` (no region configured)."""
+    return f"arn:minio:sqs::{target_id}:kafka"
 
 
 class InboxSettings(BaseSettings):
@@ -24,7 +33,7 @@ class InboxSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAGTRACE_INBOX_", extra="ignore", frozen=True)
 
     bucket: str = "ragtrace-inbox"
-    # The queue MinIO names its Kafka target by; the bucket is subscribed to it at start-up.
-    notification_arn: str = f"arn:minio:sqs::{INBOX_TARGET_ID}:kafka"
+    # The queues MinIO names its Kafka targets by (a JSON list); the bucket is subscribed to each at start-up.
+    notification_arns: list[str] = [minio_kafka_arn(INBOX_TARGET_IMMEDIATE), minio_kafka_arn(INBOX_TARGET_DURABLE)]
     max_batch: int = 64
     metrics_port: int = 9468

@@ -109,7 +109,7 @@ def test_a_duplicated_or_late_notification_changes_nothing(inbox: Pipeline) -> N
     name = f"{namespace}/reef.txt"
     _put(inbox, name, "Coral reefs are built by colonies of tiny animals called polyps.")
     indexed = _indexed(inbox, ["reef.txt"], namespace)["reef.txt"]
-    [created] = wait_until(lambda: _notifications(inbox, name), 30, 0.2, "MinIO's notification of the put")
+    created = wait_until(lambda: _notifications(inbox, name), 30, 0.2, "MinIO's notification of the put")[0]
     assert b"s3:ObjectCreated:Put" in created.value
 
     _publish_again(inbox, [created])
@@ -118,7 +118,7 @@ def test_a_duplicated_or_late_notification_changes_nothing(inbox: Pipeline) -> N
 
     inbox.minio().remove_object(inbox.inbox_bucket, name)
     deleted = inbox.wait_for(["reef.txt"], namespace, states=("deleted",))["reef.txt"]
-    [removed] = [r for r in _notifications(inbox, name) if b"s3:ObjectRemoved:Delete" in r.value]
+    removed = next(r for r in _notifications(inbox, name) if b"s3:ObjectRemoved:Delete" in r.value)
 
     # The put's notification, late: the object is gone by now, so the document stays deleted.
     _publish_again(inbox, [created])
