@@ -25,7 +25,11 @@ def minio_record(event_name: str, key: str) -> bytes:
                     "eventName": event_name,
                     "s3": {
                         "bucket": {"name": key.partition("/")[0]},
-                        "object": {"key": key.partition("/")[2].replace("/", "%2F"), "eTag": "d41d8cd98f00b204"},
+                        "object": {
+                            "key": key.partition("/")[2].replace("/", "%2F"),
+                            "eTag": "d41d8cd98f00b204",
+                            "sequencer": "18EE903E309075DF",
+                        },
                     },
                 }
             ],
@@ -38,6 +42,7 @@ def test_a_notification_names_its_bucket_object_and_document() -> None:
     assert (notification.bucket, notification.object_name) == ("inbox", "ns1/docs/a.txt")
     assert (notification.namespace, notification.document_id) == ("ns1", "docs:a.txt")
     assert notification.event_name == "s3:ObjectCreated:Put"
+    assert notification.sequencer == "18EE903E309075DF", "what tells the two targets' copies of an event apart"
     assert notification.ingest_id == "", "a notification is no request yet"
 
 
