@@ -42,7 +42,7 @@ def test_a_notification_names_its_bucket_object_and_document() -> None:
     assert (notification.bucket, notification.object_name) == ("inbox", "ns1/docs/a.txt")
     assert (notification.namespace, notification.document_id) == ("ns1", "docs:a.txt")
     assert notification.event_name == "s3:ObjectCreated:Put"
-    assert notification.sequencer == "18EE903E309075DF", "what tells the two targets' copies of an event apart"
+    assert notification.sequencer == "18EE903E309075DF", "the same in both targets' copies of one event"
     assert notification.ingest_id == "", "a notification is no request yet"
 
 
