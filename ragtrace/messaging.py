@@ -10,8 +10,9 @@ Kafka broker and to aiokafka.
   `BatchDelivery` middleware adds what FastStream does not do for a batch:
   * one processing span per message, a child of the producer's context in its headers (the aiokafka
     instrumentation's send span), so each document keeps one trace through a batch;
-  * undecodable messages go to the dead-letter topic at once, and of a document's events in one batch only
-    the last is acted on (a document's events share a key, hence a partition and an order);
+  * undecodable messages go to the dead-letter topic at once, and of one key's events in a batch only the
+    last is acted on (a document's events share a key, as do a bucket object's notifications: hence a
+    partition and an order);
   * per-message retries with backoff, then the dead-letter topic with the error in its headers;
   * while a dependency is down (DependencyUnavailable) nothing is dead-lettered: the batch waits and retries.
   Handlers take the decoded events (`list[Model]`) and the `Batch` (each event's span; `fail` a message).
@@ -65,8 +66,13 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 def pipeline_topics(settings: KafkaSettings) -> list[str]:
-    topics = [settings.documents_topic, settings.chunks_topic]
+    topics = [settings.documents_topic, settings.chunks_topic, settings.inbox_topic]
     return topics + [settings.dead_letter_topic(t) for t in topics]
+
+
+def inbox_topics(settings: KafkaSettings) -> list[str]:
+    """Where MinIO's notification target publishes (it needs the topic before it starts) and its dead letters."""
+    return [settings.inbox_topic, settings.dead_letter_topic(settings.inbox_topic)]
 
 
 async def ensure_topics(settings: KafkaSettings, topics: Sequence[str] | None = None) -> None:
@@ -133,8 +139,9 @@ class Publisher:
         self._renewing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def declare(self, topic: str, model: type[BaseModel], description: str) -> None:
-        self._publishers[topic] = self.broker.publisher(topic, schema=model, description=description)
+    def declare(self, topic: str, model: type[BaseModel], description: str, title: str | None = None) -> None:
+        """`title`: the AsyncAPI channel's name, where another service publishes to the same topic too."""
+        self._publishers[topic] = self.broker.publisher(topic, schema=model, description=description, title=title)
 
     def start_warm_up(self) -> None:
         """Connect and create the topics in the background, so the first publish does not pay for it."""
@@ -342,10 +349,10 @@ class BatchDelivery(BaseMiddleware):
         )
 
     async def _current(self, deliveries: list[Delivery]) -> list[Delivery]:
-        """The deliveries to act on: each document's last event. Undecodable ones are dead-lettered at once;
-        a document's earlier events in the batch are acknowledged as superseded (acting on them too,
-        concurrently, could apply them out of order)."""
-        last: dict[tuple[str, str], Delivery] = {}
+        """The deliveries to act on: each key's last event (keyless ones: each document's). Undecodable ones
+        are dead-lettered at once; a key's earlier events in the batch are acknowledged as superseded (acting
+        on them too, concurrently, could apply them out of order)."""
+        last: dict[bytes | tuple[str, str], Delivery] = {}
         for delivery in deliveries:
             try:
                 event = self.policy.model.model_validate_json(delivery.record.value or b"")
@@ -354,11 +361,13 @@ class BatchDelivery(BaseMiddleware):
                 delivery.attempts = 1
                 await self._dead_letter(delivery, span_failed(delivery.span, poison))
                 continue
-            superseded = last.get((event.namespace, event.document_id))
+            # The key, not the document: notifications of two buckets may name the same document.
+            identity = delivery.record.key or (event.namespace, event.document_id)
+            superseded = last.get(identity)
             if superseded is not None:
                 skip_message(superseded.span, "superseded by a later event in the same batch")
             delivery.event = event
-            last[(event.namespace, event.document_id)] = delivery
+            last[identity] = delivery
         current = set(map(id, last.values()))
         return [d for d in deliveries if id(d) in current]
 

@@ -20,8 +20,10 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:9092"
     documents_topic: str = "ragtrace.documents"
     chunks_topic: str = "ragtrace.chunks"
+    # MinIO's notifications of the watched bucket (ingest/inbox.py), published by MinIO's Kafka target.
+    inbox_topic: str = "ragtrace.inbox"
     dead_letter_suffix: str = ".dlq"
-    group_prefix: str = "ragtrace-"  # consumer groups: {prefix}embedding, {prefix}indexer
+    group_prefix: str = "ragtrace-"  # consumer groups: {prefix}embedding, {prefix}indexer, {prefix}inbox
     partitions: int = 6
     replication_factor: int = 1
     # A 10 MiB document becomes one chunks message of its text plus its vectors.

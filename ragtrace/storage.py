@@ -40,7 +40,7 @@ class Conflict(Exception):
     """A conditional write lost: the object changed (or appeared) since it was read."""
 
 
-def _minio_call(method: Callable[P, R]) -> Callable[P, R]:
+def minio_call(method: Callable[P, R]) -> Callable[P, R]:
     """MinIO not answering (refused, timed out, cut off) becomes DependencyUnavailable("minio")."""
 
     @functools.wraps(method)
@@ -59,19 +59,23 @@ def _minio_call(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+@minio_call
+def ensure_bucket(client: Minio, bucket: str) -> None:
+    if not client.bucket_exists(bucket):
+        try:
+            client.make_bucket(bucket)
+        except S3Error as error:  # another replica created it first
+            if error.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+
 class DocumentStore:
     def __init__(self, client: Minio, bucket: str = "documents") -> None:
         self.client = client
         self.bucket = bucket
 
-    @_minio_call
     def ensure_bucket(self) -> None:
-        if not self.client.bucket_exists(self.bucket):
-            try:
-                self.client.make_bucket(self.bucket)
-            except S3Error as error:  # another replica created it first
-                if error.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise
+        ensure_bucket(self.client, self.bucket)
 
     @staticmethod
     def record_key(namespace: str, document_id: str) -> str:
@@ -79,7 +83,7 @@ class DocumentStore:
 
     # records: read with their ETag, written only if that ETag is still current
 
-    @_minio_call
+    @minio_call
     def read(self, namespace: str, document_id: str) -> tuple[DocumentRecord | None, str | None]:
         """The record and its ETag; (None, None) when the document has none."""
         try:
@@ -95,7 +99,7 @@ class DocumentStore:
             response.close()
             response.release_conn()
 
-    @_minio_call
+    @minio_call
     def write(self, record: DocumentRecord, etag: str | None) -> None:
         """Write the record if it is still the one read with `etag` (None: if there is still none), else
         raise Conflict."""

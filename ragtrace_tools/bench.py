@@ -7,12 +7,15 @@
 3. Search without generation over HTTP, p50/p99 per mode and concurrency, on the cache-miss path (every
    query unique), against the bare cost in this process (embed the query + search the same index).
 4. Peak RSS and CPU seconds of each process of the stack during (1): where the time goes.
+5. Bucket events on the idle stack: an object written to the watched bucket → its document found by a search,
+   and its delete → gone from results, p50/p99, one object at a time (ingest/inbox.py).
 Results: a table, and bench/results/<date>-<machine>.json and .md with the machine's description.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import platform
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from minio import Minio
 from rich.console import Console
 from rich.table import Table
 
@@ -211,6 +215,48 @@ class Bench:
             "p99_ms": round(percentile(latencies, 99), 1),
         }
 
+    async def _found(self, http: httpx.AsyncClient, namespace: str, word: str) -> bool:
+        """Does a keyword search of the namespace find a document holding the word? (404: no documents.)"""
+        response = await http.post(
+            f"{self.search_url}/api/search",
+            json={"query": word, "namespace": namespace, "mode": "keyword", "top_k": 1, "generate": False},
+        )
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return bool(response.json()["sources"])
+
+    async def _until(self, http: httpx.AsyncClient, namespace: str, word: str, found: bool) -> None:
+        async with asyncio.timeout(60):  # an inbox worker that is not running fails the bench, not hangs it
+            while await self._found(http, namespace, word) != found:  # noqa: ASYNC110 - polls a server
+                await asyncio.sleep(0.01)
+
+    async def bucket_events(self, objects: Minio, bucket: str, passages: dict[str, str]) -> dict[str, Any]:
+        """Each passage as an object of the watched bucket, one at a time on the idle stack: seconds from the
+        start of its write until a search finds it, and from the start of its delete until none does."""
+        namespace = f"bucket-{uuid.uuid4().hex[:8]}"
+        written, deleted = [], []
+        async with self.client() as client:
+            for document_id, text in passages.items():
+                word = f"bucket{uuid.uuid4().hex[:12]}"  # found in this document alone
+                name = f"{namespace}/{document_id}.txt"
+                data = f"{text} {word}".encode()
+                started = time.perf_counter()
+                await asyncio.to_thread(objects.put_object, bucket, name, io.BytesIO(data), len(data))
+                await self._until(client.http, namespace, word, found=True)
+                written.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                await asyncio.to_thread(objects.remove_object, bucket, name)
+                await self._until(client.http, namespace, word, found=False)
+                deleted.append(time.perf_counter() - started)
+        return {
+            "objects": len(passages),
+            "write_to_searchable_p50_s": round(percentile(written, 50), 3),
+            "write_to_searchable_p99_s": round(percentile(written, 99), 3),
+            "delete_to_gone_p50_s": round(percentile(deleted, 50), 3),
+            "delete_to_gone_p99_s": round(percentile(deleted, 99), 3),
+        }
+
 
 def bare_embedding(engine: EmbeddingEngine, texts: list[str]) -> dict[str, Any]:
     """The bare model on the same chunks: chunks/s at its best batch size."""
@@ -268,7 +314,10 @@ def run(
     index_dir: Path,
     documents: int,
     output_dir: Path,
+    inbox: tuple[Minio, str],
+    bucket_objects: int = 30,
 ) -> dict[str, Any]:
+    """`inbox`: the MinIO client and the watched bucket, for the bucket-event measurement."""
     eval_set = EvalSet.load(data)
     ids = list(eval_set.corpus)
     bench = Bench(ingest_url, search_url, api_key)
@@ -321,6 +370,10 @@ def run(
     for row in search:
         row["ratio_p50_over_bare"] = round(row["p50_ms"] / max(bare_costs[row["mode"]]["p50_ms"], 0.01), 1)
 
+    console.print(f"[bold]5. bucket events[/] {bucket_objects} objects written, then deleted, one at a time")
+    bucket_passages = {f"{tag}-bucket-{i}": eval_set.corpus[i]["text"] for i in ids[:bucket_objects]}
+    bucket_events = asyncio.run(bench.bucket_events(*inbox, bucket_passages))
+
     results = {
         "date": datetime.now(UTC).isoformat(),
         "machine": machine(),
@@ -328,6 +381,7 @@ def run(
         "freshness": freshness,
         "search": search,
         "bare_search": list(bare_costs.values()),
+        "bucket_events": bucket_events,
         "peak_rss_mib_during_indexing": {k: round(v) for k, v in processes.peak_mib.items()},
         "cpu_s_during_indexing": processes.cpu_s,
     }
@@ -367,6 +421,13 @@ def _report(results: dict[str, Any], output_dir: Path) -> None:
         )
     for row in results["bare_search"]:
         rows.append(f"| bare search {row['mode']} (in-process) | p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms | |")
+    events = results["bucket_events"]
+    rows += [
+        f"| bucket event, write → searchable ({events['objects']} objects, idle) | p50 "
+        f"{events['write_to_searchable_p50_s']} s, p99 **{events['write_to_searchable_p99_s']} s** | p99 < 2 s |",
+        f"| bucket event, delete → gone from results | p50 {events['delete_to_gone_p50_s']} s, p99 "
+        f"**{events['delete_to_gone_p99_s']} s** | p99 < 2 s |",
+    ]
     cpu = results["cpu_s_during_indexing"]
     for name, mib in results["peak_rss_mib_during_indexing"].items():
         rows.append(f"| during indexing: {name} | peak RSS {mib} MiB, CPU {cpu.get(name, 0)} s | |")

@@ -175,11 +175,20 @@ def bench(
     documents: Annotated[int, typer.Option(help="Passages for the indexing measurement")] = 1000,
     output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
 ) -> None:
-    """Indexing throughput against the bare model, freshness, search latency and memory of the running stack."""
+    """Indexing throughput against the bare model, freshness, search latency, memory and bucket-event latency of
+    the running stack."""
+    from ingest.settings import InboxSettings
+    from ragtrace.clients import minio_client
+    from ragtrace.settings import MinioSettings
     from ragtrace_tools.bench import run
 
     stack = LocalStack()
     pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
+    minio = MinioSettings(
+        endpoint=_stack_setting("RAGTRACE_MINIO_ENDPOINT"),
+        access_key=_stack_setting("RAGTRACE_MINIO_ACCESS_KEY"),
+        secret_key=_stack_setting("RAGTRACE_MINIO_SECRET_KEY"),
+    )
     run(
         data,
         _stack_setting("RAGTRACE_INGEST_URL"),
@@ -189,6 +198,7 @@ def bench(
         stack.state_dir / "index",
         documents,
         output,
+        (minio_client(minio), InboxSettings().bucket),
     )
 
 

@@ -42,6 +42,12 @@ class Infra:
     env: dict[str, str]
     stack: LocalStack | None = None
 
+    @property
+    def notifies_kafka(self) -> bool:
+        """Does MinIO publish bucket events to Kafka (the inbox worker's)? Those the local stack starts do, as does
+        `make up`'s; testcontainers' MinIO has no Kafka target."""
+        return self.source != "docker"
+
     def _read(self, settings_type: type[SettingsT]) -> SettingsT:
         with _environment(self.env):
             return settings_type()

@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from minio import Minio
 
+from ragtrace.clients import minio_client
 from ragtrace.kafka_admin import group_lag
 from ragtrace.settings import KafkaSettings
 from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open_vector_store
@@ -120,15 +122,27 @@ class Pipeline:
         finally:
             store.close()
 
+    @property
+    def inbox_bucket(self) -> str:
+        """The bucket this pipeline's inbox worker watches (its objects become documents)."""
+        return self.env["RAGTRACE_INBOX_BUCKET"]
+
+    def minio(self) -> Minio:
+        return minio_client(self.infra.minio)
+
     def component(self, name: str) -> Component:
         return next(c for c in self.services.components() if c.name == name)
 
-    def wait_drained(self, timeout_s: float = 60.0) -> None:
-        """Until both consumer groups have committed everything written to their topics."""
+    def wait_drained(self, timeout_s: float = 60.0, topics: Iterable[str] | None = None) -> None:
+        """Until the consumer groups of `topics` (default: both workers') have committed everything written to
+        their topics."""
         groups = {
+            self.kafka.inbox_topic: self.kafka.group_prefix + "inbox",
             self.kafka.documents_topic: self.kafka.group_prefix + "embedding",
             self.kafka.chunks_topic: self.kafka.group_prefix + "indexer",
         }
+        wanted = set(topics or (self.kafka.documents_topic, self.kafka.chunks_topic))
+        groups = {topic: group for topic, group in groups.items() if topic in wanted}
         wait_until(
             lambda: asyncio.run(group_lag(self.kafka.bootstrap_servers, groups)) == 0,
             timeout_s,
@@ -154,6 +168,7 @@ def start_pipeline(
         "RAGTRACE_KAFKA_GROUP_PREFIX": f"g{suffix}-",
         "RAGTRACE_KAFKA_PARTITIONS": "3",
         "RAGTRACE_MINIO_BUCKET": f"documents-{suffix}",
+        "RAGTRACE_INBOX_BUCKET": f"inbox-{suffix}",
         "RAGTRACE_INDEX_BACKEND": backend.value,
         "RAGTRACE_INDEX_DATA_DIR": str(state_dir / "index"),
         "RAGTRACE_INDEX_WEAVIATE_COLLECTION": f"Chunks{suffix}",
@@ -165,5 +180,8 @@ def start_pipeline(
     supervisor = Supervisor(state_dir)
     with _environment(env):
         kafka = KafkaSettings()
-    with supervisor.running([*services.ingestion(), *services.query()]):
+    ingestion = services.ingestion()
+    if not infra.notifies_kafka:
+        ingestion = [c for c in ingestion if c.name != "inbox-worker"]
+    with supervisor.running([*ingestion, *services.query()]):
         yield Pipeline(backend, infra, services, supervisor, {**services.env}, kafka)

@@ -309,6 +309,7 @@ def test_every_required_setting_is_set_for_the_processes_that_need_it(
     containers = dict(_ragtrace_containers(rendered[overlay]))
     assert set(containers) == {
         "ingest.app",
+        "ingest.inbox",
         "embedding.worker",
         "embedding.server",
         "indexer.worker",
@@ -419,7 +420,7 @@ def test_every_ragtrace_deployment_scales_and_survives_drains(rendered: dict[str
         for o in objects
         if o["kind"] == "Deployment" and o["spec"]["template"]["spec"]["containers"][0]["image"].startswith("ragtrace:")
     }
-    assert len(deployments) == 6
+    assert len(deployments) == 7
     for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget"):
         assert {o["metadata"]["name"] for o in objects if o["kind"] == kind} >= deployments, kind
 

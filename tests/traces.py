@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ragtrace.tempo import SpanView, fetch_trace
+from ragtrace.tempo import SpanView, TraceSummary, fetch_trace, search_traces
 
 
 def whole_tree(trace_url: str, trace_id: str, must_have: set[tuple[str, str]]) -> list[SpanView] | None:
@@ -22,3 +22,12 @@ def path_to_root(span: SpanView, by_id: dict[str, SpanView]) -> list[SpanView]:
     while path[-1].parent_span_id:
         path.append(by_id[path[-1].parent_span_id])
     return path
+
+
+def searchable_document_traces(trace_url: str, document_id: str, namespace: str) -> list[TraceSummary] | None:
+    """The traces TraceQL finds by the document's id and namespace, once each is searchable as a whole: Tempo
+    makes a trace's spans searchable in parts, as each part has been idle for 2 s, so the indexer's are
+    waited for too."""
+    traceql = f'{{ span.document.id = "{document_id}" && span.ragtrace.namespace = "{namespace}" }}'
+    found = search_traces(trace_url, traceql)
+    return found if found and all("indexer-worker" in t.services for t in found) else None

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from ingest.settings import InboxSettings
 from ragtrace.vectorstore import VectorStoreSettings
 from ragtrace_tools.devstack import llm
 from ragtrace_tools.devstack.observability import Observability, ObservabilityPorts, ScrapeTargets
@@ -190,8 +191,10 @@ class LocalStack:
                 ("Search page and API", f"http://127.0.0.1:{s.gateway}  (POST /api/search, /api/search/stream)"),
                 (
                     "Worker metrics",
-                    f"http://127.0.0.1:{s.embedding_metrics}/metrics, http://127.0.0.1:{s.indexer_metrics}/metrics",
+                    f"http://127.0.0.1:{s.embedding_metrics}/metrics, http://127.0.0.1:{s.indexer_metrics}/metrics, "
+                    f"http://127.0.0.1:{s.inbox_metrics}/metrics",
                 ),
+                ("Watched bucket (inbox)", f"{InboxSettings().bucket}: <namespace>/<path> objects become documents"),
             ]
         if self.with_observability:
             o = self.observability

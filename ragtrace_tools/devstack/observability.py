@@ -93,6 +93,7 @@ class ScrapeTargets:
 
         return {
             "ingest-api": each("ingest"),
+            "inbox-worker": each("inbox_metrics"),
             "search-gateway": each("gateway"),
             "embedding-worker": each("embedding_metrics"),
             "indexer-worker": each("indexer_metrics"),

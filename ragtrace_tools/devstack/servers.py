@@ -27,7 +27,10 @@ import httpx
 import redis
 import yaml
 
+from ingest.settings import INBOX_TARGET_DURABLE, INBOX_TARGET_IMMEDIATE
 from ragtrace.kafka_admin import controller_elected
+from ragtrace.messaging import ensure_topics, inbox_topics
+from ragtrace.settings import KafkaSettings
 from ragtrace_tools.devstack.supervisor import Component
 
 PortsT = TypeVar("PortsT")
@@ -256,7 +259,19 @@ class LocalServers:
     # MinIO ------------------------------------------------------------------------------------------
 
     def minio(self) -> Component:
+        """MinIO, with the two Kafka notification targets the inbox worker subscribes the watched bucket to
+        (ingest/settings.py, ingest/inbox.py). It starts after Kafka, whose inbox topic is created first (the
+        broker creates none), so the immediate target has it from the first event."""
         base = f"http://127.0.0.1:{self.ports.minio}"
+        kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{self.ports.kafka}")
+        notify: dict[str, str] = {}
+        for target in (INBOX_TARGET_IMMEDIATE, INBOX_TARGET_DURABLE):
+            notify |= {
+                f"MINIO_NOTIFY_KAFKA_ENABLE_{target}": "on",
+                f"MINIO_NOTIFY_KAFKA_BROKERS_{target}": kafka.bootstrap_servers,
+                f"MINIO_NOTIFY_KAFKA_TOPIC_{target}": kafka.inbox_topic,
+            }
+        notify[f"MINIO_NOTIFY_KAFKA_QUEUE_DIR_{INBOX_TARGET_DURABLE}"] = str(self._dir("minio-events"))
         return Component(
             name="minio",
             port=self.ports.minio,
@@ -276,8 +291,10 @@ class LocalServers:
                 "MINIO_UPDATE": "off",
                 # Its metrics endpoint answers without a token, as Prometheus scrapes it in the cluster.
                 "MINIO_PROMETHEUS_AUTH_TYPE": "public",
+                **notify,
             },
             ready=lambda: httpx.get(f"{base}/minio/health/ready", timeout=1).status_code == 200,
+            prepare=lambda: asyncio.run(ensure_topics(kafka, inbox_topics(kafka))),
         )
 
     # Redis ------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""ragtrace's own processes as supervised components: the ingest API, the embedding and indexer workers, the
-embedding service, the search service and the search gateway.
+"""ragtrace's own processes as supervised components: the ingest API, the inbox worker (bucket events), the
+embedding and indexer workers, the embedding service, the search service and the search gateway.
 
 They take the servers' client settings (`LocalServers.client_env()`, or the test fixture's) and run with
 the same Python as the caller, so `make up` and the tests start exactly the code in this checkout. With
@@ -23,6 +23,7 @@ from ragtrace_tools.devstack.supervisor import Component
 @dataclass(frozen=True)
 class ServicePorts:
     ingest: int = 8082
+    inbox_metrics: int = 9468
     embedding_metrics: int = 9464
     indexer_metrics: int = 9465
     embedding_grpc: int = 50062
@@ -79,6 +80,15 @@ class Services:
     def ingest_api(self) -> Component:
         return self._python(
             "ingest-api", "ingest.app", self.ports.ingest, "/readyz", {"RAGTRACE_INGEST_PORT": str(self.ports.ingest)}
+        )
+
+    def inbox_worker(self) -> Component:
+        return self._python(
+            "inbox-worker",
+            "ingest.inbox",
+            self.ports.inbox_metrics,
+            "/metrics",
+            {"RAGTRACE_INBOX_METRICS_PORT": str(self.ports.inbox_metrics)},
         )
 
     def embedding_worker(self) -> Component:
@@ -139,7 +149,7 @@ class Services:
         )
 
     def ingestion(self) -> list[Component]:
-        return [self.ingest_api(), self.embedding_worker(), self.indexer_worker()]
+        return [self.ingest_api(), self.inbox_worker(), self.embedding_worker(), self.indexer_worker()]
 
     def query(self) -> list[Component]:
         return [self.embedding_service(), self.search_service(), self.gateway()]

@@ -63,18 +63,20 @@ def test_prometheus_scrapes_every_ragtrace_process_and_loads_the_rules(
 ) -> None:
     # Kafka's JMX exporter agent and the Redis exporter run where the session started the servers itself.
     servers = {"kafka", "redis-exporter"} if infra.stack else set()
+    # The inbox worker runs where MinIO publishes bucket events to Kafka (tests/pipeline.py).
+    jobs = RAGTRACE_JOBS | ({"inbox-worker"} if infra.notifies_kafka else set())
 
     def targets_up() -> dict[str, list[dict[str, Any]]] | None:
         by_job: dict[str, list[dict[str, Any]]] = {}
         for target in prometheus_api(prometheus, "targets")["activeTargets"]:
             by_job.setdefault(target["labels"]["job"], []).append(target)
-        wanted = RAGTRACE_JOBS | servers | {"minio", "otel-collector", "prometheus", "vllm"}
+        wanted = jobs | servers | {"minio", "otel-collector", "prometheus", "vllm"}
         if all(by_job.get(job) and all(t["health"] == "up" for t in by_job[job]) for job in wanted):
             return by_job
         return None
 
     by_job = wait_until(targets_up, 60, 1, "every ragtrace process, the servers, the collector and vLLM scraped and up")
-    for job in RAGTRACE_JOBS:
+    for job in jobs:
         [target] = by_job[job]
         assert target["scrapeUrl"].startswith("http://127.0.0.1:"), target
     [vllm_target] = by_job["vllm"]

@@ -8,11 +8,11 @@ import uuid
 
 from typer.testing import CliRunner, Result
 
-from ragtrace.tempo import SpanView, TraceSummary, search_traces
+from ragtrace.tempo import SpanView
 from ragtrace_tools.cli import app
 from ragtrace_tools.devstack.observability import Observability
 from tests.pipeline import Pipeline, wait_until
-from tests.traces import path_to_root, whole_tree
+from tests.traces import path_to_root, searchable_document_traces, whole_tree
 
 AIOKAFKA_SCOPE = "opentelemetry.instrumentation.aiokafka"
 
@@ -88,15 +88,13 @@ def test_one_trace_follows_a_document_through_every_process(
     assert embed.attributes["ragtrace.embedding.model"] == "all-MiniLM-L6-v2"
     assert embed.attributes["ragtrace.embedding.dimension"] == 384
 
-    # Found again by TraceQL on the consumer span's attributes, once Tempo has made the trace searchable (its
-    # spans become searchable in parts, as each part has been idle for 2 s: wait for the indexer's too).
-    traceql = f'{{ span.document.id = "seismo" && span.ragtrace.namespace = "{namespace}" }}'
-
-    def searched() -> list[TraceSummary] | None:
-        found = search_traces(observability.tempo_url, traceql)
-        return found if found and all("indexer-worker" in t.services for t in found) else None
-
-    [found] = wait_until(searched, 60, 1, f"TraceQL {traceql} to find the whole trace")
+    # Found again by TraceQL on the consumer span's attributes, once Tempo has made the trace searchable.
+    [found] = wait_until(
+        lambda: searchable_document_traces(observability.tempo_url, "seismo", namespace),
+        60,
+        1,
+        "TraceQL to find the whole trace by document.id",
+    )
     assert found.trace_id == accepted["trace_id"]
     assert (found.root_service, found.root_name) == ("ingest-api", "POST /ingest")
     assert {"ingest-api", "embedding-worker", "indexer-worker"} <= set(found.services)

@@ -154,7 +154,14 @@ def test_local_rendering_differs_from_kind_only_in_addresses_ports_and_paths(nam
 def test_prometheus_scrapes_every_ragtrace_process_of_each_pipeline_and_the_servers(tmp_path: Path) -> None:
     _, local = _rendered("prometheus", tmp_path)
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in local["scrape_configs"]}
-    for job in ("ingest-api", "search-gateway", "embedding-worker", "indexer-worker", "embedding-service"):
+    for job in (
+        "ingest-api",
+        "inbox-worker",
+        "search-gateway",
+        "embedding-worker",
+        "indexer-worker",
+        "embedding-service",
+    ):
         assert len(jobs[job]) == 2, job
     assert jobs["search-service"] and jobs["minio"] == ["127.0.0.1:9000"]
     assert jobs["kafka"] == ["127.0.0.1:9404"] and jobs["redis-exporter"] == ["127.0.0.1:9121"]
