@@ -98,14 +98,12 @@ class Ingestion:
                 ),
                 return_exceptions=True,
             )
-            announced = await asyncio.gather(
-                *(
-                    self._publish_in(span, _upsert(claim, doc.text, doc.metadata.model_dump()), claim)
-                    for span, doc, claim in zip(spans, documents, claims, strict=True)
-                    if isinstance(claim, Claim) and claim.changed
-                ),
-                return_exceptions=True,
-            )
+            changed = [
+                (span, _upsert(claim, doc.text, doc.metadata.model_dump()), claim)
+                for span, doc, claim in zip(spans, documents, claims, strict=True)
+                if isinstance(claim, Claim) and claim.changed
+            ]
+            announced = await self._publish_each(changed)
         finally:
             for span in spans:
                 span.end()
@@ -162,9 +160,17 @@ class Ingestion:
         await self._publish(event, claim)
         return claim.status
 
-    async def _publish_in(self, span: trace.Span, event: DocumentEvent, claim: Claim) -> None:
-        with trace.use_span(span):
-            await self._publish(event, claim)
+    async def _publish_each(
+        self, changed: list[tuple[trace.Span, DocumentEvent, Claim]]
+    ) -> list[DependencyUnavailable | None]:
+        """`_publish` for many claims at once: the events produced together; each refused claim given back."""
+        outcomes = await self.publisher.publish_each(
+            self.kafka.documents_topic,
+            [(message_key(event.namespace, event.document_id), event, span) for span, event, _ in changed],
+        )
+        refused = [(claim, error) for (_, _, claim), error in zip(changed, outcomes, strict=True) if error]
+        await asyncio.gather(*(self._call(self.lifecycle.give_back, claim, str(error)) for claim, error in refused))
+        return outcomes
 
     async def _publish(self, event: DocumentEvent, claim: Claim) -> None:
         """Announce the claim on Kafka. Refused: ownership goes back before the caller hears of it, so the

@@ -194,6 +194,35 @@ class Publisher:
         async with self._call(f"publishing to {topic} failed"):
             await self._publishers[topic].publish(event, key=key, headers=headers)
 
+    async def publish_each(
+        self, topic: str, messages: Sequence[tuple[bytes, BaseModel, trace.Span]]
+    ) -> list[DependencyUnavailable | None]:
+        """Many messages to one topic, each handed to the producer in its span's context (the instrumentation's
+        send span is its child); then their acknowledgements are awaited together, the deadline starting once
+        all are handed over: handing them over is this process's own work, and the producer sends nothing while
+        it goes on. Per message: None, or DependencyUnavailable if it was not acknowledged in time (or not
+        handed over at all); any failure costs the producer, as in `publish`."""
+        what = f"publishing to {topic} failed"
+        sent: list[asyncio.Future[Any]] = []
+        refused: DependencyUnavailable | None = None
+        for key, event, span in messages:
+            try:
+                with trace.use_span(span):
+                    async with self._call(what):
+                        sent.append(await self._publishers[topic].publish(event, key=key, no_confirm=True))
+            except DependencyUnavailable as error:
+                refused = error
+                break
+        done = (await asyncio.wait(sent, timeout=self.timeout_s))[0] if sent else set()
+        late = DependencyUnavailable("kafka", f"{what}: no acknowledgement within {self.timeout_s:g}s")
+        outcomes: list[DependencyUnavailable | None] = [
+            None if future in done and future.exception() is None else late for future in sent
+        ]
+        outcomes += [refused or late] * (len(messages) - len(sent))
+        if any(outcomes):
+            self._renew_producer()
+        return outcomes
+
     async def check(self) -> None:
         """Readiness: what a publish would do now: the same producer (or a fresh one, after a failure) and a
         metadata round trip to the broker, within the publish deadline."""
