@@ -345,7 +345,7 @@ class BatchDelivery(BaseMiddleware):
         """The deliveries to act on: each document's last event. Undecodable ones are dead-lettered at once;
         a document's earlier events in the batch are acknowledged as superseded (acting on them too,
         concurrently, could apply them out of order)."""
-        last: dict[tuple[str, str], Delivery] = {}
+        last: dict[tuple[str, str, int | None], Delivery] = {}
         for delivery in deliveries:
             try:
                 event = self.policy.model.model_validate_json(delivery.record.value or b"")
@@ -354,11 +354,13 @@ class BatchDelivery(BaseMiddleware):
                 delivery.attempts = 1
                 await self._dead_letter(delivery, span_failed(delivery.span, poison))
                 continue
-            superseded = last.get((event.namespace, event.document_id))
+            # A re-index event never supersedes the owner's own event, nor is superseded by it.
+            document = (event.namespace, event.document_id, event.generation)
+            superseded = last.get(document)
             if superseded is not None:
                 skip_message(superseded.span, "superseded by a later event in the same batch")
             delivery.event = event
-            last[(event.namespace, event.document_id)] = delivery
+            last[document] = delivery
         current = set(map(id, last.values()))
         return [d for d in deliveries if id(d) in current]
 
