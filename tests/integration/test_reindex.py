@@ -43,12 +43,13 @@ def _progress(pipeline: Pipeline, namespace: str) -> dict[str, Any]:
 
 
 def _finished(pipeline: Pipeline, namespace: str, timeout_s: float = 180.0) -> dict[str, Any]:
-    return wait_until(
+    progress: dict[str, Any] = wait_until(
         lambda: (p := _progress(pipeline, namespace))["state"] != "running" and p,
         timeout_s,
         0.2,
         f"the re-index of {namespace} to finish",
     )
+    return progress
 
 
 @contextlib.contextmanager
