@@ -28,7 +28,6 @@ from ragtrace.vectorstore import (
     DocumentChunks,
     EmbeddingModel,
     Hit,
-    UnknownNamespace,
     VectorStore,
     written_model,
 )
@@ -158,14 +157,15 @@ class GenerationalStore:
     # reads: the serving generation
 
     def _serving(self, namespace: str, call: Callable[[str], T]) -> T:
-        """`call` on the serving generation's index; when that was dropped under it by a switch, on the new one."""
+        """`call` on the serving generation's index; when it failed because a switch dropped that index under
+        it (whatever the backend then raises), on the new one."""
         serving = self.generations(namespace).serving
         try:
             return call(index_name(namespace, serving))
-        except UnknownNamespace:
+        except Exception:
             now = self.generations(namespace).serving
             if now == serving:
-                raise UnknownNamespace(namespace) from None
+                raise
             return call(index_name(namespace, now))
 
     def search(self, namespace: str, vector: Sequence[float], top_k: int) -> list[Hit]:
