@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from ingest.settings import IngestSettings
 from ragtrace.cache import bump_namespace
-from ragtrace.errors import AlreadyRunning, NamespaceNotFound
+from ragtrace.errors import AlreadyRunning, DependencyUnavailable, NamespaceNotFound
 from ragtrace.messaging import Publisher
 from ragtrace.reindex import ReindexJobs, rebuildable, reindex_event
 from ragtrace.schemas import DocumentRecord, ReindexJob, ReindexProgress, ReindexState, message_key
@@ -67,6 +67,7 @@ class Reindexing:
 
     async def start(self, namespace: str) -> ReindexProgress:
         """Start re-indexing the namespace; retry the failed documents of a failed re-index."""
+        await asyncio.to_thread(self.store.ensure_bucket)
         job, etag = await asyncio.to_thread(self.jobs.read, namespace)
         if job is not None and job.state is ReindexState.RUNNING:
             raise _running(job)
@@ -114,11 +115,17 @@ class Reindexing:
 
     async def run(self) -> None:
         """Advance every running job, again and again (the ingest API's lifespan runs this in a task)."""
+        bucket_ready = False
         while True:
             try:
+                if not bucket_ready:  # a fresh deployment's: there are no jobs before it exists
+                    await asyncio.to_thread(self.store.ensure_bucket)
+                    bucket_ready = True
                 for namespace in await asyncio.to_thread(self.jobs.namespaces):
                     await self.advance(namespace)
-            except Exception:  # a dependency down, most likely: the next round tries again
+            except DependencyUnavailable as error:  # the next round tries again
+                log.warning("re-index jobs wait: %s", error)
+            except Exception:
                 log.exception("advancing the re-index jobs failed")
             await asyncio.sleep(self.settings.reindex_poll_s)
 

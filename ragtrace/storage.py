@@ -109,7 +109,7 @@ class DocumentStore:
         try:
             response = self.client.get_object(self.bucket, key)
         except S3Error as error:
-            if error.code == "NoSuchKey":
+            if error.code in ("NoSuchKey", "NoSuchBucket"):
                 return None, None
             raise
         try:
