@@ -140,7 +140,7 @@ def test_a_reindex_resumes_after_its_processes_are_killed_and_loses_nothing(pipe
             client.reindex(namespace)
         # Killed while it publishes the job's events, or just after: the events it did not publish are
         # published again when it is back.
-        os.kill(_pid(pipeline, ingest.name), signal.SIGKILL)
+        _kill(pipeline, ingest.name)
         pipeline.supervisor.start(ingest)
     metrics = f"http://127.0.0.1:{pipeline.services.ports.embedding_metrics}/metrics"
     wait_until(
@@ -148,7 +148,7 @@ def test_a_reindex_resumes_after_its_processes_are_killed_and_loses_nothing(pipe
         interval_s=0.02,
         what="the embedding worker to start on the re-index events",
     )
-    os.kill(_pid(pipeline, embedding.name), signal.SIGKILL)
+    _kill(pipeline, embedding.name)
     killed_at = _progress(pipeline, namespace)
     assert killed_at["state"] == "running" and killed_at["done"] < len(ids), "killed before the job was over"
     pipeline.supervisor.start(embedding)
@@ -158,7 +158,9 @@ def test_a_reindex_resumes_after_its_processes_are_killed_and_loses_nothing(pipe
     assert {s["status"] for s in pipeline.wait_for(ids, namespace).values()} == {"indexed"}, "records untouched"
 
 
-def _pid(pipeline: Pipeline, name: str) -> int:
+def _kill(pipeline: Pipeline, name: str) -> None:
+    """SIGKILL the component's process, and wait until it is gone (a signal is delivered asynchronously)."""
     pid = pipeline.supervisor.pid(name)
     assert pid is not None, f"{name} is not running"
-    return pid
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: pipeline.supervisor.pid(name) is None, what=f"{name} to die")
