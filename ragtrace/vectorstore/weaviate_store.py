@@ -353,7 +353,12 @@ class WeaviateStore:
 
     @_weaviate_call
     def read_generations(self, namespace: str) -> Generations:
-        found = self.generations().query.fetch_object_by_id(_model_uuid(namespace))
+        # Whether there is an object first, over REST, as in _recorded_model: a Weaviate that is down fails
+        # this at once; and a namespace never re-indexed, most of them, costs this one round trip.
+        generations = self.generations()
+        if not generations.data.exists(_model_uuid(namespace)):
+            return Generations()
+        found = generations.query.fetch_object_by_id(_model_uuid(namespace))
         if found is None:
             return Generations()
         building = int(str(found.properties["building"]))
