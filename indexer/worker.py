@@ -1,7 +1,8 @@
 """Indexer worker: chunks topic → vector store (FAISS or Weaviate) → document status `indexed` or `deleted`.
 
 Run: `python -m indexer.worker`. Writes are idempotent (a document's chunks are replaced as a whole, under
-deterministic ids), so redelivery after a crash or rebalance never duplicates a chunk.
+deterministic ids), so redelivery after a crash or rebalance never duplicates a chunk. A re-index event's
+chunks go into the generation it names alone, and leave the document's record as it is (ragtrace/reindex.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -42,10 +43,10 @@ from ragtrace.vectorstore import (
     DocumentChunks,
     IndexedChunk,
     Provenance,
-    VectorStore,
     VectorStoreSettings,
     open_vector_store,
 )
+from ragtrace.vectorstore.generations import GenerationalStore
 
 tracer = trace.get_tracer("ragtrace.indexer")
 GROUP = "indexer"  # the consumer group, after the deployment's group prefix
@@ -77,7 +78,7 @@ class _Item:
 class Indexing:
     """The worker's use case: chunk batches become index writes, one per namespace, and final statuses."""
 
-    def __init__(self, store: DocumentStore, index: VectorStore, cache: Redis[bytes]) -> None:
+    def __init__(self, store: DocumentStore, index: GenerationalStore, cache: Redis[bytes]) -> None:
         self.lifecycle = DocumentLifecycle(store)
         self.index = index
         for namespace in index.namespaces():  # every namespace has its series from the start, not from its next write
@@ -98,8 +99,13 @@ class Indexing:
             elif isinstance(check, Owned):
                 by_namespace[batch.namespace].append(_Item(index, batch, delivered.span(index), check))
         for namespace, items in by_namespace.items():
-            await asyncio.to_thread(self._find_duplicates, namespace, items)
-            await self._write(namespace, items, delivered)
+            owners = [i for i in items if i.batch.generation is None]
+            if owners:
+                await asyncio.to_thread(self._find_duplicates, namespace, owners)
+                await self._write(namespace, owners, delivered)
+            for generation in sorted({i.batch.generation for i in items if i.batch.generation is not None}):
+                rebuilt = [i for i in items if i.batch.generation == generation]
+                await self._rebuild(namespace, generation, rebuilt, delivered)
 
     async def _owned(self, batch: ChunkBatch, span: trace.Span) -> Owned | None:
         """The document's record, or None when a newer request about the document supersedes the batch."""
@@ -118,6 +124,9 @@ class Indexing:
         owned = await asyncio.to_thread(self.lifecycle.read_owned, batch)
         if owned is None:
             skip_message(span, "superseded by a newer request about the document")
+        elif batch.generation is not None and owned.record.status.status is not DocumentState.INDEXED:
+            skip_message(span, "not indexed (yet): the owner's own event takes it into the new generation")
+            return None
         return owned
 
     def _find_duplicates(self, namespace: str, items: list[_Item]) -> None:
@@ -141,6 +150,35 @@ class Indexing:
         upserts = [_document_chunks(i.batch, i.owned.record.status, indexed_at) for i in indexed]
         # A duplicate's earlier chunks go, as a deleted document's do.
         deletes = [i.batch.document_id for i in items if i.batch.type is EventType.DELETE or i.duplicate_of]
+        if not await self._index_write(namespace, items, upserts, delivered, self.index.write, upserts, deletes):
+            return
+        await bump_namespace(self.cache, namespace)  # cached results of this namespace are stale now
+        size = await asyncio.to_thread(self.index.count, namespace)
+        INDEX_CHUNKS.labels(namespace, self.index.backend.value).set(size)
+        await asyncio.gather(*(self._record_outcome(item) for item in items))
+
+    async def _rebuild(self, namespace: str, generation: int, items: list[_Item], delivered: Batch) -> None:
+        """Re-index events: their chunks into `generation` alone (nothing written when its re-index is over;
+        nothing searches it until it serves, so the cache stays); each document's record is left as it is."""
+        indexed_at = utcnow().isoformat()
+        upserts = [_document_chunks(i.batch, i.owned.record.status, indexed_at) for i in items]
+        write = self.index.write_generation
+        if await self._index_write(namespace, items, upserts, delivered, write, generation, upserts):
+            for item in items:
+                DOCUMENTS_PROCESSED.labels("indexer", "reindex").inc()
+                CHUNKS_PROCESSED.labels("indexer").inc(len(item.batch.chunks))
+
+    async def _index_write(
+        self,
+        namespace: str,
+        items: list[_Item],
+        upserts: list[DocumentChunks],
+        delivered: Batch,
+        write: Callable[..., object],
+        *arguments: object,
+    ) -> bool:
+        """One write into the index for the items, traced, with each item's share of it; False when it failed
+        (each item then fails: retried, then dead-lettered)."""
         start_ns = time.time_ns()
         try:
             with tracer.start_as_current_span(
@@ -153,17 +191,14 @@ class Indexing:
                     "ragtrace.batch.chunks": sum(len(d.chunks) for d in upserts),
                 },
             ):
-                await asyncio.to_thread(self.index.write, namespace, upserts, deletes)
+                await asyncio.to_thread(write, namespace, *arguments)
         except DependencyUnavailable:
             raise
         except Exception as error:
             for item in items:
                 delivered.fail(item.index, error)
-            return
+            return False
         end_ns = time.time_ns()
-        await bump_namespace(self.cache, namespace)  # cached results of this namespace are stale now
-        size = await asyncio.to_thread(self.index.count, namespace)
-        INDEX_CHUNKS.labels(namespace, self.index.backend.value).set(size)
         for item in items:
             record_batch_share(
                 tracer,
@@ -173,7 +208,7 @@ class Indexing:
                 end_ns,
                 {"db.system.name": self.index.backend.value, "ragtrace.chunk.count": len(item.batch.chunks)},
             )
-        await asyncio.gather(*(self._record_outcome(item) for item in items))
+        return True
 
     async def _record_outcome(self, item: _Item) -> None:
         batch = item.batch

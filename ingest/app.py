@@ -1,37 +1,55 @@
 """Ingest API: accepts documents, stores them in MinIO, announces them on Kafka.
 
 Run: `python -m ingest.app` (127.0.0.1:8082 by default). The app is assembled here: its lifespan makes the
-state (the document store, the Kafka publisher, the `Ingestion` use cases over them; ingest/ingestion.py),
+state (the document store, the Kafka publisher, the `Ingestion` use cases over them, ingest/ingestion.py; the
+`Reindexing` of namespaces, ingest/reindex.py, with its loop),
 ingest/deps.py hands it to the routes (ingest/routes.py), ragtrace/http.py adds what every service shares.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
 from ingest import bodies, deps, routes
 from ingest.ingestion import Ingestion
+from ingest.reindex import Reindexing
 from ingest.settings import IngestSettings
+from ragtrace.clients import redis_client
 from ragtrace.http import create_service_app
 from ragtrace.messaging import documents_publisher
 from ragtrace.runtime import document_store, run_http_service
-from ragtrace.settings import KafkaSettings
+from ragtrace.settings import KafkaSettings, RedisSettings, WeaviateSettings
+from ragtrace.vectorstore import VectorStoreSettings, open_vector_store
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    kafka = KafkaSettings()
-    publisher = documents_publisher(kafka)
-    app.state.ingestion = Ingestion(document_store(), publisher, kafka)
-    publisher.start_warm_up()
-    try:
-        yield
-    finally:
-        await publisher.close()
+def lifespan(settings: IngestSettings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def state(app: FastAPI) -> AsyncIterator[None]:
+        kafka = KafkaSettings()
+        publisher = documents_publisher(kafka)
+        store = document_store()
+        app.state.ingestion = Ingestion(store, publisher, kafka)
+        index = open_vector_store(VectorStoreSettings(), WeaviateSettings())
+        cache = redis_client(RedisSettings())
+        app.state.reindexing = Reindexing(store, index, publisher, kafka, cache, settings)
+        publisher.start_warm_up()
+        jobs = asyncio.create_task(app.state.reindexing.run(), name="reindex jobs")
+        try:
+            yield
+        finally:
+            jobs.cancel()
+            await asyncio.gather(jobs, return_exceptions=True)
+            await app.state.reindexing.close()
+            await publisher.close()
+            await asyncio.to_thread(index.close)
+            await cache.aclose()  # type: ignore[attr-defined]  # redis-py 5+ has it; types-redis lags
+
+    return state
 
 
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
@@ -41,7 +59,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         settings.max_body_bytes,
         readiness=deps.readiness,
         routers=[routes.router],
-        lifespan=lifespan,
+        lifespan=lifespan(settings),
     )
     generated = app.openapi
 

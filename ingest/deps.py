@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ingest.ingestion import Ingestion
+from ingest.reindex import Reindexing
 from ragtrace.http import ReadinessCheck
 
 
@@ -17,6 +18,14 @@ def get_ingestion(request: Request) -> Ingestion:
 
 
 IngestionDep = Annotated[Ingestion, Depends(get_ingestion)]
+
+
+def get_reindexing(request: Request) -> Reindexing:
+    reindexing: Reindexing = request.app.state.reindexing
+    return reindexing
+
+
+ReindexingDep = Annotated[Reindexing, Depends(get_reindexing)]
 
 
 def readiness(ingestion: IngestionDep) -> dict[str, ReadinessCheck]:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 
 from ingest.bodies import BATCH_BODY, FILE_BODY, parse_batch, parse_upload
-from ingest.deps import IngestionDep
+from ingest.deps import IngestionDep, ReindexingDep
 from ragtrace.auth import Authenticated
 from ragtrace.errors import ConcurrentUpdate
 from ragtrace.schemas import (
@@ -22,6 +22,7 @@ from ragtrace.schemas import (
     IngestRequest,
     ItemError,
     Namespace,
+    ReindexProgress,
     StatusAnswer,
     StatusQuery,
 )
@@ -29,6 +30,7 @@ from ragtrace.schemas import (
 router = APIRouter(tags=["ingest"])
 
 NamespaceQuery = Annotated[Namespace, Query()]
+NamespacePath = Annotated[Namespace, Path()]
 
 
 @router.post("/ingest", status_code=status.HTTP_202_ACCEPTED, response_model=IngestAccepted)
@@ -103,6 +105,25 @@ async def delete_document(
     """Remove a document's chunks from the index (through the same event flow) and mark it deleted."""
     principal.authorize(namespace)
     return await ingestion.delete(namespace, document_id)
+
+
+@router.post("/namespaces/{namespace}/reindex", status_code=status.HTTP_202_ACCEPTED, response_model=ReindexProgress)
+async def reindex(namespace: NamespacePath, principal: Authenticated, reindexing: ReindexingDep) -> ReindexProgress:
+    """Re-chunk and re-embed every live document of the namespace, from what MinIO stores, into a new
+    generation of its index, with the current chunking and model settings: searches are answered from the
+    current generation until the new one holds every document, then from the new one (docs/reindex.md). A
+    failed re-index is retried; 409 while one runs, 404 for a namespace without documents."""
+    principal.authorize(namespace)
+    return await reindexing.start(namespace)
+
+
+@router.get("/namespaces/{namespace}/reindex", response_model=ReindexProgress)
+async def reindex_progress(
+    namespace: NamespacePath, principal: Authenticated, reindexing: ReindexingDep
+) -> ReindexProgress:
+    """How far the namespace's last re-index is: documents done of the total, failures, and its state."""
+    principal.authorize(namespace)
+    return await reindexing.progress(namespace)
 
 
 def _accepted(index: int, accepted: IngestAccepted) -> BatchItemResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -11,6 +12,10 @@ class IngestSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8082
     max_body_bytes: int = 10 * 1024 * 1024
+    # Re-index jobs (docs/reindex.md): how often each is looked at, and after how long without progress the
+    # events of its pending documents are published again.
+    reindex_poll_s: float = Field(1.0, gt=0)
+    reindex_stall_s: float = Field(60.0, gt=0)
 
 
 # MinIO's two Kafka notification targets of the watched bucket, by ID (MINIO_NOTIFY_KAFKA_*_<ID>, set by the

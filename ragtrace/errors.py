@@ -32,6 +32,14 @@ class DocumentNotFound(LookupError):
         self.document_id = document_id
 
 
+class NamespaceNotFound(LookupError):
+    """No document was ever stored in the namespace, or nothing of the kind asked for: HTTP 404."""
+
+
+class AlreadyRunning(RuntimeError):
+    """The work asked for is under way already (a namespace's re-index): HTTP 409, naming it."""
+
+
 class InvalidInput(ValueError):
     """A request that cannot be served as given: HTTP 422 / gRPC INVALID_ARGUMENT, naming each field."""
 

@@ -19,7 +19,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragtrace.auth import AuthSettings
-from ragtrace.errors import ConcurrentUpdate, DependencyUnavailable, DocumentNotFound, error_location, field_errors
+from ragtrace.errors import (
+    AlreadyRunning,
+    ConcurrentUpdate,
+    DependencyUnavailable,
+    DocumentNotFound,
+    NamespaceNotFound,
+    error_location,
+    field_errors,
+)
 from ragtrace.metrics import OPERATIONS_PATHS, HttpMetrics
 from ragtrace.schemas import ErrorBody
 
@@ -58,6 +66,10 @@ async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
 
 async def _concurrent_update(_: Request, exc: Exception) -> JSONResponse:
     return error_response(status.HTTP_409_CONFLICT, "conflict", str(exc), headers={"Retry-After": "1"})
+
+
+async def _already_running(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(status.HTTP_409_CONFLICT, "conflict", str(exc))
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
@@ -149,8 +161,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "No or an unknown API key",
         403: "The API key may not use this namespace",
         404: "No such document or namespace",
-        409: "A concurrent update of the same record (retry after Retry-After), or a search embedded with a model"
-        " other than the namespace's (both named)",
+        409: "A concurrent update of the same record (retry after Retry-After), a search embedded with a model"
+        " other than the namespace's (both named), or a re-index of a namespace that is running already",
         413: "The body is over the size limit",
         415: "The file type is not supported",
         422: "The request is invalid: the message names each field and problem",
@@ -178,6 +190,8 @@ def create_service_app(
     app.add_exception_handler(DependencyUnavailable, _dependency_down)
     app.add_exception_handler(ConcurrentUpdate, _concurrent_update)
     app.add_exception_handler(DocumentNotFound, _not_found)
+    app.add_exception_handler(NamespaceNotFound, _not_found)
+    app.add_exception_handler(AlreadyRunning, _already_running)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # FastAPI's own HTTPException is one too
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(HeaderSizeLimit, max_bytes=MAX_HEADER_BYTES)

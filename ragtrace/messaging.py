@@ -54,7 +54,7 @@ from ragtrace.metrics import (
     WORKER_IN_FLIGHT,
     WORKER_MESSAGES,
 )
-from ragtrace.schemas import DocumentEvent, DocumentRef
+from ragtrace.schemas import DocumentEvent, DocumentRef, message_key
 from ragtrace.settings import KafkaSettings
 from ragtrace.telemetry import extract_context, messaging_attributes, skip_message, span_failed
 
@@ -378,10 +378,10 @@ class BatchDelivery(BaseMiddleware):
         )
 
     async def _current(self, deliveries: list[Delivery]) -> list[Delivery]:
-        """The deliveries to act on: each key's last event (keyless ones: each document's). Undecodable ones
-        are dead-lettered at once; a key's earlier events in the batch are acknowledged as superseded (acting
-        on them too, concurrently, could apply them out of order)."""
-        last: dict[bytes | tuple[str, str], Delivery] = {}
+        """The deliveries to act on: each key's last event (keyless ones: each document's), a re-index event
+        apart from the owner's own. Undecodable ones are dead-lettered at once; a key's earlier events in the
+        batch are acknowledged as superseded (acting on them too, concurrently, could apply them out of order)."""
+        last: dict[tuple[bytes, int | None], Delivery] = {}
         for delivery in deliveries:
             try:
                 event = self.policy.model.model_validate_json(delivery.record.value or b"")
@@ -390,8 +390,9 @@ class BatchDelivery(BaseMiddleware):
                 delivery.attempts = 1
                 await self._dead_letter(delivery, span_failed(delivery.span, poison))
                 continue
-            # The key, not the document: notifications of two buckets may name the same document.
-            identity = delivery.record.key or (event.namespace, event.document_id)
+            # The key, not the document: notifications of two buckets may name the same document. A re-index
+            # event never supersedes the owner's own event, nor is superseded by it.
+            identity = (delivery.record.key or message_key(event.namespace, event.document_id), event.generation)
             superseded = last.get(identity)
             if superseded is not None:
                 skip_message(superseded.span, "superseded by a later event in the same batch")

@@ -25,6 +25,7 @@ from ragtrace.http import ReadinessCheck
 from ragtrace.lifecycle import DocumentLifecycle
 from ragtrace.messaging import DeliveryPolicy, Publisher, ensure_topics
 from ragtrace.metrics import GrpcMetrics, record_build
+from ragtrace.reindex import ReindexJobs
 from ragtrace.schemas import DocumentRef
 from ragtrace.settings import KafkaSettings, MinioSettings
 from ragtrace.storage import DocumentStore
@@ -147,12 +148,16 @@ def worker_app(
     after_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> FastStream:
     """A worker's FastStream application: its broker with the batch-delivery middleware (a dead-lettered
-    event marks its document failed), the topics created at start-up, and its use case in FastStream's
-    context under the name its subscriber asks for."""
+    event marks its document failed, or a re-index event its job's document), the topics created at start-up,
+    and its use case in FastStream's context under the name its subscriber asks for."""
     lifecycle = DocumentLifecycle(store)
+    jobs = ReindexJobs(store)
 
     async def mark_failed(ref: DocumentRef, error: Exception) -> None:
-        await asyncio.to_thread(lifecycle.fail, ref, error)
+        if ref.generation is not None:  # a re-index event: its job fails the document, not its record
+            await asyncio.to_thread(jobs.record_failure, ref, error)
+        else:
+            await asyncio.to_thread(lifecycle.fail, ref, error)
 
     broker.add_middleware(
         DeliveryPolicy(

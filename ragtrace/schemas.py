@@ -240,6 +240,9 @@ class DocumentRef(BaseModel):
     document_id: str
     namespace: str
     ingest_id: str
+    # A re-index event (ragtrace/reindex.py): the generation of the namespace's index it rebuilds the owner's
+    # version into, leaving the record as it is. None: the owner's own event.
+    generation: int | None = None
 
 
 class EventType(StrEnum):
@@ -289,6 +292,7 @@ class ChunkBatch(DocumentRef):
             document_id=event.document_id,
             namespace=event.namespace,
             ingest_id=event.ingest_id,
+            generation=event.generation,
             content_hash=event.content_hash,
             metadata=event.metadata,
             model=model,
@@ -296,6 +300,43 @@ class ChunkBatch(DocumentRef):
             accepted_at=event.accepted_at,
             chunks=chunks,
         )
+
+
+# Re-index (ragtrace/reindex.py) -------------------------------------------------------------------------
+
+
+class ReindexState(StrEnum):
+    RUNNING = "running"  # documents are being rebuilt into the new generation; the old one serves
+    FAILED = "failed"  # every document is through, some failed: the old generation serves; POST again retries
+    DONE = "done"  # the namespace switched to the new generation and the old one is dropped
+
+
+class ReindexJob(BaseModel):
+    """A namespace's re-index (MinIO object `_reindex/{namespace}.json`): what it rebuilds, and how far it is.
+    The documents done are read from the index itself, so that this survives any process's crash."""
+
+    namespace: str
+    generation: int  # the generation being built
+    state: ReindexState = ReindexState.RUNNING
+    documents: list[str]  # the documents it rebuilds: each one's owner's version when its event is published
+    failed: dict[str, str] = Field(default_factory=dict)  # document id → error (dead-lettered)
+    gone: list[str] = Field(default_factory=list)  # deleted or superseded by a failed version meanwhile
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class ReindexProgress(BaseModel):
+    """GET /namespaces/{namespace}/reindex."""
+
+    namespace: str
+    generation: int
+    state: ReindexState
+    total: int
+    done: int
+    failed: dict[str, str]
+    gone: int
+    started_at: datetime
+    finished_at: datetime | None
 
 
 def message_key(namespace: str, document_id: str) -> bytes:

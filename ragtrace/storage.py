@@ -3,6 +3,7 @@ its status and the raw text and metadata of the version that owns it.
 
 Layout of the bucket (default `documents`):
     {namespace}/{document_id}.json   the document's record
+    _reindex/{namespace}.json        the namespace's re-index job (ragtrace/reindex.py; `_` is no namespace's)
 
 One object per document keeps a new document's whole life to three round trips: the ingest API writes the
 record as a new one (and reads and writes again only when one was there); the indexer reads it (does the
@@ -83,31 +84,51 @@ class DocumentStore:
 
     # records: read with their ETag, written only if that ETag is still current
 
-    @minio_call
     def read(self, namespace: str, document_id: str) -> tuple[DocumentRecord | None, str | None]:
         """The record and its ETag; (None, None) when the document has none."""
+        data, etag = self.read_object(self.record_key(namespace, document_id))
+        return (DocumentRecord.model_validate_json(data), etag) if data is not None else (None, None)
+
+    def write(self, record: DocumentRecord, etag: str | None) -> None:
+        """Write the record if it is still the one read with `etag` (None: if there is still none), else
+        raise Conflict."""
+        key = self.record_key(record.status.namespace, record.status.document_id)
+        self.write_object(key, record.model_dump_json().encode(), etag)
+
+    def document_ids(self, namespace: str) -> list[str]:
+        """The ids of every document of the namespace that has a record, whatever its state."""
+        return self.names(f"{namespace}/")
+
+    @minio_call
+    def names(self, prefix: str) -> list[str]:
+        """The names of the JSON objects under the prefix (`{prefix}{name}.json`)."""
+        keys = (o.object_name or "" for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True))
+        return [key[len(prefix) : -len(".json")] for key in keys if key.endswith(".json")]
+
+    # any object: read with its ETag, written only if that ETag is still current
+
+    @minio_call
+    def read_object(self, key: str) -> tuple[bytes | None, str | None]:
+        """The object's bytes and ETag; (None, None) when there is none."""
         try:
-            response = self.client.get_object(self.bucket, self.record_key(namespace, document_id))
+            response = self.client.get_object(self.bucket, key)
         except S3Error as error:
-            if error.code == "NoSuchKey":
+            if error.code in ("NoSuchKey", "NoSuchBucket"):
                 return None, None
             raise
         try:
-            etag = response.headers.get("etag", "").strip('"') or None
-            return DocumentRecord.model_validate_json(response.read()), etag
+            return response.read(), response.headers.get("etag", "").strip('"') or None
         finally:
             response.close()
             response.release_conn()
 
     @minio_call
-    def write(self, record: DocumentRecord, etag: str | None) -> None:
-        """Write the record if it is still the one read with `etag` (None: if there is still none), else
+    def write_object(self, key: str, data: bytes, etag: str | None) -> None:
+        """Write the object if it is still the one read with `etag` (None: if there is still none), else
         raise Conflict."""
         precondition: dict[str, str | list[str] | tuple[str]] = (
             {"If-Match": f'"{etag}"'} if etag else {"If-None-Match": "*"}
         )
-        key = self.record_key(record.status.namespace, record.status.document_id)
-        data = record.model_dump_json().encode()
         # put_object has no parameter for S3's preconditions (it would send them as user metadata); the
         # client's own single-request PutObject sends headers as given.
         headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": "application/json", **precondition}

@@ -425,6 +425,44 @@ def llm_model() -> None:
     console.print(f"tiny model: {tiny_llm.make(tiny_llm.model_dir())}")
 
 
+@app.command()
+def reindex(
+    namespace: Annotated[str, typer.Argument(help="The namespace to re-index")],
+    follow: Annotated[bool, typer.Option(help="Show its progress until it is over")] = True,
+) -> None:
+    """Re-chunk and re-embed every document of NAMESPACE into a new generation of its index, with the current
+    chunking and model settings; searches go on from the current one until it switches (docs/reindex.md)."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ragtrace_tools.client import IngestClient, IngestError
+
+    with IngestClient(_stack_setting("RAGTRACE_INGEST_URL"), _stack_setting("RAGTRACE_API_KEY")) as client:
+        try:
+            job = client.reindex(namespace)
+        except IngestError as error:
+            if error.status_code != 409:  # 409: one runs already, which is followed instead
+                raise typer.BadParameter(str(error)) from None
+            job = client.reindex_progress(namespace)
+        console.print(f"re-indexing namespace {namespace} into generation {job['generation']}")
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, disable=not follow) as progress:
+            bar = progress.add_task(job["state"], total=job["total"])
+            while follow and job["state"] == "running":
+                progress.update(
+                    bar, completed=job["done"] + job["gone"], description=f"running, {len(job['failed'])} failed"
+                )
+                time.sleep(0.5)
+                job = client.reindex_progress(namespace)
+            progress.update(bar, completed=job["done"] + job["gone"], description=job["state"])
+    for document_id, reason in job["failed"].items():
+        console.print(f"[red]failed[/red] {document_id}: {reason}")
+    if job["state"] == "failed":
+        console.print(f"namespace {namespace} still serves its previous generation: run this again to retry")
+        raise typer.Exit(1)
+
+
 @app.command("asyncapi")
 def asyncapi(
     path: Annotated[Path, typer.Option(help="Where to write the AsyncAPI document")] = Path("docs/asyncapi.json"),

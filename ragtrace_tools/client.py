@@ -195,6 +195,9 @@ class _Endpoints(Generic[HttpT]):
     def status_url(self, document_id: str) -> str:
         return f"{self.base_url}/ingest/{document_id}"
 
+    def reindex_url(self, namespace: str) -> str:
+        return f"{self.base_url}/namespaces/{namespace}/reindex"
+
     @staticmethod
     def json(response: httpx.Response) -> dict[str, Any]:
         if response.is_error:
@@ -258,6 +261,14 @@ class IngestClient(_Endpoints[httpx.Client]):
             self.http.post(self.statuses_url(), json=body, headers=self.headers)
         )["documents"]
         return answer
+
+    def reindex(self, namespace: str) -> Status:
+        """POST /namespaces/{namespace}/reindex: start re-indexing the namespace; its progress."""
+        return self.json(self.http.post(self.reindex_url(namespace), headers=self.headers))
+
+    def reindex_progress(self, namespace: str) -> Status:
+        """GET /namespaces/{namespace}/reindex: how far its last re-index is."""
+        return self.json(self.http.get(self.reindex_url(namespace), headers=self.headers))
 
     def ingest_all(self, namespace: str, documents: Iterable[Document]) -> list[str]:
         """The documents in batches; their ids in the order given. DocumentsRefused if any is refused."""

@@ -20,7 +20,8 @@ from minio import Minio
 from ragtrace.clients import minio_client
 from ragtrace.kafka_admin import group_lag
 from ragtrace.settings import KafkaSettings
-from ragtrace.vectorstore import Backend, VectorStore, VectorStoreSettings, open_vector_store
+from ragtrace.vectorstore import Backend, VectorStoreSettings, open_vector_store
+from ragtrace.vectorstore.generations import GenerationalStore
 from ragtrace_tools.client import Document, IngestClient, NotSettled
 from ragtrace_tools.devstack.observability import ObservabilityPorts
 from ragtrace_tools.devstack.services import ServicePorts, Services
@@ -114,7 +115,7 @@ class Pipeline:
                 raise AssertionError(str(error)) from None
 
     @contextlib.contextmanager
-    def vector_store(self) -> Iterator[VectorStore]:
+    def vector_store(self) -> Iterator[GenerationalStore]:
         with _environment(self.env):
             store = open_vector_store(VectorStoreSettings(), self.infra.weaviate)
         try:

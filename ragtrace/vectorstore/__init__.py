@@ -1,6 +1,7 @@
 """One small vector-store interface with two real backends: embedded FAISS (default) and Weaviate.
 
-Every namespace is its own store (a FAISS/SQLite file, a Weaviate tenant): one can never read another's.
+Every namespace is its own store (a FAISS/SQLite file, a Weaviate tenant): one can never read another's; a
+re-index builds a new one beside it, and switches to it when it is complete (generations.py).
 Writes are idempotent: `write` replaces all of a document's chunks, keyed by deterministic chunk ids.
 The index also knows the content hash each document's chunks come from, which is how the indexer finds
 duplicate content in a namespace without any other lookup.
@@ -15,7 +16,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import Field
@@ -23,6 +24,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ragtrace.errors import ModelMismatch
 from ragtrace.settings import WeaviateSettings
+
+if TYPE_CHECKING:
+    from ragtrace.vectorstore.generations import GenerationalStore
 
 Item = TypeVar("Item", bound=Hashable)
 
@@ -218,13 +222,17 @@ def expanded_query(vector: Sequence[float], feedback: np.ndarray) -> list[float]
     return [float(x) for x in expanded / norm] if norm > 0 else list(vector)
 
 
-def open_vector_store(settings: VectorStoreSettings, weaviate: WeaviateSettings | None = None) -> VectorStore:
+def open_vector_store(settings: VectorStoreSettings, weaviate: WeaviateSettings | None = None) -> GenerationalStore:
+    from ragtrace.vectorstore.generations import GenerationalStore
+
     if settings.backend is Backend.WEAVIATE:
         from ragtrace.vectorstore.weaviate_store import WeaviateStore
 
-        return WeaviateStore(weaviate or WeaviateSettings(), settings.weaviate_collection, settings.feedback_chunks)
+        return GenerationalStore(
+            WeaviateStore(weaviate or WeaviateSettings(), settings.weaviate_collection, settings.feedback_chunks)
+        )
     from ragtrace.vectorstore.faiss_index import IndexPolicy
     from ragtrace.vectorstore.faiss_store import FaissStore
 
     policy = IndexPolicy(settings.approximate_above, settings.approximate_recall)
-    return FaissStore(settings.data_dir, settings.feedback_chunks, policy)
+    return GenerationalStore(FaissStore(settings.data_dir, settings.feedback_chunks, policy))

@@ -12,6 +12,10 @@ new index is built from a snapshot of the namespace while searches go on with th
 committed since the snapshot are replayed onto it and it is swapped in under the namespace's lock. An
 approximate index is saved beside the namespace (`<namespace>.ivf.npz`, with the change it reflects), so
 a restart loads it and replays only the changes since, instead of training again.
+
+Each generation of a namespace (generations.py) is a file of its own (`<namespace>_g<N>.sqlite`); which one
+serves and which is being built is in one more SQLite file, `generations.db`, read before every search and
+write, so that every process sees a switch at once.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from ragtrace.vectorstore.faiss_index import (
     placeholders,
     read_all_vectors,
 )
+from ragtrace.vectorstore.generations import Generations
 
 log = logging.getLogger(__name__)
 # An approximate index is saved beside its namespace's SQLite file as <namespace><SAVED_INDEX_SUFFIX>.
@@ -108,6 +113,15 @@ END;
 """
 
 
+_CATALOG = """
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS generations (  -- a namespace without a row serves generation 0 and builds none
+    namespace TEXT PRIMARY KEY,
+    serving INTEGER NOT NULL,
+    building INTEGER
+);
+"""
+
 # FTS5's bm25() is lower-is-better; negated, higher is better like every other score here.
 _KEYWORD_SEARCH = (
     "SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?"
@@ -153,6 +167,11 @@ class FaissStore:
         self._namespaces: dict[str, _Namespace] = {}
         self._lock = threading.Lock()
         self._gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        self._catalog = sqlite3.connect(
+            data_dir / "generations.db", check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._catalog.executescript(_CATALOG)
+        self._catalog_lock = threading.Lock()
 
     def _path(self, namespace: str) -> Path:
         return self.data_dir / f"{namespace}.sqlite"
@@ -379,6 +398,57 @@ class FaissStore:
     def namespaces(self) -> list[str]:
         return sorted(path.stem for path in self.data_dir.glob("*.sqlite"))
 
+    def document_ids(self, name: str) -> set[str]:
+        try:
+            ns = self._open(name, create=False)
+        except UnknownNamespace:
+            return set()
+        with ns.lock:
+            return {str(row[0]) for row in ns.db.execute("SELECT DISTINCT document_id FROM chunks")}
+
+    def release(self, name: str) -> None:
+        # Not closed here: a search that took it just before goes on with it; it closes once unreferenced.
+        with self._lock:
+            ns = self._namespaces.pop(name, None)
+        if ns is not None:
+            ns.closed = True  # a rebuild in flight is dropped
+
+    def drop(self, name: str) -> None:
+        self.release(name)
+        path = self._path(name)
+        for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), path.with_suffix(SAVED_INDEX_SUFFIX)):
+            file.unlink(missing_ok=True)
+
+    # the catalog of generations
+
+    def read_generations(self, namespace: str) -> Generations:
+        with self._catalog_lock:
+            return _generations(self._catalog, namespace)
+
+    def begin_generation(self, namespace: str) -> int:
+        with self._catalog_lock:
+            self._catalog.execute("BEGIN IMMEDIATE")
+            try:
+                current = _generations(self._catalog, namespace)
+                building = current.serving + 1 if current.building is None else current.building
+                self._catalog.execute(
+                    "INSERT OR REPLACE INTO generations(namespace, serving, building) VALUES (?, ?, ?)",
+                    (namespace, current.serving, building),
+                )
+                self._catalog.execute("COMMIT")
+            except BaseException:
+                self._catalog.execute("ROLLBACK")
+                raise
+            return building
+
+    def switch_generation(self, namespace: str, generation: int) -> bool:
+        with self._catalog_lock:
+            switched = self._catalog.execute(
+                "UPDATE generations SET serving = building, building = NULL WHERE namespace = ? AND building = ?",
+                (namespace, generation),
+            )
+            return switched.rowcount == 1
+
     def check(self) -> None:
         """Embedded: usable whenever its folder is."""
         if not self.data_dir.is_dir():
@@ -391,6 +461,13 @@ class FaissStore:
                     ns.closed = True  # a rebuild in flight is dropped
                     ns.db.close()
             self._namespaces.clear()
+        with self._catalog_lock:
+            self._catalog.close()
+
+
+def _generations(catalog: sqlite3.Connection, namespace: str) -> Generations:
+    row = catalog.execute("SELECT serving, building FROM generations WHERE namespace = ?", (namespace,)).fetchone()
+    return Generations(int(row[0]), None if row[1] is None else int(row[1])) if row else Generations()
 
 
 def _recorded_model(db: sqlite3.Connection) -> EmbeddingModel | None:

@@ -1,5 +1,7 @@
 """Weaviate backend: one multi-tenant collection, one tenant per namespace (tenants never see each other),
-and a small plain collection beside it (`<collection>Model`) with each namespace's embedding model.
+and small plain collections beside it: `<collection>Model` with each namespace's embedding model, and
+`<collection>Generation` with each namespace's generations (generations.py; a generation is a tenant of its
+own, `<namespace>_g<N>`: the switch is one write of the namespace's object there).
 
 The client connects on first use and again after a failure, so a service starts while Weaviate is down and
 recovers when it returns; a Weaviate that does not answer is DependencyUnavailable("weaviate").
@@ -40,6 +42,7 @@ from ragtrace.vectorstore import (
     expanded_query,
     written_model,
 )
+from ragtrace.vectorstore.generations import Generations
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,6 +68,12 @@ _MODEL_PROPERTIES = [
     Property(name="namespace", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
     Property(name="model", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
     Property(name="dimension", data_type=DataType.INT),
+]
+
+_GENERATION_PROPERTIES = [
+    Property(name="namespace", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+    Property(name="serving", data_type=DataType.INT),
+    Property(name="building", data_type=DataType.INT),  # 0: none (generation 0 is never built)
 ]
 
 # Chunks read to find the documents holding a content: a document's chunks share its hash, so a few hundred
@@ -118,12 +127,13 @@ class WeaviateStore:
         self._client: weaviate.WeaviateClient | None = None
         self._collection: Collection[Any, Any] | None = None
         self._models: Collection[Any, Any] | None = None
+        self._generations: Collection[Any, Any] | None = None
 
     def reset(self) -> None:
         with self._lock:
             if self._client is not None:
                 self._client.close()
-            self._client, self._collection, self._models = None, None, None
+            self._client, self._collection, self._models, self._generations = None, None, None, None
 
     def collection(self) -> Collection[Any, Any]:
         with self._lock:
@@ -139,19 +149,29 @@ class WeaviateStore:
         """The namespaces' embedding models: one object per namespace, without a vector."""
         self.collection()  # connects, and creates the chunks' collection on first use
         with self._lock:
-            if self._models is None:
-                client = self._client
-                if client is None:  # reset by another thread since
-                    raise DependencyUnavailable("weaviate", "disconnected")
-                name = self.name + "Model"
-                if not client.collections.exists(name):
-                    _create(
-                        lambda: client.collections.create(
-                            name, properties=_MODEL_PROPERTIES, vector_config=Configure.Vectors.self_provided()
-                        )
-                    )
-                self._models = client.collections.use(name)
+            self._models = self._models or self._plain_collection("Model", _MODEL_PROPERTIES)
             return self._models
+
+    def generations(self) -> Collection[Any, Any]:
+        """The namespaces' generations: one object per namespace that was ever re-indexed, without a vector."""
+        self.collection()
+        with self._lock:
+            self._generations = self._generations or self._plain_collection("Generation", _GENERATION_PROPERTIES)
+            return self._generations
+
+    def _plain_collection(self, suffix: str, properties: list[Property]) -> Collection[Any, Any]:
+        """A collection beside the chunks' one, made on first use (call with the lock held)."""
+        client = self._client
+        if client is None:  # reset by another thread since
+            raise DependencyUnavailable("weaviate", "disconnected")
+        name = self.name + suffix
+        if not client.collections.exists(name):
+            _create(
+                lambda: client.collections.create(
+                    name, properties=properties, vector_config=Configure.Vectors.self_provided()
+                )
+            )
+        return client.collections.use(name)
 
     def _create(self, client: weaviate.WeaviateClient) -> None:
         _create(
@@ -312,6 +332,58 @@ class WeaviateStore:
 
     def namespaces(self) -> list[str]:
         return sorted(self.collection().tenants.get())
+
+    @_weaviate_call
+    def document_ids(self, name: str) -> set[str]:
+        if not self.collection().tenants.exists(name):
+            return set()
+        objects = self._tenant(name, must_exist=False).iterator(return_properties=["document_id"])
+        return {str(o.properties["document_id"]) for o in objects}
+
+    @_weaviate_call
+    def drop(self, name: str) -> None:
+        if self.collection().tenants.exists(name):
+            self.collection().tenants.remove([name])
+        self.models().data.delete_by_id(_model_uuid(name))
+
+    def release(self, name: str) -> None:
+        """Nothing is held of a tenant between calls."""
+
+    # the catalog of generations
+
+    @_weaviate_call
+    def read_generations(self, namespace: str) -> Generations:
+        # Whether there is an object first, over REST, as in _recorded_model: a Weaviate that is down fails
+        # this at once; and a namespace never re-indexed, most of them, costs this one round trip.
+        generations = self.generations()
+        if not generations.data.exists(_model_uuid(namespace)):
+            return Generations()
+        found = generations.query.fetch_object_by_id(_model_uuid(namespace))
+        if found is None:
+            return Generations()
+        building = int(str(found.properties["building"]))
+        return Generations(int(str(found.properties["serving"])), building or None)
+
+    @_weaviate_call
+    def begin_generation(self, namespace: str) -> int:
+        # No compare-and-set in Weaviate: two replicas beginning at once write the same; the re-index job's
+        # record in MinIO (ragtrace/reindex.py) is what lets one re-index of a namespace run at a time.
+        current = self.read_generations(namespace)
+        if current.building is not None:
+            return current.building
+        self._write_generations(namespace, Generations(current.serving, current.serving + 1))
+        return current.serving + 1
+
+    @_weaviate_call
+    def switch_generation(self, namespace: str, generation: int) -> bool:
+        if self.read_generations(namespace).building != generation:
+            return False
+        self._write_generations(namespace, Generations(generation))
+        return True
+
+    def _write_generations(self, namespace: str, generations: Generations) -> None:
+        properties = {"namespace": namespace, "serving": generations.serving, "building": generations.building or 0}
+        self.generations().data.insert_many([DataObject(uuid=_model_uuid(namespace), properties=properties)])
 
     def close(self) -> None:
         self.reset()

@@ -24,6 +24,7 @@ from ragtrace.schemas import Chunk, ChunkBatch, DocumentEvent, DocumentState, Ev
 from ragtrace.settings import KafkaSettings
 from ragtrace.storage import DocumentStore
 from ragtrace.vectorstore.faiss_store import FaissStore
+from ragtrace.vectorstore.generations import GenerationalStore
 
 KAFKA = KafkaSettings(documents_topic="unit.documents", chunks_topic="unit.chunks")
 NAMESPACE = "ns"
@@ -95,7 +96,7 @@ class Pipeline:
         self.store = DocumentStore(cast(Minio, self.objects))
         self.events = Events()
         self.ingestion = Ingestion(self.store, cast(Publisher, self.events), KAFKA)
-        self.index = FaissStore(tmp_path)
+        self.index = GenerationalStore(FaissStore(tmp_path))
         self.indexing = Indexing(self.store, self.index, cast("Redis[bytes]", Cache()))
 
     async def ingest(self, document_id: str, text: str) -> str:
