@@ -37,6 +37,9 @@ OUTCOMES: frozenset[str] = frozenset({DocumentState.INDEXED, DocumentState.DUPLI
 POLL_INTERVAL_S = 0.2
 INGEST_CONCURRENCY = 16  # single-document requests in flight
 BATCH_CONCURRENCY = 2  # batch requests in flight: each already keeps the ingest API's writers busy
+# Documents per batch request: small enough that the pipeline starts on one batch while the API stores the next
+# (the API writes a whole batch's records before announcing any), large enough to spread each request's cost.
+BATCH_DOCUMENTS = 100
 BATCH_BODY_BYTES = 8 * 1024 * 1024  # a batch's JSON, kept under the ingest API's 10 MiB body limit
 STATUS_WINDOW = 32  # documents whose statuses one wait request reads
 
@@ -63,12 +66,13 @@ class Document:
 
 
 def batches(documents: Iterable[Document]) -> Iterator[list[Document]]:
-    """The documents in batches the ingest API takes: at most MAX_BATCH_DOCUMENTS, and under its body limit."""
+    """The documents in batches of BATCH_DOCUMENTS (the API takes up to MAX_BATCH_DOCUMENTS), under its body
+    limit."""
     batch: list[Document] = []
     size = 0
     for document in documents:
         cost = len(json.dumps(document.item()).encode()) + 1
-        if batch and (len(batch) == MAX_BATCH_DOCUMENTS or size + cost > BATCH_BODY_BYTES):
+        if batch and (len(batch) == BATCH_DOCUMENTS or size + cost > BATCH_BODY_BYTES):
             yield batch
             batch, size = [], 0
         batch.append(document)

@@ -14,6 +14,7 @@ import pytest
 
 from ragtrace.schemas import MAX_BATCH_DOCUMENTS, DocumentInput, document_id_for_path
 from ragtrace_tools.client import (
+    BATCH_DOCUMENTS,
     AsyncIngestClient,
     Document,
     DocumentsRefused,
@@ -100,8 +101,9 @@ def test_waiting_reads_a_window_of_the_earliest_pending_documents() -> None:
 
 
 def test_batches_stay_under_the_apis_limits() -> None:
-    many = [Document("x", "t", f"d{i}") for i in range(MAX_BATCH_DOCUMENTS + 1)]
-    assert [len(b) for b in batches(many)] == [MAX_BATCH_DOCUMENTS, 1]
+    many = [Document("x", "t", f"d{i}") for i in range(BATCH_DOCUMENTS * 2 + 1)]
+    assert [len(b) for b in batches(many)] == [BATCH_DOCUMENTS, BATCH_DOCUMENTS, 1]
+    assert BATCH_DOCUMENTS <= MAX_BATCH_DOCUMENTS
     large = [Document("y" * (3 * 1024 * 1024), "t", f"big{i}") for i in range(3)]
     assert [len(b) for b in batches(large)] == [2, 1]  # 8 MiB of JSON at most per request
 
