@@ -67,7 +67,7 @@ class Ingestion:
         span = trace.get_current_span()
         claim = await self._claim(span, namespace, document_id, text, metadata)
         if claim.changed:
-            await self._publish(_upsert(claim, text, metadata), claim)
+            await self._publish(DocumentEvent.upsert(claim.status, text, metadata), claim)
         return self._accepted(claim.status, span)
 
     async def accept_batch(
@@ -99,7 +99,7 @@ class Ingestion:
                 return_exceptions=True,
             )
             changed = [
-                (span, _upsert(claim, doc.text, doc.metadata.model_dump()), claim)
+                (span, DocumentEvent.upsert(claim.status, doc.text, doc.metadata.model_dump()), claim)
                 for span, doc, claim in zip(spans, documents, claims, strict=True)
                 if isinstance(claim, Claim) and claim.changed
             ]
@@ -210,19 +210,3 @@ class Ingestion:
 
     async def check_minio(self) -> None:
         await asyncio.to_thread(self.store.ensure_bucket)
-
-
-def _upsert(claim: Claim, text: str, metadata: dict[str, Any]) -> DocumentEvent:
-    """The event that announces a claimed version (it carries the text: the embedding worker never reads it
-    back)."""
-    status = claim.status
-    return DocumentEvent(
-        type=EventType.UPSERT,
-        document_id=status.document_id,
-        namespace=status.namespace,
-        ingest_id=status.ingest_id or "",
-        content_hash=status.content_hash,
-        text=text,
-        metadata=metadata,
-        accepted_at=status.accepted_at or utcnow(),
-    )

@@ -19,7 +19,6 @@ from ragtrace.schemas import (
     DocumentRecord,
     DocumentRef,
     DocumentState,
-    EventType,
     ReindexJob,
     ReindexState,
     utcnow,
@@ -42,18 +41,7 @@ def rebuildable(record: DocumentRecord | None) -> bool:
 def reindex_event(record: DocumentRecord, generation: int) -> DocumentEvent:
     """The re-index event of a document: its owner's version, for `generation`. It carries the owner's
     ingest id, so that a newer request about the document makes it stale (ragtrace/lifecycle.py)."""
-    status = record.status
-    return DocumentEvent(
-        type=EventType.UPSERT,
-        document_id=status.document_id,
-        namespace=status.namespace,
-        ingest_id=status.ingest_id or "",
-        generation=generation,
-        content_hash=status.content_hash,
-        text=record.text,
-        metadata=record.metadata,
-        accepted_at=status.accepted_at or status.updated_at,
-    )
+    return DocumentEvent.upsert(record.status, record.text, record.metadata, generation)
 
 
 class ReindexJobs:

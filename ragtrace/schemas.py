@@ -261,6 +261,24 @@ class DocumentEvent(DocumentRef):
     metadata: dict[str, Any] = Field(default_factory=dict)
     accepted_at: datetime
 
+    @classmethod
+    def upsert(
+        cls, status: DocumentStatus, text: str | None, metadata: dict[str, Any], generation: int | None = None
+    ) -> DocumentEvent:
+        """The upsert that announces the version `status` describes, on behalf of its owner's request (a
+        re-index's: into `generation`)."""
+        return cls(
+            type=EventType.UPSERT,
+            document_id=status.document_id,
+            namespace=status.namespace,
+            ingest_id=status.ingest_id or "",
+            generation=generation,
+            content_hash=status.content_hash,
+            text=text,
+            metadata=metadata,
+            accepted_at=status.accepted_at or status.updated_at,
+        )
+
 
 class Chunk(BaseModel):
     chunk_id: str
