@@ -200,14 +200,13 @@ class Supervisor:
             f"log: {self.log_path(component.name)}"
         )
 
-    def stop(self, component: Component, timeout_s: float = 30.0, crash: bool = False) -> bool:
-        """Stop our process for this component (TERM, then KILL after timeout_s; `crash`: KILL at once, as a
-        machine that dies would). True if one was running."""
+    def stop(self, component: Component, timeout_s: float = 30.0) -> bool:
+        """Stop our process for this component (TERM, then KILL after timeout_s). True if one was running."""
         pid = self.pid(component.name)
         if pid is None:
             return False
         ticks = _start_ticks(pid)
-        os.killpg(pid, signal.SIGKILL if crash else signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while _start_ticks(pid) == ticks and time.monotonic() < deadline:
             _reap(pid)
@@ -243,9 +242,9 @@ class Supervisor:
                 self.stop(component)
 
     @contextlib.contextmanager
-    def stopped(self, component: Component, crash: bool = False) -> Iterator[None]:
+    def stopped(self, component: Component) -> Iterator[None]:
         """The component is down inside the block and running again after it, whatever happened inside."""
-        self.stop(component, crash=crash)
+        self.stop(component)
         try:
             yield
         finally:

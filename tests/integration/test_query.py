@@ -342,9 +342,7 @@ def test_weaviate_down_gives_a_fast_503_naming_it(weaviate_pipeline: Pipeline, i
     namespace = _namespace()
     _ingest_corpus(weaviate_pipeline, namespace, {"one": ("One", "A single document about comets.")})
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    # Killed, as a crashed server or node is: a Weaviate shutting down gracefully closes gRPC before REST, and a
-    # gRPC query caught in that window waits out the weaviate client's own retries (about a minute; known gap).
-    with supervisor.stopped(weaviate, crash=True):
+    with supervisor.stopped(weaviate):
         response, elapsed = timed(
             lambda: weaviate_pipeline.search(query="comets", namespace=namespace, mode="vector", generate=False)
         )
