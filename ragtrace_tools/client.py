@@ -26,7 +26,7 @@ from typing import Any, Generic, Self, TypeVar
 
 import httpx
 
-from ragtrace.schemas import MAX_BATCH_DOCUMENTS, DocumentState
+from ragtrace.schemas import DocumentState
 
 Status = dict[str, Any]
 """A document's status record as GET /ingest/{id} returns it (the JSON of ragtrace.schemas.DocumentStatus)."""
