@@ -2,7 +2,7 @@
 
 Backends: torch (CUDA, fp16 there; or CPU fp32) and, on CPU, the same model exported to ONNX and run by
 onnxruntime, fp32 or int8 (embedding/onnx_backend.py). `RAGTRACE_EMBEDDING_BACKEND=auto` takes torch on CUDA
-and CPU_BACKEND on CPU, the choice measured by ragtrace_tools/onnxbench.py (docs/benchmarks.md)."""
+and CPU_BACKEND on CPU, the choice measured by ragtrace_tools/bench/onnx_backends.py (docs/benchmarks.md)."""
 
 from __future__ import annotations
 

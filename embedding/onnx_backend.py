@@ -58,7 +58,7 @@ VARIANTS: dict[str, Variant] = {
     # Dynamic int8 as optimum's avx512_vnni configuration makes it: every integer operator (the embedding
     # tables too), weights symmetric and per output channel, run one text at a time (OnnxEncoder). Per channel
     # and alone is what keeps it within the quality bound: per tensor lost 0.013 nDCG@10 on cranfield even
-    # alone, and batches of 16 lost 0.009 (ragtrace_tools/onnxbench.py, docs/benchmarks.md).
+    # alone, and batches of 16 lost 0.009 (ragtrace_tools/bench/onnx_backends.py, docs/benchmarks.md).
     "onnx-int8": Variant("onnx-int8", quantize=True, per_channel=True, operators=INTEGER_OPS),
 }
 

@@ -9,7 +9,7 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
-# `backend=auto` on CPU, and the CPU batch size: measured by onnxbench.py (docs/benchmarks.md). Dynamic int8, each
+# `backend=auto` on CPU, and the CPU batch size: measured by bench-onnx (docs/benchmarks.md). Dynamic int8, each
 # text run alone (embedding/onnx_backend.py): batched, its vectors moved with their batch-mates and `make eval`
 # measured 0.009 nDCG@10 below torch fp32 on cranfield; alone, they are within 0.002 on every set (bound 0.005).
 CPU_BACKEND = "onnx-int8"

@@ -180,7 +180,7 @@ def bench(
     from ingest.settings import InboxSettings
     from ragtrace.clients import minio_client
     from ragtrace.settings import MinioSettings
-    from ragtrace_tools.bench import run
+    from ragtrace_tools.bench.stack import run
 
     stack = LocalStack()
     pids = {s.name: s.pid for s in stack.status() if s.pid is not None}
@@ -291,7 +291,7 @@ def bench_device(
     output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
 ) -> None:
     """Embedding chunks/s by model and batch size, and exact index search, in-process on the best device."""
-    from ragtrace_tools.devicebench import run
+    from ragtrace_tools.bench.device import run
 
     sizes = [int(size) for size in batch_sizes.split(",")] if batch_sizes else None
     run(data, passages, sizes, large, output)
@@ -311,7 +311,7 @@ def bench_scale(
     output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
 ) -> None:
     """FAISS search p50/p99 (concurrency 1 and 8), memory and recall, exact and approximate, by namespace size."""
-    from ragtrace_tools.scalebench import run
+    from ragtrace_tools.bench.scale import run
 
     faiss_sizes = [int(size) for size in sizes.split(",")]
     weaviate_sizes = [int(size) for size in weaviate.split(",") if size]
@@ -334,7 +334,7 @@ def bench_onnx(
     output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
 ) -> None:
     """Torch fp32 against each ONNX variant on this CPU: chunks/s, cosine to fp32, dense nDCG@10 per set."""
-    from ragtrace_tools.onnxbench import run
+    from ragtrace_tools.bench.onnx_backends import run
 
     run(data, passages, rounds, variants.split(",") if variants else None, cache, output, threads, quality)
 

@@ -24,7 +24,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from ragtrace_tools.bench import percentile
+from ragtrace_tools.bench.stack import percentile
 from ragtrace_tools.client import Document
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from ragtrace_tools.evaluation import Client, EvalSet

@@ -27,7 +27,7 @@ from rich.console import Console
 from embedding.engine import model_path
 from embedding.onnx_backend import INTEGER_OPS, VARIANTS, OnnxEncoder, Variant, ensure_exported
 from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
-from ragtrace_tools.bench import machine, write_results
+from ragtrace_tools.bench.stack import machine, write_results
 from ragtrace_tools.evaluation import EvalSet, dense_baseline, eval_folders, mean_ndcg
 
 console = Console()

@@ -1,4 +1,4 @@
-"""One search process of `ragtrace bench-scale` (scalebench.py runs it fresh for each measurement): it opens
+"""One search process of `ragtrace bench-scale` (scale.py runs it fresh for each measurement): it opens
 the synthetic namespace as the search service would, without the bench's own imports (torch among them),
 so that its resident memory is the store's."""
 

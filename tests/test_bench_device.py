@@ -10,7 +10,7 @@ import numpy as np
 from transformers import XLMRobertaConfig
 
 from embedding.engine import EmbeddingEngine
-from ragtrace_tools.devicebench import _report, index_search, large_configuration, minilm
+from ragtrace_tools.bench.device import _report, index_search, large_configuration, minilm
 
 TEXTS = [f"Passage {i}: glaciers carve valleys while honeybees dance." for i in range(12)]
 

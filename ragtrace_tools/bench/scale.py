@@ -35,10 +35,10 @@ from ragtrace.settings import WeaviateSettings
 from ragtrace.vectorstore import VectorStore
 from ragtrace.vectorstore.faiss_store import SAVED_INDEX_SUFFIX, FaissStore
 from ragtrace.vectorstore.weaviate_store import WeaviateStore
-from ragtrace_tools.bench import machine, percentile, write_results
+from ragtrace_tools.bench.scale_probe import CONCURRENCY, CORPUS, NAMESPACE, measure, memory_mib, timed_searches
+from ragtrace_tools.bench.stack import machine, percentile, write_results
 from ragtrace_tools.devstack.servers import LocalServers, StackPorts
 from ragtrace_tools.devstack.supervisor import Supervisor
-from ragtrace_tools.scaleprobe import CONCURRENCY, CORPUS, NAMESPACE, measure, memory_mib, timed_searches
 
 console = Console()
 BATCH_CHUNKS = 10_000  # chunks generated at a time (chunk i is the same for every backend)

@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
 from embedding.engine import EmbeddingEngine, model_path
 from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
-from ragtrace_tools.bench import machine, write_results
+from ragtrace_tools.bench.stack import machine, write_results
 from ragtrace_tools.evaluation import EvalSet
 
 console = Console()
