@@ -1,5 +1,5 @@
-"""The Kafka layer: with ragtrace/kafka_admin.py (the operator side), the only module that talks to FastStream's
-Kafka broker and to aiokafka.
+"""The Kafka layer: with ragtrace_tools/kafka_admin.py (the operator side, for tools and tests), the only module
+that talks to FastStream's Kafka broker and to aiokafka.
 
 - Topics are created by the application with explicit partitions (auto-creation is off in ragtrace's Kafka).
 - Producing: an idempotent producer (acks=all) behind FastStream publishers declared on the broker; a publish

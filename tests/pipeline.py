@@ -18,7 +18,6 @@ import pytest
 from minio import Minio
 
 from ragtrace.clients import minio_client
-from ragtrace.kafka_admin import group_lag
 from ragtrace.settings import KafkaSettings
 from ragtrace.vectorstore import Backend, VectorStoreSettings, open_vector_store
 from ragtrace.vectorstore.generations import GenerationalStore
@@ -26,6 +25,7 @@ from ragtrace_tools.client import Document, IngestClient, NotSettled
 from ragtrace_tools.devstack.observability import ObservabilityPorts
 from ragtrace_tools.devstack.services import ServicePorts, Services
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
+from ragtrace_tools.kafka_admin import group_lag
 from tests.infra import Infra, _environment
 
 T = TypeVar("T")

@@ -28,10 +28,10 @@ import redis
 import yaml
 
 from ingest.settings import INBOX_TARGET_DURABLE, INBOX_TARGET_IMMEDIATE
-from ragtrace.kafka_admin import controller_elected
 from ragtrace.messaging import ensure_topics, inbox_topics
 from ragtrace.settings import KafkaSettings
 from ragtrace_tools.devstack.supervisor import Component
+from ragtrace_tools.kafka_admin import controller_elected
 
 PortsT = TypeVar("PortsT")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from ragtrace.kafka_admin import RawRecord, produce, read_topic
 from ragtrace.tempo import SpanView
 from ragtrace_tools.devstack.observability import Observability
+from ragtrace_tools.kafka_admin import RawRecord, produce, read_topic
 from tests.pipeline import Pipeline, wait_until
 from tests.traces import path_to_root, searchable_document_traces, whole_tree
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from embedding.engine import EmbeddingEngine
-from ragtrace.kafka_admin import RawRecord, produce, read_topic
+from ragtrace_tools.kafka_admin import RawRecord, produce, read_topic
 from tests.metrics import value
 from tests.pipeline import Pipeline, wait_until
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from embedding.settings import CPU_BACKEND
-from ragtrace.kafka_admin import RawRecord, produce, topic_partitions
 from ragtrace.v1 import search_pb2, search_pb2_grpc
+from ragtrace_tools.kafka_admin import RawRecord, produce, topic_partitions
 from tests.conftest import VLLM
 from tests.metrics import (
     documented_metrics,

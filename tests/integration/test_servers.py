@@ -13,8 +13,9 @@ from weaviate.classes.config import Configure, DataType, Property
 from weaviate.classes.query import MetadataQuery
 
 from ragtrace.clients import minio_client, redis_client, weaviate_client
-from ragtrace.kafka_admin import RawRecord, create_topic, list_topics, produce, read_topic, topic_partitions
+from ragtrace.messaging import ensure_topics
 from ragtrace.settings import RedisSettings, WeaviateSettings
+from ragtrace_tools.kafka_admin import RawRecord, list_topics, produce, read_topic, topic_partitions
 from tests.infra import Infra
 
 
@@ -25,7 +26,7 @@ def _name(prefix: str) -> str:
 async def test_kafka_produce_and_consume_with_headers_on_a_created_topic(infra: Infra) -> None:
     bootstrap = infra.kafka.bootstrap_servers
     topic = _name("it-topic")
-    await create_topic(bootstrap, topic, partitions=3)
+    await ensure_topics(infra.kafka.model_copy(update={"partitions": 3}), [topic])
     assert sorted(await topic_partitions(bootstrap, topic)) == [0, 1, 2]
     sent = [
         RawRecord(f"value-{i}".encode(), f"doc-{i}".encode(), [("traceparent", f"00-{i:032x}-{i:016x}-01".encode())])

@@ -1,6 +1,7 @@
 """The Kafka layer's operator side: what tools and tests ask of the cluster beside the pipeline's own traffic
-(is the broker up, how far behind is a consumer group, what is in a topic, produce raw records). With
-ragtrace/messaging.py, the only module that talks to aiokafka."""
+(is the broker up, how far behind is a consumer group, what is in a topic, produce raw records). Topics are
+created by ragtrace.messaging.ensure_topics, the pipeline's own way. With ragtrace/messaging.py, the only module
+that talks to aiokafka."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # above any topic's max.message.bytes
 
@@ -38,11 +39,6 @@ async def controller_elected(bootstrap: str, timeout_ms: int = 2000) -> bool:
     async with _admin(bootstrap, timeout_ms) as admin:
         cluster = await admin.describe_cluster()
         return int(cluster.get("controller_id", -1)) >= 0
-
-
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    async with _admin(bootstrap) as admin:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
 
 
 async def list_topics(bootstrap: str) -> list[str]:
