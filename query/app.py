@@ -13,9 +13,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from query import deps, routes
-from query.gateway import IngestClient, SearchClient
+from query.gateway import SearchClient
 from query.settings import GatewaySettings
 from ragtrace.http import create_service_app
+from ragtrace.ingest_client import AsyncIngestClient
 from ragtrace.runtime import run_http_service
 from ragtrace.settings import TraceQuerySettings
 
@@ -26,13 +27,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.search_client = client = SearchClient(settings.search_target, settings.search_timeout_s)
-        app.state.ingest_client = ingest = IngestClient(settings.ingest_url, settings.ingest_timeout_s)
+        app.state.ingest_client = ingest = AsyncIngestClient(settings.ingest_url, timeout=settings.ingest_timeout_s)
         app.state.trace_query = TraceQuerySettings()
         try:
             yield
         finally:
             await client.close()
-            await ingest.close()
+            await ingest.aclose()
 
     return create_service_app(
         "ragtrace search gateway",

@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from query.gateway import IngestClient, SearchClient
+from query.gateway import SearchClient
 from ragtrace.http import ReadinessCheck
+from ragtrace.ingest_client import AsyncIngestClient
 from ragtrace.settings import TraceQuerySettings
 
 
@@ -20,12 +21,12 @@ def get_search_client(request: Request) -> SearchClient:
 SearchClientDep = Annotated[SearchClient, Depends(get_search_client)]
 
 
-def get_ingest_client(request: Request) -> IngestClient:
-    client: IngestClient = request.app.state.ingest_client
+def get_ingest_client(request: Request) -> AsyncIngestClient:
+    client: AsyncIngestClient = request.app.state.ingest_client
     return client
 
 
-IngestClientDep = Annotated[IngestClient, Depends(get_ingest_client)]
+IngestClientDep = Annotated[AsyncIngestClient, Depends(get_ingest_client)]
 
 
 def get_trace_query(request: Request) -> TraceQuerySettings:

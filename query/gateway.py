@@ -1,13 +1,12 @@
-"""The gateway's clients: of the search service, one gRPC channel, opened on first use (a grpc.aio channel
-belongs to the event loop it is created in, which is the server's, not the one, if any, that builds the app);
-of the ingest API, for a document's status on the search page's behalf."""
+"""The gateway's client of the search service: one gRPC channel, opened on first use (a grpc.aio channel
+belongs to the event loop it is created in, which is the server's, not the one, if any, that builds the app).
+Its client of the ingest API is ragtrace.ingest_client's, the one every caller uses."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
 import grpc
-import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from query.settings import SEARCH_SERVICE_HEALTH
@@ -60,20 +59,3 @@ class SearchClient:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
-
-
-class IngestClient:
-    """The ingest API's `GET /ingest/{document_id}`, asked with the caller's own credentials."""
-
-    def __init__(self, base_url: str, timeout_s: float) -> None:
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
-
-    async def status(self, namespace: str, document_id: str, credentials: dict[str, str]) -> httpx.Response:
-        """The ingest API's answer as it is (its errors too); DependencyUnavailable("ingest-api") without one."""
-        try:
-            return await self.client.get(f"/ingest/{document_id}", params={"namespace": namespace}, headers=credentials)
-        except httpx.TransportError as error:
-            raise DependencyUnavailable("ingest-api", f"no answer ({type(error).__name__})") from error
-
-    async def close(self) -> None:
-        await self.client.aclose()

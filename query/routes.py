@@ -143,7 +143,7 @@ async def document(
     of the request that ingested it."""
     principal.authorize(namespace)
     credentials = {name: request.headers[name] for name in ("x-api-key", "authorization") if name in request.headers}
-    response = await ingest.status(namespace, document_id, credentials)
+    response = await ingest.status_answer(namespace, document_id, credentials)
     if response.status_code != status.HTTP_200_OK:
         return JSONResponse(response.json(), status_code=response.status_code, headers=_retry_after(response))
     return DocumentStatus.model_validate(response.json())

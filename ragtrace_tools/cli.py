@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtrace_tools.client import IngestError
+from ragtrace.ingest_client import IngestError
 from ragtrace_tools.devstack import LocalStack, StartError, State, Status, default_state_dir
 from ragtrace_tools.devstack.servers import REPO_ROOT, read_env_file
 from ragtrace_tools.devstack.supervisor import describe_changes
@@ -107,7 +107,7 @@ def ingest(
 ) -> None:
     """Ingest files and folders through the batch endpoint, with progress; a rerun sends only what changed.
     Exits 1 when any document failed (each listed with its reason)."""
-    from ragtrace_tools.client import AsyncIngestClient
+    from ragtrace.ingest_client import AsyncIngestClient
     from ragtrace_tools.ingest_files import collect, failures, ingest_paths, summary
 
     try:
@@ -436,7 +436,7 @@ def reindex(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ragtrace_tools.client import IngestClient, IngestError
+    from ragtrace.ingest_client import IngestClient, IngestError
 
     with IngestClient(_stack_setting("RAGTRACE_INGEST_URL"), _stack_setting("RAGTRACE_API_KEY")) as client:
         try:

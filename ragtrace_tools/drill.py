@@ -24,8 +24,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from ragtrace.ingest_client import Document
 from ragtrace_tools.bench.stack import percentile
-from ragtrace_tools.client import Document
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from ragtrace_tools.evaluation import Client, EvalSet
 

@@ -33,9 +33,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ragtrace.ingest_client import AsyncIngestClient, Document
 from ragtrace.schemas import chunk_id
 from ragtrace.vectorstore import DocumentChunks, IndexedChunk, rank_fusion
-from ragtrace_tools.client import AsyncIngestClient, Document
 
 console = Console()
 

@@ -22,8 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ingest.extract import SUPPORTED_SUFFIXES, UnreadableFile, UnsupportedFileType, extract_text
+from ragtrace.ingest_client import AsyncIngestClient, Document, NotSettled, Status, batches
 from ragtrace.schemas import MAX_BATCH_DOCUMENTS, DocumentState, content_hash, document_id_for_path
-from ragtrace_tools.client import AsyncIngestClient, Document, NotSettled, Status, batches
 
 JSONL = ".jsonl"
 # Where a rerun need not send a document again: done, or on its way, with this content.

@@ -18,10 +18,10 @@ import pytest
 from minio import Minio
 
 from ragtrace.clients import minio_client
+from ragtrace.ingest_client import Document, IngestClient, NotSettled
 from ragtrace.settings import KafkaSettings
 from ragtrace.vectorstore import Backend, VectorStoreSettings, open_vector_store
 from ragtrace.vectorstore.generations import GenerationalStore
-from ragtrace_tools.client import Document, IngestClient, NotSettled
 from ragtrace_tools.devstack.observability import ObservabilityPorts
 from ragtrace_tools.devstack.services import ServicePorts, Services
 from ragtrace_tools.devstack.supervisor import Component, Supervisor

@@ -36,7 +36,7 @@ from rich.table import Table
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
-from ragtrace_tools.client import AsyncIngestClient, Document
+from ragtrace.ingest_client import AsyncIngestClient, Document
 from ragtrace_tools.evaluation import EvalSet
 
 console = Console()

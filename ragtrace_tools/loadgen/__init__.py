@@ -27,8 +27,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ragtrace.ingest_client import IngestClient, NotSettled
 from ragtrace_tools.bench.stack import percentile
-from ragtrace_tools.client import IngestClient, NotSettled
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAX_USERS = 200

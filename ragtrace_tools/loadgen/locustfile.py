@@ -16,7 +16,7 @@ from typing import Any
 
 from locust import HttpUser, between, events, task
 
-from ragtrace_tools.client import Document, IngestClient
+from ragtrace.ingest_client import Document, IngestClient
 
 INGEST_URL = os.environ["RAGTRACE_LOADGEN_INGEST_URL"].rstrip("/")
 SEARCH_URL = os.environ["RAGTRACE_LOADGEN_SEARCH_URL"].rstrip("/")

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
+from ragtrace.ingest_client import IngestError
 from ragtrace.vectorstore.generations import Generations
-from ragtrace_tools.client import IngestError
 from tests.metrics import value
 from tests.pipeline import Pipeline, wait_until
 

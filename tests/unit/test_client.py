@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ragtrace.schemas import MAX_BATCH_DOCUMENTS, DocumentInput, document_id_for_path
-from ragtrace_tools.client import (
+from ragtrace.ingest_client import (
     BATCH_DOCUMENTS,
     AsyncIngestClient,
     Document,
@@ -24,6 +23,7 @@ from ragtrace_tools.client import (
     Settling,
     batches,
 )
+from ragtrace.schemas import MAX_BATCH_DOCUMENTS, DocumentInput, document_id_for_path
 
 KEY = "test-key"
 

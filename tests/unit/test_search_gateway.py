@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 
 from query.app import create_app
 from query.deps import get_ingest_client, get_search_client, get_trace_query
-from query.gateway import IngestClient, SearchClient
+from query.gateway import SearchClient
 from ragtrace.auth import AuthSettings
 from ragtrace.errors import DependencyUnavailable
+from ragtrace.ingest_client import AsyncIngestClient
 from ragtrace.settings import TraceQuerySettings
 from ragtrace.v1 import search_pb2
 from ragtrace_tools.devstack.servers import free_port
@@ -199,7 +200,7 @@ def test_tempo_or_the_ingest_api_not_answering_is_a_fast_503_naming_it(
     url = silent_server if frozen else f"http://127.0.0.1:{free_port()}"
     app = cast(FastAPI, client.app)
     app.dependency_overrides[get_trace_query] = lambda: TraceQuerySettings(url=url, timeout_s=1.0)
-    app.dependency_overrides[get_ingest_client] = lambda: IngestClient(url, 1.0)
+    app.dependency_overrides[get_ingest_client] = lambda: AsyncIngestClient(url, timeout=1.0)
     for path, dependency in (
         ("/api/traces/" + "a" * 32, "tempo"),
         ("/api/documents/bread?namespace=team-a", "ingest-api"),
@@ -213,7 +214,9 @@ def test_tempo_or_the_ingest_api_not_answering_is_a_fast_503_naming_it(
 
 def test_a_key_reads_only_its_namespaces_documents_and_a_trace_id_is_32_hex_digits(client: TestClient) -> None:
     app = cast(FastAPI, client.app)
-    app.dependency_overrides[get_ingest_client] = lambda: IngestClient(f"http://127.0.0.1:{free_port()}", 1.0)
+    app.dependency_overrides[get_ingest_client] = lambda: AsyncIngestClient(
+        f"http://127.0.0.1:{free_port()}", timeout=1.0
+    )
     app.dependency_overrides[get_trace_query] = TraceQuerySettings
     refused = client.get("/api/documents/bread?namespace=team-b")
     assert refused.status_code == 403 and "team-b" in refused.json()["message"]

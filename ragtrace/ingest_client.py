@@ -1,5 +1,5 @@
-"""The one client for "ingest, then wait until indexed", used by the CLI's `ragtrace ingest`, eval, bench,
-drill, load-gen (and its locustfile) and the tests' pipeline.
+"""The one client of the ingest API: "ingest, then wait until indexed" for the CLI's `ragtrace ingest`, eval,
+bench, drill, load-gen (and its locustfile) and the tests' pipeline; a document's status for the search gateway.
 
 Documents go in through `POST /ingest/batch` (at most MAX_BATCH_DOCUMENTS a request, and under the body
 limit), or one at a time through `POST /ingest`. Each answer says, per document, accepted (202) or why not;
@@ -26,6 +26,7 @@ from typing import Any, Generic, Self, TypeVar
 
 import httpx
 
+from ragtrace.errors import DependencyUnavailable
 from ragtrace.schemas import DocumentState
 
 Status = dict[str, Any]
@@ -334,10 +335,19 @@ class AsyncIngestClient(_Endpoints[httpx.AsyncClient]):
         return await self.http.post(self.batch_url(), json=body, headers=self.headers)
 
     async def status(self, namespace: str, document_id: str) -> Status:
-        response = await self.http.get(
-            self.status_url(document_id), params={"namespace": namespace}, headers=self.headers
-        )
-        return self.json(response)
+        return self.json(await self.status_answer(namespace, document_id))
+
+    async def status_answer(
+        self, namespace: str, document_id: str, credentials: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        """GET /ingest/{document_id} as the API answers it (its errors too), asked with `credentials` (the
+        gateway passes its caller's) or the client's key; DependencyUnavailable("ingest-api") without an answer."""
+        try:
+            return await self.http.get(
+                self.status_url(document_id), params={"namespace": namespace}, headers=credentials or self.headers
+            )
+        except httpx.TransportError as error:
+            raise DependencyUnavailable("ingest-api", f"no answer ({type(error).__name__})") from error
 
     async def statuses(self, namespace: str, document_ids: list[str]) -> dict[str, Status | None]:
         """POST /ingest/status: up to MAX_BATCH_DOCUMENTS documents' statuses (None: no such document)."""
