@@ -43,21 +43,26 @@ async def channel_ready(channel: grpc.aio.Channel, dependency: str, timeout_s: f
         raise DependencyUnavailable(dependency, f"not reachable within {timeout_s:.2f}s") from error
 
 
-def minio_client(settings: MinioSettings) -> Minio:
+def minio_http(settings: MinioSettings) -> urllib3.PoolManager:
+    """The connection pool every MinIO request goes through (the client's, and the document store's
+    conditional writes)."""
     # Deadlines on connecting and on every read, and one immediate reconnect at most (never a retried read,
     # which would double the wait on a MinIO that hangs): when MinIO is down or frozen, callers answer 503
     # within about a second.
-    http = urllib3.PoolManager(
+    return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=settings.timeout_s, read=settings.timeout_s),
         retries=urllib3.Retry(total=1, connect=1, read=0, status=0, other=0, redirect=0),
         maxsize=16,
     )
+
+
+def minio_client(settings: MinioSettings, http: urllib3.PoolManager | None = None) -> Minio:
     return Minio(
         settings.endpoint,
         access_key=settings.access_key.get_secret_value(),
         secret_key=settings.secret_key.get_secret_value(),
         secure=settings.secure,
-        http_client=http,
+        http_client=http or minio_http(settings),
     )
 
 

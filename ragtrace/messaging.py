@@ -34,9 +34,10 @@ from typing import Annotated, Any, TypeAlias, cast
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import IllegalStateError, KafkaError
+from fast_depends.pydantic import PydanticSerializer
 from faststream import Context
 from faststream.kafka import KafkaBroker
-from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
+from faststream.kafka.publisher.producer import AioKafkaFastProducer
 from faststream.kafka.publisher.usecase import DefaultPublisher
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.message import StreamMessage
@@ -63,6 +64,8 @@ tracer = trace.get_tracer("ragtrace.messaging")
 
 TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+# How FastStream encodes a published model when the broker connects its own producer (its default).
+MESSAGE_SERIALIZER = PydanticSerializer(use_fastdepends_errors=False)
 
 
 def pipeline_topics(settings: KafkaSettings) -> list[str]:
@@ -96,17 +99,14 @@ async def ensure_topics(settings: KafkaSettings, topics: Sequence[str] | None = 
         await admin.close()
 
 
-def new_broker(settings: KafkaSettings, *middlewares: Any, request_timeout_ms: int = 30_000) -> KafkaBroker:
-    """A FastStream Kafka broker whose producer is idempotent with acks=all: a retried send never duplicates,
-    an acknowledged one is on every in-sync replica; a message not delivered within `request_timeout_ms`
-    expires in the producer instead of being sent later. On SIGTERM it lets the batch in flight finish."""
+def new_broker(settings: KafkaSettings, *middlewares: Any) -> KafkaBroker:
+    """A FastStream Kafka broker for subscribers and declared publishers. It makes no producer of its own
+    (`consumer_only`): the `Publisher` on it owns the producer it hands over, so that it can replace one that
+    broke through FastStream's public producer API. On SIGTERM it lets the batch in flight finish."""
     return KafkaBroker(
         settings.bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=settings.max_message_bytes,
-        request_timeout_ms=request_timeout_ms,
-        linger_ms=2,
+        consumer_only=True,
+        request_timeout_ms=30_000,
         graceful_timeout=30.0,
         middlewares=middlewares,
         logger=log,
@@ -124,19 +124,28 @@ class Publisher:
     deadline, but a message may still be delivered after a reported failure: consumers must not act on a
     request the caller was told failed (see ragtrace/lifecycle.py). Connects lazily, so a service starts while
     Kafka is down; a failed call costs the producer, since an idempotent producer whose sequence numbers went
-    out of step while the broker restarted never sends again, so the next call starts a fresh one."""
+    out of step while the broker restarted never sends again, so the next call starts a fresh one.
+
+    The producer is idempotent with acks=all: a retried send never duplicates, an acknowledged one is on every
+    in-sync replica; a message not delivered within `request_timeout_ms` expires in the producer instead of
+    being sent later. The Publisher makes it and hands it to the broker (a `new_broker` makes none)."""
 
     def __init__(
-        self, broker: KafkaBroker, settings: KafkaSettings, timeout_s: float | None = None, creates_topics: bool = True
+        self,
+        broker: KafkaBroker,
+        settings: KafkaSettings,
+        timeout_s: float | None = None,
+        creates_topics: bool = True,
+        request_timeout_ms: int = 30_000,
     ) -> None:
         self.broker = broker
         self.creates_topics = creates_topics  # False: the application creates them at start-up
         self.settings = settings
         self.timeout_s = timeout_s or settings.publish_timeout_s
+        self.request_timeout_ms = request_timeout_ms
         self._publishers: dict[str, DefaultPublisher] = {}
         self._lock = asyncio.Lock()
-        self._connected = False
-        self._renewing = False
+        self._producer: AIOKafkaProducer | None = None  # the one handed to the broker, while it is trusted
         self._tasks: set[asyncio.Task[None]] = set()
 
     def declare(self, topic: str, model: type[BaseModel], description: str, title: str | None = None) -> None:
@@ -161,17 +170,25 @@ class Publisher:
 
     async def _connect(self) -> None:
         async with self._lock:
-            if self._connected:
+            if self._producer is not None:
                 return
             if self.creates_topics:
                 await ensure_topics(self.settings)
-            if self._renewing:  # the broker is up; only its producer was given up
-                fast = self._fast_producer()
-                producer = AIOKafkaProducer(**self.broker._connection_kwargs)
-                await fast.connect(producer, serializer=fast.serializer, codec=fast.codec)
-            else:
-                await self.broker.connect()
-            self._connected = True
+            await self.broker.connect()  # once; again it does nothing
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                max_request_size=self.settings.max_message_bytes,
+                request_timeout_ms=self.request_timeout_ms,
+                linger_ms=2,
+            )
+            try:
+                await cast(AioKafkaFastProducer, self.broker.config.producer).connect(producer, MESSAGE_SERIALIZER)
+            except BaseException:
+                self._spawn(_stop_quietly(producer))  # a producer that did not start still holds its client
+                raise
+            self._producer = producer
 
     @contextlib.asynccontextmanager
     async def _call(self, what: str) -> AsyncIterator[None]:
@@ -227,38 +244,33 @@ class Publisher:
         """Readiness: what a publish would do now: the same producer (or a fresh one, after a failure) and a
         metadata round trip to the broker, within the publish deadline."""
         async with self._call("no metadata from the broker"):
-            await self._producer().client.fetch_all_metadata()
-
-    def _producer(self) -> AIOKafkaProducer:
-        # FastStream keeps the aiokafka producer in its producer state and has no public way to replace one that
-        # broke; this module, and only this one, reaches for it (FastStream is pinned below 0.8).
-        state = self._fast_producer()._producer
-        if not state:
-            raise KafkaError("the producer is not started")
-        producer: AIOKafkaProducer = state.producer
-        return producer
-
-    def _fast_producer(self) -> AioKafkaFastProducerImpl:
-        return cast(AioKafkaFastProducerImpl, self.broker.config.producer)
+            if self._producer is None:
+                raise KafkaError("the producer is not started")
+            await self._producer.client.fetch_all_metadata()
 
     def _renew_producer(self) -> None:
         """Give up the producer after a failed call: it is stopped in the background and the next call
         connects a fresh one."""
-        if not self._connected:
-            return
-        self._connected = False
-        self._renewing = True
-        with contextlib.suppress(KafkaError):
-            self._spawn(_stop_quietly(self._producer()))
+        if self._producer is not None:
+            self._spawn(_stop_quietly(self._producer))
+            self._producer = None
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)  # referenced until done
         task.add_done_callback(self._tasks.discard)
 
+    async def stop_producer(self) -> None:
+        """Flush and stop the producer (the broker does not: it did not make it)."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await _stop_quietly(producer)
+
     async def close(self) -> None:
+        """Stop the producer and the broker, for a Publisher on a broker of its own."""
         for task in self._tasks:
             task.cancel()
+        await self.stop_producer()
         await self.broker.stop()
 
 
@@ -275,7 +287,7 @@ async def _stop_quietly(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> N
 def documents_publisher(settings: KafkaSettings, broker: KafkaBroker | None = None) -> Publisher:
     """The ingest API's publisher of document events (on a broker of its own unless one is given)."""
     request_timeout_ms = int(settings.publish_timeout_s * 800)
-    publisher = Publisher(broker or new_broker(settings, request_timeout_ms=request_timeout_ms), settings)
+    publisher = Publisher(broker or new_broker(settings), settings, request_timeout_ms=request_timeout_ms)
     publisher.declare(
         settings.documents_topic,
         DocumentEvent,

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from prometheus_client import start_http_server
 
-from ragtrace.clients import minio_client
+from ragtrace.clients import minio_client, minio_http
 from ragtrace.http import ReadinessCheck
 from ragtrace.lifecycle import DocumentLifecycle
 from ragtrace.messaging import DeliveryPolicy, Publisher, ensure_topics
@@ -64,7 +64,8 @@ def setup_logging() -> None:
 
 def document_store() -> DocumentStore:
     settings = MinioSettings()
-    return DocumentStore(minio_client(settings), settings.bucket)
+    http = minio_http(settings)
+    return DocumentStore(minio_client(settings, http), http, settings.bucket)
 
 
 async def start_grpc_server(
@@ -168,7 +169,10 @@ def worker_app(
         )
     )
     app = FastStream(
-        broker, logger=None, on_startup=[partial(ensure_topics, kafka)], after_shutdown=list(after_shutdown)
+        broker,
+        logger=None,
+        on_startup=[partial(ensure_topics, kafka)],
+        after_shutdown=[*after_shutdown, dead_letters.stop_producer],  # the broker stops all but the producer
     )
     app.context.set_global(*use_case)
     return app

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import timedelta
 from typing import ParamSpec, TypeVar
 
 import urllib3
@@ -35,6 +36,8 @@ R = TypeVar("R")
 
 # 412 from S3 and MinIO; 409 from S3 when two conditional writes of one key race.
 _PRECONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
+# A conditional write's URL is used at once; the expiry only bounds a URL that leaked into a log.
+PRESIGNED_PUT_EXPIRY = timedelta(minutes=1)
 
 
 class Conflict(Exception):
@@ -71,8 +74,11 @@ def ensure_bucket(client: Minio, bucket: str) -> None:
 
 
 class DocumentStore:
-    def __init__(self, client: Minio, bucket: str = "documents") -> None:
+    """`client` and `http`: ragtrace.clients.minio_client and the connection pool it was built on."""
+
+    def __init__(self, client: Minio, http: urllib3.PoolManager, bucket: str = "documents") -> None:
         self.client = client
+        self.http = http
         self.bucket = bucket
 
     def ensure_bucket(self) -> None:
@@ -126,15 +132,17 @@ class DocumentStore:
     def write_object(self, key: str, data: bytes, etag: str | None) -> None:
         """Write the object if it is still the one read with `etag` (None: if there is still none), else
         raise Conflict."""
-        precondition: dict[str, str | list[str] | tuple[str]] = (
-            {"If-Match": f'"{etag}"'} if etag else {"If-None-Match": "*"}
+        # The pinned minio client's put_object sends any header it does not know as user metadata, so S3's
+        # preconditions go as a plain PUT to a URL it presigns (headers outside the signature are allowed),
+        # through the client's own connection pool and deadlines.
+        url = self.client.presigned_put_object(self.bucket, key, expires=PRESIGNED_PUT_EXPIRY)
+        precondition = {"If-Match": f'"{etag}"'} if etag else {"If-None-Match": "*"}
+        response = self.http.request(
+            "PUT", url, body=data, headers={"Content-Type": "application/json", **precondition}, preload_content=True
         )
-        # put_object has no parameter for S3's preconditions (it would send them as user metadata); the
-        # client's own single-request PutObject sends headers as given.
-        headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": "application/json", **precondition}
-        try:
-            self.client._put_object(self.bucket, key, data, headers)
-        except S3Error as error:
-            if error.code in _PRECONDITION_FAILED:
-                raise Conflict(key) from error
-            raise
+        if response.status < 300:
+            return
+        error = S3Error.fromxml(response)
+        if error.code in _PRECONDITION_FAILED:
+            raise Conflict(key) from error
+        raise error

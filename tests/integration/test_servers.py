@@ -12,9 +12,10 @@ from minio.error import S3Error
 from weaviate.classes.config import Configure, DataType, Property
 from weaviate.classes.query import MetadataQuery
 
-from ragtrace.clients import minio_client, redis_client, weaviate_client
+from ragtrace.clients import minio_client, minio_http, redis_client, weaviate_client
 from ragtrace.messaging import ensure_topics
 from ragtrace.settings import RedisSettings, WeaviateSettings
+from ragtrace.storage import Conflict, DocumentStore
 from ragtrace_tools.kafka_admin import RawRecord, list_topics, produce, read_topic, topic_partitions
 from tests.infra import Infra
 
@@ -72,6 +73,24 @@ def test_minio_put_stat_get(infra: Infra) -> None:
     with pytest.raises(S3Error) as missing:
         client.stat_object(bucket, "default/absent.json")
     assert missing.value.code == "NoSuchKey"
+
+
+def test_minio_conditional_writes_let_one_writer_win(infra: Infra) -> None:
+    """The document store's preconditions on the real server: a new object only if there is none, a
+    replacement only of the version read; the loser of each race gets Conflict and the object stays the
+    winner's."""
+    http = minio_http(infra.minio)
+    store = DocumentStore(minio_client(infra.minio, http), http, _name("it-bucket"))
+    store.ensure_bucket()
+    store.write_object("ns/doc.json", b'{"v": 1}', None)
+    with pytest.raises(Conflict):
+        store.write_object("ns/doc.json", b'{"v": "second creator"}', None)
+    data, etag = store.read_object("ns/doc.json")
+    assert data == b'{"v": 1}' and etag
+    store.write_object("ns/doc.json", b'{"v": 2}', etag)
+    with pytest.raises(Conflict):
+        store.write_object("ns/doc.json", b'{"v": "stale writer"}', etag)
+    assert store.read_object("ns/doc.json")[0] == b'{"v": 2}'
 
 
 async def test_redis_set_get_with_ttl_and_password(infra: Infra) -> None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import io
 import uuid
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 from opentelemetry import trace
@@ -40,7 +42,8 @@ class Response(io.BytesIO):
 
 
 class ObjectStore:
-    """The part of MinIO's client the document store uses, in memory, with S3's preconditions."""
+    """The part of MinIO's client (and of its connection pool) the document store uses, in memory, with S3's
+    preconditions."""
 
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str]] = {}
@@ -55,14 +58,26 @@ class ObjectStore:
             raise _s3_error("NoSuchKey")
         return Response(*self.objects[key])
 
-    def _put_object(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> None:
+    def presigned_put_object(self, bucket: str, key: str, expires: timedelta) -> str:
+        return key  # signing costs no round trip
+
+    def request(self, method: str, url: str, body: bytes, headers: dict[str, str], **_: object) -> PutResponse:
+        """The store's conditional write: a PUT to the presigned URL."""
         self.requests["PUT"] += 1
-        current = self.objects.get(key)
+        current = self.objects.get(url)
         if "If-None-Match" in headers and current is not None:
-            raise _s3_error("PreconditionFailed")
+            return PutResponse(412, "PreconditionFailed")
         if "If-Match" in headers and (current is None or headers["If-Match"] != f'"{current[1]}"'):
-            raise _s3_error("PreconditionFailed")
-        self.objects[key] = (data, uuid.uuid4().hex)
+            return PutResponse(412, "PreconditionFailed")
+        self.objects[url] = (body, uuid.uuid4().hex)
+        return PutResponse(200)
+
+
+class PutResponse:
+    def __init__(self, status: int, error_code: str = "") -> None:
+        self.status = status
+        self.data = f"<Error><Code>{error_code}</Code></Error>".encode()
+        self.headers: dict[str, str] = {}
 
 
 def _s3_error(code: str) -> S3Error:
@@ -93,7 +108,7 @@ class Cache:
 class Pipeline:
     def __init__(self, tmp_path: Path) -> None:
         self.objects = ObjectStore()
-        self.store = DocumentStore(cast(Minio, self.objects))
+        self.store = DocumentStore(cast(Minio, self.objects), cast(urllib3.PoolManager, self.objects))
         self.events = Events()
         self.ingestion = Ingestion(self.store, cast(Publisher, self.events), KAFKA)
         self.index = GenerationalStore(FaissStore(tmp_path))
