@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ragtrace.ingest_client import Document
-from ragtrace_tools.bench.stack import percentile
+from ragtrace_tools.bench.measure import percentile
 from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from ragtrace_tools.evaluation import Client, EvalSet
 

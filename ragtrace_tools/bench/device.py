@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 import torch
-from rich.console import Console
 from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
 from embedding.engine import EmbeddingEngine, model_path
 from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
-from ragtrace_tools.bench.stack import machine, write_results
+from ragtrace_tools.bench.measure import console, new_results, write_results
 from ragtrace_tools.evaluation import EvalSet
 
-console = Console()
 LARGE = XLMRobertaConfig(
     vocab_size=250_002,
     hidden_size=1024,
@@ -151,12 +148,7 @@ def run(
     rng = np.random.default_rng(0)
     index = np.vstack([vectors + rng.normal(0, 0.01, vectors.shape).astype(np.float32) for _ in range(repeats)])
     index /= np.linalg.norm(index, axis=1, keepdims=True)
-    results = {
-        "date": datetime.now(UTC).isoformat(),
-        "machine": machine(),
-        "embedding": embedding,
-        "index_search": index_search(index.astype(np.float32), queries, device),
-    }
+    results = new_results(embedding=embedding, index_search=index_search(index.astype(np.float32), queries, device))
     _report(results, output_dir)
     return results
 

@@ -16,21 +16,18 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
 
 from embedding.engine import model_path
 from embedding.onnx_backend import INTEGER_OPS, VARIANTS, OnnxEncoder, Variant, ensure_exported
 from embedding.settings import BUNDLED_MODEL, EmbeddingSettings
-from ragtrace_tools.bench.stack import machine, write_results
+from ragtrace_tools.bench.measure import console, new_results, write_results
 from ragtrace_tools.evaluation import EvalSet, dense_baseline, eval_folders, mean_ndcg
 
-console = Console()
 QUALITY_BOUND = 0.005
 SPEED_BATCH = 32
 SWEEP = (8, 16, 32, 64, 128)
@@ -177,19 +174,17 @@ def run(
         row["within_bound"] = bool(scores) and all(
             abs(scores[s] - reference_scores[s]) <= QUALITY_BOUND for s in reference_scores
         )
-    results = {
-        "date": datetime.now(UTC).isoformat(),
-        "machine": machine(),
-        "threads": threads or f"onnxruntime {settings.onnx_threads or 'cores of the process'}, torch default",
-        "passages": len(texts),
-        "speed_set": speed_set.name,
-        "batch_size": SPEED_BATCH,
-        "rounds": rounds,
-        "variants": {v.name: asdict(v) for v in variants},
-        "backends": list(rows.values()),
-        "batch_sweep_chunks_per_s": sweep,
-        "quality_bound": QUALITY_BOUND,
-    }
+    results = new_results(
+        threads=threads or f"onnxruntime {settings.onnx_threads or 'cores of the process'}, torch default",
+        passages=len(texts),
+        speed_set=speed_set.name,
+        batch_size=SPEED_BATCH,
+        rounds=rounds,
+        variants={v.name: asdict(v) for v in variants},
+        backends=list(rows.values()),
+        batch_sweep_chunks_per_s=sweep,
+        quality_bound=QUALITY_BOUND,
+    )
     _report(results, [f.name for f in folders] if quality else [], output_dir)
     return results
 

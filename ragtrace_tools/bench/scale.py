@@ -23,24 +23,21 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ragtrace.settings import WeaviateSettings
 from ragtrace.vectorstore import VectorStore
 from ragtrace.vectorstore.faiss_store import SAVED_INDEX_SUFFIX, FaissStore
 from ragtrace.vectorstore.weaviate_store import WeaviateStore
+from ragtrace_tools.bench.measure import console, new_results, percentiles, write_results
 from ragtrace_tools.bench.scale_probe import CONCURRENCY, CORPUS, NAMESPACE, measure, memory_mib, timed_searches
-from ragtrace_tools.bench.stack import machine, percentile, write_results
 from ragtrace_tools.devstack.servers import LocalServers, StackPorts
 from ragtrace_tools.devstack.supervisor import Supervisor
 
-console = Console()
 BATCH_CHUNKS = 10_000  # chunks generated at a time (chunk i is the same for every backend)
 # Documents per write: one SQLite transaction for FAISS; for Weaviate 50 chunks, which its client's 2 s write
 # deadline allows on a loaded 2-core machine (250 did not, 2026-12-02).
@@ -75,15 +72,11 @@ def _with_percentiles(measured: dict[str, Any]) -> dict[str, Any]:
             "concurrency": concurrency,
             "requests": len(timings),
             "errors": sorted(t for t in timings if isinstance(t, str)),
-            **_percentiles([t for t in timings if not isinstance(t, str)]),
+            **percentiles([t for t in timings if not isinstance(t, str)], "ms", 2),
         }
         for mode, concurrency, timings in measured.pop("timings")
     ]
     return measured
-
-
-def _percentiles(timings: Sequence[float]) -> dict[str, float]:
-    return {"p50_ms": round(percentile(timings, 50), 2), "p99_ms": round(percentile(timings, 99), 2)}
 
 
 def recall(found: Sequence[Sequence[str]], exact: Sequence[Sequence[str]]) -> float:
@@ -158,14 +151,12 @@ def run(
         store.close()
         if not keep:
             shutil.rmtree(data_dir, ignore_errors=True)
-    results = {
-        "date": datetime.now(UTC).isoformat(),
-        "machine": machine(),
-        "corpus": asdict(CORPUS),
-        "requests_per_measurement": requests,
-        "sizes": rows,
-        "weaviate": weaviate_rows(weaviate, requests, work_dir, exact_top) if weaviate else [],
-    }
+    results = new_results(
+        corpus=asdict(CORPUS),
+        requests_per_measurement=requests,
+        sizes=rows,
+        weaviate=weaviate_rows(weaviate, requests, work_dir, exact_top) if weaviate else [],
+    )
     _report(results, output_dir)
     return results
 

@@ -16,63 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
-import platform
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib.metadata import version
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from minio import Minio
-from rich.console import Console
-from rich.table import Table
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
 from ragtrace.ingest_client import AsyncIngestClient, Document
+from ragtrace_tools.bench.measure import console, new_results, percentiles, write_results
 from ragtrace_tools.evaluation import EvalSet
-
-console = Console()
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
-
-
-def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    memory_kb = int(
-        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    )
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(memory_kb / 2**20, 1),
-        "gpu": gpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {
-            p: version(p) for p in ("ragtrace", "torch", "sentence-transformers", "faiss-cpu", "aiokafka", "grpcio")
-        },
-    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -178,8 +139,7 @@ class Bench:
         return {
             "rate_docs_per_s": rate,
             "documents": len(lags),
-            "p50_s": round(percentile(lags, 50), 3),
-            "p99_s": round(percentile(lags, 99), 3),
+            **percentiles(lags, "s", 3),
             "max_s": round(max(lags), 3),
         }
 
@@ -211,8 +171,7 @@ class Bench:
             "concurrency": concurrency,
             "requests": requests,
             "requests_per_s": round(requests / seconds, 1),
-            "p50_ms": round(percentile(latencies, 50), 1),
-            "p99_ms": round(percentile(latencies, 99), 1),
+            **percentiles(latencies, "ms", 1),
         }
 
     async def _found(self, http: httpx.AsyncClient, namespace: str, word: str) -> bool:
@@ -251,10 +210,8 @@ class Bench:
                 deleted.append(time.perf_counter() - started)
         return {
             "objects": len(passages),
-            "write_to_searchable_p50_s": round(percentile(written, 50), 3),
-            "write_to_searchable_p99_s": round(percentile(written, 99), 3),
-            "delete_to_gone_p50_s": round(percentile(deleted, 50), 3),
-            "delete_to_gone_p99_s": round(percentile(deleted, 99), 3),
+            **percentiles(written, "s", 3, prefix="write_to_searchable_"),
+            **percentiles(deleted, "s", 3, prefix="delete_to_gone_"),
         }
 
 
@@ -302,7 +259,7 @@ def bare_search(
                 store.hybrid_search(namespace, query, vector, 10, 0.7)
         timings.append((time.perf_counter() - started) * 1000)
     store.close()
-    return {"mode": mode, "p50_ms": round(percentile(timings, 50), 2), "p99_ms": round(percentile(timings, 99), 2)}
+    return {"mode": mode, **percentiles(timings, "ms", 2)}
 
 
 def run(
@@ -374,17 +331,15 @@ def run(
     bucket_passages = {f"{tag}-bucket-{i}": eval_set.corpus[i]["text"] for i in ids[:bucket_objects]}
     bucket_events = asyncio.run(bench.bucket_events(*inbox, bucket_passages))
 
-    results = {
-        "date": datetime.now(UTC).isoformat(),
-        "machine": machine(),
-        "indexing": indexing,
-        "freshness": freshness,
-        "search": search,
-        "bare_search": list(bare_costs.values()),
-        "bucket_events": bucket_events,
-        "peak_rss_mib_during_indexing": {k: round(v) for k, v in processes.peak_mib.items()},
-        "cpu_s_during_indexing": processes.cpu_s,
-    }
+    results = new_results(
+        indexing=indexing,
+        freshness=freshness,
+        search=search,
+        bare_search=list(bare_costs.values()),
+        bucket_events=bucket_events,
+        peak_rss_mib_during_indexing={k: round(v) for k, v in processes.peak_mib.items()},
+        cpu_s_during_indexing=processes.cpu_s,
+    )
     _report(results, output_dir)
     return results
 
@@ -432,43 +387,3 @@ def _report(results: dict[str, Any], output_dir: Path) -> None:
     for name, mib in results["peak_rss_mib_during_indexing"].items():
         rows.append(f"| during indexing: {name} | peak RSS {mib} MiB, CPU {cpu.get(name, 0)} s | |")
     write_results(results, "ragtrace bench", ("measure", "value", "target"), rows, output_dir, latest=True)
-
-
-def write_results(
-    results: dict[str, Any],
-    title: str,
-    columns: tuple[str, ...],
-    rows: list[str],
-    output_dir: Path,
-    suffix: str = "",
-    latest: bool = False,
-) -> None:
-    """Print the Markdown table rows as a terminal table; write <date>-<machine><suffix>.json and .md (the
-    machine described at the top), and the Markdown to latest.md too when asked."""
-    table = Table(*columns, title=title)
-    for row in rows:
-        table.add_row(*[cell.strip() for cell in row.strip("|").split("|")])
-    console.print(table)
-    markdown = (
-        "\n".join(
-            [
-                f"# {title}, {results['date'][:19]}Z",
-                "",
-                "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items() if k != "versions"),
-                "",
-                "Versions: " + ", ".join(f"{k} {v}" for k, v in results["machine"].get("versions", {}).items()),
-                "",
-                "| " + " | ".join(columns) + " |",
-                "|" + "---|" * len(columns),
-                *rows,
-            ]
-        )
-        + "\n"
-    )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['date'][:10]}-{platform.node() or 'machine'}{suffix}"
-    (output_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    (output_dir / f"{stem}.md").write_text(markdown)
-    if latest:
-        (output_dir / "latest.md").write_text(markdown)
-    console.print(f"written to {output_dir / stem}.json and .md")

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ragtrace.ingest_client import IngestClient, NotSettled
-from ragtrace_tools.bench.stack import percentile
+from ragtrace_tools.bench.measure import percentile
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAX_USERS = 200
