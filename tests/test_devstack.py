@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ragtrace_tools.cli import app
 from ragtrace_tools.devstack import LocalStack, StackPorts, StartError, State
 from ragtrace_tools.devstack.servers import LocalServers
 from ragtrace_tools.devstack.supervisor import NOT_RECORDED, Component, Supervisor
+from tests.pipeline import wait_until
 
 
 @pytest.fixture
@@ -36,15 +36,6 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
             os.killpg(pid, signal.SIGKILL)
 
 
-def _wait_until(condition: object, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_start_is_idempotent_and_status_follows_the_process(supervisor: Supervisor, servers: LocalServers) -> None:
     redis = servers.redis()
     assert supervisor.start(redis) is True
@@ -56,7 +47,7 @@ def test_start_is_idempotent_and_status_follows_the_process(supervisor: Supervis
     assert supervisor.pid("redis") == pid
 
     os.kill(pid, signal.SIGKILL)
-    _wait_until(lambda: supervisor.status(redis).state is State.DOWN)
+    wait_until(lambda: supervisor.status(redis).state is State.DOWN, 10, 0.05, "redis seen down")
     assert supervisor.start(redis) is True, "a dead server is started again"
     assert supervisor.status(redis).state is State.UP
 
@@ -180,7 +171,12 @@ def test_a_component_started_otherwise_is_restarted_saying_what_changed(supervis
     assert supervisor.start(second, reported.append) is True
     assert reported == ["greeter: restarting (GREETING changed)"], "one line, the name alone"
     assert supervisor.pid("greeter") not in (None, pid)
-    _wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text())
+    wait_until(
+        lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text(),
+        10,
+        0.05,
+        "the old greeter gone",
+    )
     assert (tmp_path / "greeting").read_text() == "hello-secret-2", "the new process has the new environment"
     assert supervisor.changes(second) == []
     recorded = "".join(path.read_text() for path in supervisor.run_dir.iterdir())

@@ -46,6 +46,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ragtrace_tools.devstack.servers import cache_dir, pinned_versions
+
 ROOT = Path(__file__).resolve().parents[2]
 KIND = ROOT / "infra" / "kind"
 OVERLAYS = ("cpu", "gpu")
@@ -74,22 +76,11 @@ def log(message: str) -> None:
     print(f"\033[1m[cluster-check]\033[0m {message}", file=sys.stderr, flush=True)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RAGTRACE_CACHE_DIR", Path.home() / ".cache" / "ragtrace"))
-
-
-def pinned(name: str) -> str:
-    for line in (ROOT / "infra/local/versions.env").read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key == name:
-            return value
-    raise KeyError(name)
-
-
 def binaries() -> dict[str, Path]:
     """Every program the check runs; a clear message when `make install` has not built them."""
-    kubernetes = cache_dir() / f"kubernetes-{pinned('KUBERNETES_VERSION')}"
-    kwok = cache_dir() / f"kwok-{pinned('KWOK_VERSION')}"
+    versions = pinned_versions()
+    kubernetes = cache_dir() / f"kubernetes-{versions['KUBERNETES_VERSION']}"
+    kwok = cache_dir() / f"kwok-{versions['KWOK_VERSION']}"
     found = {name: kubernetes / name for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")}
     found |= {"kubectl": kubernetes / "kubectl", "kwok": kwok / "kwok", "stages": kwok / "stage"}
     found["etcd"] = Path(shutil.which("etcd") or "/usr/bin/etcd")
