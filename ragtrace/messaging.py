@@ -64,7 +64,7 @@ tracer = trace.get_tracer("ragtrace.messaging")
 
 TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-# How FastStream encodes a published model when the broker connects its own producer (its default).
+# How FastStream encodes published models by default (what it would pass connecting a producer of its own).
 MESSAGE_SERIALIZER = PydanticSerializer(use_fastdepends_errors=False)
 
 
