@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import grpc
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -108,7 +109,8 @@ def test_a_search_answers_with_the_proto_response_as_json(client: TestClient, se
 def test_the_stream_gives_the_same_shapes_as_server_sent_events(client: TestClient) -> None:
     response = client.post("/api/search/stream", json={"query": "sourdough", "namespace": "team-a"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-    events = list(server_sent_events(response))
+    # Starlette's TestClient answers with httpx2's Response, which httpx-sse reads as it reads httpx's.
+    events = list(server_sent_events(cast(httpx.Response, response)))
     # What the page's reader takes: blocks ending in "\n\n", each one `event:` line and one `data:` line.
     blocks = response.text.split("\n\n")
     assert blocks[-1] == "" and all(re.fullmatch(r"event: \w+\ndata: [^\n]+", block) for block in blocks[:-1])
