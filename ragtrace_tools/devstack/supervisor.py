@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import psutil
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 Probe = Callable[[], bool]
 
@@ -187,21 +187,29 @@ class Supervisor:
         return True
 
     def _wait_ready(self, component: Component, pid: int, process: subprocess.Popen[bytes] | None = None) -> None:
-        deadline = time.monotonic() + component.start_timeout_s
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if _probe(component):
-                return
+                return True
             exited = process.poll() if process is not None else (None if _started_at(pid) else -1)
             if exited is not None:
                 raise StartError(
                     f"{component.name} exited with code {exited} before it was ready; "
                     f"log: {self.log_path(component.name)}"
                 )
-            time.sleep(0.2)
-        raise StartError(
-            f"{component.name} was not ready on port {component.port} within {component.start_timeout_s:.0f}s; "
-            f"log: {self.log_path(component.name)}"
+            return False
+
+        until_ready = Retrying(
+            retry=retry_if_result(lambda is_ready: not is_ready),
+            stop=stop_after_delay(component.start_timeout_s),
+            wait=wait_fixed(0.2),
         )
+        try:
+            until_ready(ready)
+        except RetryError:
+            raise StartError(
+                f"{component.name} was not ready on port {component.port} within {component.start_timeout_s:.0f}s; "
+                f"log: {self.log_path(component.name)}"
+            ) from None
 
     def stop(self, component: Component, timeout_s: float = 30.0) -> bool:
         """Stop our process for this component (TERM, then KILL after timeout_s). True if one was running."""
@@ -209,12 +217,20 @@ class Supervisor:
         if pid is None:
             return False
         started_at = _started_at(pid)
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _started_at(pid) == started_at and time.monotonic() < deadline:
+
+        def exited() -> bool:
             _reap(pid)
-            time.sleep(0.1)
-        if _started_at(pid) == started_at:
+            return _started_at(pid) != started_at
+
+        until_exited = Retrying(
+            retry=retry_if_result(lambda has_exited: not has_exited),
+            stop=stop_after_delay(timeout_s),
+            wait=wait_fixed(0.1),
+        )
+        os.killpg(pid, signal.SIGTERM)
+        try:
+            until_exited(exited)
+        except RetryError:
             os.killpg(pid, signal.SIGKILL)
             _reap(pid)
         self._forget(component.name)
