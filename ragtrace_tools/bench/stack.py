@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,50 +30,8 @@ from minio import Minio
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
 from ragtrace.ingest_client import AsyncIngestClient, Document
-from ragtrace_tools.bench.measure import console, new_results, percentiles, write_results
+from ragtrace_tools.bench.measure import ProcessSampler, console, new_results, percentiles, write_results
 from ragtrace_tools.evaluation import EvalSet
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class ProcessSampler:
-    """Peak resident memory (sampled every 0.2 s) and CPU seconds of the given processes while running: where
-    the machine's time goes."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.peak_mib: dict[str, float] = dict.fromkeys(pids, 0.0)
-        self.cpu_s: dict[str, float] = {}
-        self._start_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            for name, pid in self.pids.items():
-                try:
-                    rss = next(
-                        int(line.split()[1])
-                        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                        if line.startswith("VmRSS")
-                    )
-                except (OSError, StopIteration):
-                    continue
-                self.peak_mib[name] = max(self.peak_mib[name], rss / 1024)
-
-    def __enter__(self) -> ProcessSampler:
-        self._start_cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.cpu_s = {name: round(cpu_seconds(pid) - self._start_cpu[name], 1) for name, pid in self.pids.items()}
 
 
 @dataclass
