@@ -107,21 +107,10 @@ def run(
             model.tokenizer,
             max_length,
             threads=settings.onnx_threads,
-            spinning=settings.onnx_spinning is not False,  # unset: as a worker's engine (batches spin)
+            spinning=settings.onnx_spinning,  # as the engine runs it
             texts_alone=variant.quantize,  # as the engine runs it
         )
         embedders[variant.name] = encoder.encode
-    default_name = next((n for n in VARIANTS if n in embedders and n == _cpu_default()), None)
-    # Spinning or not matters to batches on a shared thread pool; texts run alone (int8) have none.
-    if default_name is not None and settings.onnx_spinning is not False and not VARIANTS[default_name].quantize:
-        quiet = OnnxEncoder(
-            ensure_exported(model, cache, path, BUNDLED_MODEL, VARIANTS[default_name]),
-            model.tokenizer,
-            max_length,
-            threads=settings.onnx_threads,
-            spinning=False,
-        )
-        embedders[f"{default_name} (no spinning)"] = quiet.encode
 
     folders = eval_folders(data)
     speed_set = EvalSet.load(next(f for f in folders if "msmarco" in f.name) if len(folders) > 1 else folders[0])
@@ -160,8 +149,6 @@ def run(
     for folder in folders if quality else []:
         eval_set = EvalSet.load(folder)
         for name, embed in embedders.items():
-            if name.endswith("(no spinning)"):
-                continue
             started = time.perf_counter()
             ranking = dense_baseline(eval_set, partial(_embed_batched, embed))
             rows[name]["ndcg_at_10"][eval_set.name] = round(mean_ndcg(ranking, eval_set.qrels), 4)
@@ -187,12 +174,6 @@ def run(
     )
     _report(results, [f.name for f in folders] if quality else [], output_dir)
     return results
-
-
-def _cpu_default() -> str:
-    from embedding.settings import CPU_BACKEND
-
-    return CPU_BACKEND
 
 
 def _report(results: dict[str, Any], sets: list[str], output_dir: Path) -> None:
