@@ -432,15 +432,15 @@ def llm_model(
 ) -> None:
     """Make the models vLLM serves locally, each once: what they are made from is installed first (a model
     already made is kept)."""
-    from ragtrace_tools.devstack.llm import MADE_MODELS, made_model, make_model
+    from ragtrace_tools.devstack.llm import MADE_MODELS, local_model_setting, made_model, make_model
 
-    wanted = names or [os.environ.get("RAGTRACE_LLM_LOCAL_MODEL") or ""]
+    wanted = names or [local_model_setting()]
     unknown = [name for name in wanted if made_model(name) is None]
     if unknown:
         raise typer.BadParameter(f"{', '.join(unknown)}: the models made here are {', '.join(MADE_MODELS)}")
     for name in wanted:
         try:
-            console.print(f"{name or 'default'} model: {make_model(name, console.print)}")
+            console.print(f"{name} model: {make_model(name, console.print)}")
         except InstallError as error:
             console.print(f"[red]{error}[/]")
             raise typer.Exit(1) from error
