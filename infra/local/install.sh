@@ -171,15 +171,15 @@ install_otelcol() {
   rm -rf "$dest" && mv "$tmp/out" "$dest" && rm -rf "$tmp"
 }
 
-# go_build_module NAME MODULE VERSION PACKAGE [go mod edit flags...]: `go build` a binary inside a writable
-# copy of its module (for modules whose replace directives `go install` refuses).
+# go_build_module NAME MODULE VERSION PACKAGE COLD_TIME [go mod edit flags...]: `go build` a binary inside a
+# writable copy of its module (for modules whose replace directives `go install` refuses); COLD_TIME is said first.
 go_build_module() {
-  local name="$1" module="$2" version="$3" package="$4"; shift 4
+  local name="$1" module="$2" version="$3" package="$4" cold_time="$5"; shift 5
   local dest="$cache/$name-$version"
   [ -x "$dest/$name" ] && return 0
   need_go "$name is built from its Go module"
   need_disk "$OBSERVABILITY_DISK_GIB" "Building $name" "$cache" "$(go env GOMODCACHE)" "$(go env GOCACHE)"
-  log "$name $version: go build $package in its module (about 10 min cold; Go caches it)"
+  log "$name $version: go build $package in its module ($cold_time cold; Go caches it)"
   local dir; dir="$(GONOSUMDB="$module" go mod download -json "$module@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
   [ -d "$dir" ] || { log "go mod download $module@$version failed"; exit 1; }
   local tmp; tmp="$(mktemp -d "$cache/.$name.XXXXXX")"
@@ -257,15 +257,16 @@ for component in "${components[@]}"; do
     chromium) apt_install chromium chromium ;;
     promtool) apt_install promtool prometheus ;;
     # The checksum database has no entry for this version (GONOSUMDB for that module only, as for Tempo).
-    redis-exporter) go_build_module redis_exporter "$REDIS_EXPORTER_MODULE" "$REDIS_EXPORTER_VERSION" . ;;
+    redis-exporter) go_build_module redis_exporter "$REDIS_EXPORTER_MODULE" "$REDIS_EXPORTER_VERSION" . "a few minutes" ;;
     kustomize) go_build kustomize "$KUSTOMIZE_MODULE" "$KUSTOMIZE_VERSION" "$KUSTOMIZE_MODULE" ;;
     kubernetes) install_kubernetes ;;
     etcd) apt_install etcd etcd-server ;;
     kwok) install_kwok ;;
     otelcol) install_otelcol ;;
-    tempo) go_build_module tempo "$TEMPO_MODULE" "$TEMPO_VERSION" ./cmd/tempo ;;
+    tempo) go_build_module tempo "$TEMPO_MODULE" "$TEMPO_VERSION" ./cmd/tempo "about 7 min" ;;
     # Loki's go.mod points its push package at a folder of its repository that the module does not carry.
-    loki) go_build_module loki "$LOKI_MODULE" "$LOKI_VERSION" ./cmd/loki -dropreplace=github.com/grafana/loki/pkg/push ;;
+    loki) go_build_module loki "$LOKI_MODULE" "$LOKI_VERSION" ./cmd/loki "about 10 min" \
+      -dropreplace=github.com/grafana/loki/pkg/push ;;
     prometheus) apt_install prometheus prometheus ;;
     vllm) install_vllm ;;
     smollm2) install_smollm2 ;;
