@@ -78,7 +78,7 @@ class TextChunk:
 class EmbeddingEngine:
     def __init__(self, settings: EmbeddingSettings, *, serves_queries: bool = False) -> None:
         """`serves_queries`: single texts as they come (the embedding service, in-process query embedding)
-        rather than a worker's stream of batches; sets the ONNX threads' defaults (one, not spinning)."""
+        rather than a worker's stream of batches; sets the ONNX threads' default (one)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
         self.settings = settings
         self.model_name = settings.model
@@ -104,7 +104,7 @@ class EmbeddingEngine:
                 self.model.tokenizer,
                 self.model.max_seq_length or 256,
                 threads=settings.onnx_threads or (1 if serves_queries else 0),
-                spinning=not serves_queries if settings.onnx_spinning is None else settings.onnx_spinning,
+                spinning=settings.onnx_spinning,
                 texts_alone=variant.quantize,
             )
             self.dtype = "int8" if variant.quantize else "float32"

@@ -3,22 +3,22 @@ extractive from the top sources when no LLM is configured or it fails; none when
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
-from opentelemetry import context, trace
+import openai
+from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from query.settings import LLMSettings
 from ragtrace.metrics import observe
 from ragtrace.vectorstore import Hit
-
-tracer = trace.get_tracer("ragtrace.generation")
 
 TIME_TO_FIRST_TOKEN = Histogram(
     "ragtrace_llm_time_to_first_token_seconds",
@@ -83,7 +83,7 @@ def estimate_tokens(text: str) -> int:
     return len(text) // CHARS_PER_TOKEN + 1
 
 
-def build_messages(query: str, hits: Sequence[Hit], max_context_tokens: int) -> list[dict[str, str]]:
+def build_messages(query: str, hits: Sequence[Hit], max_context_tokens: int) -> list[ChatCompletionMessageParam]:
     """The chat prompt: sources numbered [1]..[n] in rank order, as many as fit the token budget."""
     budget = max_context_tokens - estimate_tokens(SYSTEM_PROMPT + query)
     sources = []
@@ -117,13 +117,19 @@ def extractive_answer(query: str, hits: Sequence[Hit], max_sentences: int = 3) -
 
 
 class Generator:
+    """Answers through the `openai` SDK against an OpenAI-compatible API (vLLM's). The chat span, its gen_ai.*
+    attributes and the HTTP call under it come from opentelemetry-instrumentation-openai-v2 (ragtrace/telemetry.py);
+    ragtrace adds the provider's name, time to first token and the fallback."""
+
     def __init__(self, settings: LLMSettings) -> None:
         self.settings = settings
-        headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
-        self.http = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/"),
-            headers=headers,
+        self.client = AsyncOpenAI(
+            base_url=settings.base_url or None,
+            # vLLM started without --api-key takes any key; the SDK insists on one.
+            api_key=settings.api_key.get_secret_value() if settings.api_key else "EMPTY",
             timeout=httpx.Timeout(settings.first_token_timeout_s, connect=settings.connect_timeout_s),
+            max_retries=0,  # a failed LLM is an extractive answer now, not a retried one later
+            http_client=httpx.AsyncClient(event_hooks={"request": [_note_chat_span]}),
         )
         self._model = settings.model
 
@@ -182,10 +188,9 @@ class Generator:
         it may have been restarted with another model)."""
         if not self._model:
             try:
-                response = await self.http.get("/models")
-                response.raise_for_status()
-                self._model = response.json()["data"][0]["id"]
-            except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
+                models = await self.client.models.list()
+                self._model = models.data[0].id
+            except (openai.APIError, IndexError) as error:
                 LLM_REQUESTS.labels("unknown", "error").inc()
                 raise LLMUnavailable(f"listing models failed: {error!r}") from error
         return self._model
@@ -193,103 +198,64 @@ class Generator:
     async def _llm(
         self, query: str, hits: Sequence[Hit], max_tokens: int, model: str, answer: Answer
     ) -> AsyncIterator[str]:
-        parent = context.get_current()
         messages = build_messages(query, hits, self.settings.max_context_tokens)
-        span = tracer.start_span(
-            f"chat {model}",
-            context=parent,
-            kind=trace.SpanKind.CLIENT,
-            attributes={
-                "gen_ai.operation.name": "chat",
-                "gen_ai.provider.name": self.settings.provider,
-                "gen_ai.request.model": model,
-                "gen_ai.request.max_tokens": max_tokens,
-                "gen_ai.request.temperature": self.settings.temperature,
-                "server.address": self.http.base_url.host,
-                "server.port": self.http.base_url.port or 80,
-            },
-        )
-        started = time.perf_counter()
-        request = self.http.build_request(
-            "POST",
-            "/chat/completions",
-            json={
-                "model": model,
-                "messages": messages,
-                "max_tokens": max_tokens,
-                "temperature": self.settings.temperature,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
-        )
         answer.model = model
         answer.generator = "llm"
-        finish_reasons: list[str] = []
+        started = time.perf_counter()
+        _chat_span.set(trace.INVALID_SPAN)
         try:
-            # The HTTP client span is a child of the LLM span; no yield happens while it is current.
-            token = context.attach(trace.set_span_in_context(span, parent))
-            try:
-                response = await self.http.send(request, stream=True)
-            finally:
-                context.detach(token)
-            try:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise LLMUnavailable(f"HTTP {response.status_code}: {response.text[:200]}")
-                async for chunk in _server_sent_events(response, self.settings.timeout_s, started):
-                    usage = chunk.get("usage") or {}
-                    answer.input_tokens = usage.get("prompt_tokens", answer.input_tokens)
-                    answer.output_tokens = usage.get("completion_tokens", answer.output_tokens)
-                    for choice in chunk.get("choices", []):
-                        if choice.get("finish_reason"):
-                            finish_reasons.append(choice["finish_reason"])
-                        piece = (choice.get("delta") or {}).get("content") or ""
-                        if piece:
-                            if not answer.parts:
-                                answer.time_to_first_token_ms = (time.perf_counter() - started) * 1000
-                                span.add_event("gen_ai.first_chunk")
-                                observe(TIME_TO_FIRST_TOKEN.labels(model), answer.time_to_first_token_ms / 1000, span)
-                            answer.parts.append(piece)
-                            yield piece
-            finally:
-                await response.aclose()
-        except (httpx.HTTPError, TimeoutError, ValueError) as error:
-            span.record_exception(error)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, repr(error)))
+            stream = await self.client.chat.completions.create(
+                model=model,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=self.settings.temperature,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            chat_span = _chat_span.get()
+            chat_span.set_attribute("gen_ai.provider.name", self.settings.provider)
+            async with stream:
+                async for chunk in stream:
+                    if time.perf_counter() - started > self.settings.timeout_s:
+                        raise TimeoutError(f"the answer took longer than {self.settings.timeout_s:.0f}s")
+                    if chunk.usage is not None:  # the server's own count, in the last chunk
+                        answer.input_tokens = chunk.usage.prompt_tokens
+                        answer.output_tokens = chunk.usage.completion_tokens
+                    for choice in chunk.choices:
+                        piece = choice.delta.content or ""
+                        if not piece:
+                            continue
+                        if not answer.parts:
+                            first_token_ms = answer.time_to_first_token_ms = (time.perf_counter() - started) * 1000
+                            chat_span.add_event("gen_ai.first_chunk")
+                            chat_span.set_attribute("ragtrace.llm.time_to_first_chunk_ms", first_token_ms)
+                            observe(TIME_TO_FIRST_TOKEN.labels(model), first_token_ms / 1000, chat_span)
+                        answer.parts.append(piece)
+                        yield piece
+        except (openai.APIError, httpx.HTTPError, TimeoutError) as error:
             LLM_REQUESTS.labels(model, "error").inc()
-            raise LLMUnavailable(repr(error)) from error
-        except LLMUnavailable as error:
-            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
-            LLM_REQUESTS.labels(model, "error").inc()
-            raise
+            raise LLMUnavailable(_reason(error)) from error
         else:
             LLM_REQUESTS.labels(model, "ok").inc()
         finally:
             LLM_TOKENS.labels(model, "input").inc(answer.input_tokens)
             LLM_TOKENS.labels(model, "output").inc(answer.output_tokens)
-            span.set_attributes(
-                {
-                    "gen_ai.response.model": model,
-                    "gen_ai.usage.input_tokens": answer.input_tokens,
-                    "gen_ai.usage.output_tokens": answer.output_tokens,
-                    "gen_ai.response.finish_reasons": finish_reasons,
-                    "ragtrace.llm.time_to_first_chunk_ms": answer.time_to_first_token_ms,
-                }
-            )
-            span.end()
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.client.close()
 
 
-async def _server_sent_events(response: httpx.Response, timeout_s: float, started: float) -> AsyncIterator[Any]:
-    """The JSON payloads of an OpenAI-style event stream, until `data: [DONE]`."""
-    async for line in response.aiter_lines():
-        if time.perf_counter() - started > timeout_s:
-            raise TimeoutError(f"the answer took longer than {timeout_s:.0f}s")
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        yield json.loads(data)
+# The chat span of the request being sent: the OpenAI instrumentation makes it current while the SDK sends, so the
+# HTTP client's request hook sees it. A context variable, as each request runs in its own task.
+_chat_span: ContextVar[trace.Span] = ContextVar("chat_span", default=trace.INVALID_SPAN)
+
+
+async def _note_chat_span(request: httpx.Request) -> None:
+    _chat_span.set(trace.get_current_span())
+
+
+def _reason(error: Exception) -> str:
+    """Why the LLM failed, as the answer's reason says it: the server's status and message, else the error."""
+    if isinstance(error, openai.APIStatusError):
+        return f"HTTP {error.status_code}: {error.message[:200]}"
+    return repr(error)

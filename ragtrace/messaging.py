@@ -43,7 +43,14 @@ from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy, BaseMiddleware
 from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
-from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    before_sleep_log,
+    retry_if_exception_type,
+    retry_if_result,
+    wait_exponential,
+)
 
 from ragtrace.errors import DependencyUnavailable, PoisonMessage
 from ragtrace.metrics import (
@@ -146,18 +153,12 @@ class Publisher:
     def start_warm_up(self) -> None:
         """Connect and create the topics in the background, so the first publish does not pay for it."""
 
-        async def warm_up() -> None:
-            delay = 0.5
-            while True:
-                try:
-                    await self._connect()
-                    return
-                except (KafkaError, OSError) as error:
-                    log.warning("Kafka not reachable yet (%s); retrying in %.1fs", type(error).__name__, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-
-        self._spawn(warm_up())
+        until_connected = AsyncRetrying(
+            retry=retry_if_exception_type((KafkaError, OSError)),
+            wait=wait_exponential(multiplier=0.5, max=10.0),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+        )
+        self._spawn(until_connected(self._connect))
 
     async def _connect(self) -> None:
         async with self._lock:
@@ -405,26 +406,34 @@ class BatchDelivery(BaseMiddleware):
         self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any], pending: list[Delivery]
     ) -> None:
         """Hand the pending deliveries to the handler; retry each failed one with backoff, then dead-letter it."""
+        if not pending:  # every message of the batch was dead-lettered, undecodable
+            return
         topic = msg.raw_message[0].topic
-        while pending:
+
+        async def one_round() -> list[Delivery]:
+            """Deliver the pending messages once; what is left to retry (each failed one under max_attempts)."""
+            nonlocal pending
             await self._call_until_dependencies_answer(call_next, msg, pending)
             failed = [d for d in pending if d.error is not None]
             WORKER_MESSAGES.labels(topic, "processed").inc(len(pending) - len(failed))
             retry: list[Delivery] = []
-            for delivery, error in ((d, d.error) for d in pending if d.error is not None):
+            for delivery, error in ((d, d.error) for d in failed if d.error is not None):
                 delivery.attempts += 1
                 if isinstance(error, PoisonMessage) or delivery.attempts >= self.policy.max_attempts:
                     await self._dead_letter(delivery, error)
                 else:
                     retry.append(delivery)
             WORKER_MESSAGES.labels(topic, "retried").inc(len(retry))
-            if retry:
-                delay = min(
-                    self.policy.backoff_s * 2 ** (max(d.attempts for d in retry) - 1), self.policy.max_backoff_s
-                )
-                log.warning("retrying %d message(s) in %.1fs", len(retry), delay)
-                await asyncio.sleep(delay)
             pending = retry
+            return retry
+
+        # Every message still pending has been through each round, so the round is each one's attempt number.
+        rounds = AsyncRetrying(
+            retry=retry_if_result(bool),
+            wait=self._backoff(),
+            before_sleep=_log_retried_messages,
+        )
+        await rounds(one_round)
 
     async def _call_until_dependencies_answer(
         self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any], pending: list[Delivery]
@@ -442,7 +451,7 @@ class BatchDelivery(BaseMiddleware):
         subset.set_decoder(decoded)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DependencyUnavailable),
-            wait=wait_exponential(multiplier=self.policy.backoff_s, max=self.policy.max_backoff_s),
+            wait=self._backoff(),
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
         )
@@ -452,6 +461,10 @@ class BatchDelivery(BaseMiddleware):
                     for delivery in pending:
                         delivery.error = None
                     await call_next(subset)
+
+    def _backoff(self) -> wait_exponential:
+        """backoff_s, doubled each attempt, up to max_backoff_s."""
+        return wait_exponential(multiplier=self.policy.backoff_s, max=self.policy.max_backoff_s)
 
     async def _dead_letter(self, delivery: Delivery, error: Exception) -> None:
         record = delivery.record
@@ -531,3 +544,8 @@ def batch_subscriber(
         ack_policy=AckPolicy.NACK_ON_ERROR,
         description=description,
     )
+
+
+def _log_retried_messages(state: RetryCallState) -> None:
+    retried = state.outcome.result() if state.outcome is not None else []
+    log.warning("retrying %d message(s) in %.1fs", len(retried), state.upcoming_sleep)

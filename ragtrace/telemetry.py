@@ -9,6 +9,8 @@ OTEL_PROPAGATORS the propagators (W3C trace context and baggage by default).
 Kafka: opentelemetry-instrumentation-aiokafka makes the send and receive spans and carries the W3C context in
 the message headers; FastStream's own Kafka telemetry is not enabled, so there is one set of messaging spans.
 The processing span of each message (ragtrace/messaging.py) is a child of the context in its headers.
+LLM calls: opentelemetry-instrumentation-openai-v2 makes the `chat <model>` span (gen_ai.* request and usage
+attributes) around the `openai` SDK's call, the HTTP client span under it; query/generation.py adds ragtrace's own.
 FastAPI apps are instrumented where they are made (ragtrace/http.py), since that instrumentation is per app.
 """
 
@@ -25,6 +27,7 @@ from opentelemetry.context import Context
 from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
@@ -64,6 +67,7 @@ def instrument_all(service_name: str) -> TracerProvider:
     GrpcAioInstrumentorServer().instrument(tracer_provider=provider)
     GrpcAioInstrumentorClient().instrument(tracer_provider=provider)
     HTTPXClientInstrumentor().instrument(tracer_provider=provider)
+    OpenAIInstrumentor().instrument(tracer_provider=provider)
     RedisInstrumentor().instrument(tracer_provider=provider)
     return provider
 

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import psutil
 from minio import Minio
 from rich.console import Console
 from rich.table import Table
@@ -43,8 +45,8 @@ console = Console()
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+    """The q-th percentile, the nearest of the values (never one between two); NaN without values."""
+    return float(np.percentile(values, q, method="nearest")) if len(values) else float("nan")
 
 
 def machine() -> dict[str, Any]:
@@ -56,16 +58,13 @@ def machine() -> dict[str, Any]:
         ),
         platform.processor(),
     )
-    memory_kb = int(
-        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    )
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "memory_gib": round(memory_kb / 2**20, 1),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": gpu,
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -75,10 +74,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU time of a process so far."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 class ProcessSampler:
@@ -86,35 +85,33 @@ class ProcessSampler:
     the machine's time goes."""
 
     def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
+        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.peak_mib: dict[str, float] = dict.fromkeys(pids, 0.0)
         self.cpu_s: dict[str, float] = {}
-        self._start_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self._start_cpu: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            for name, pid in self.pids.items():
+            for name, process in self.processes.items():
                 try:
-                    rss = next(
-                        int(line.split()[1])
-                        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                        if line.startswith("VmRSS")
-                    )
-                except (OSError, StopIteration):
+                    rss = process.memory_info().rss
+                except psutil.Error:
                     continue
-                self.peak_mib[name] = max(self.peak_mib[name], rss / 1024)
+                self.peak_mib[name] = max(self.peak_mib[name], rss / 2**20)
 
     def __enter__(self) -> ProcessSampler:
-        self._start_cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start_cpu = {name: cpu_seconds(process) for name, process in self.processes.items()}
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.cpu_s = {name: round(cpu_seconds(pid) - self._start_cpu[name], 1) for name, pid in self.pids.items()}
+        self.cpu_s = {
+            name: round(cpu_seconds(process) - self._start_cpu[name], 1) for name, process in self.processes.items()
+        }
 
 
 @dataclass

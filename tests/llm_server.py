@@ -19,7 +19,8 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
 
 MODEL = "test-llm"
 app = FastAPI()
@@ -81,7 +82,7 @@ async def chat(request: Request, authorization: str | None = Header(default=None
             }
         )
 
-    def chunk(delta: dict[str, str], finish_reason: str | None = None, **extra: Any) -> str:
+    def chunk(delta: dict[str, str], finish_reason: str | None = None, **extra: Any) -> dict[str, str]:
         payload = {
             "id": identifier,
             "object": "chat.completion.chunk",
@@ -90,9 +91,9 @@ async def chat(request: Request, authorization: str | None = Header(default=None
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
             **extra,
         }
-        return f"data: {json.dumps(payload)}\n\n"
+        return {"data": json.dumps(payload)}
 
-    def events() -> Iterator[str]:
+    def events() -> Iterator[dict[str, str]]:
         yield chunk({"role": "assistant"})
         for piece in pieces:
             yield chunk({"content": piece})
@@ -106,10 +107,10 @@ async def chat(request: Request, authorization: str | None = Header(default=None
                 "choices": [],
                 "usage": usage,
             }
-            yield f"data: {json.dumps(final)}\n\n"
-        yield "data: [DONE]\n\n"
+            yield {"data": json.dumps(final)}
+        yield {"data": "[DONE]"}
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return EventSourceResponse(events())
 
 
 if __name__ == "__main__":

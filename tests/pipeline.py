@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from httpx_sse import EventSource
 from minio import Minio
 
 from ragtrace.clients import minio_client
@@ -49,9 +50,8 @@ def wait_until(condition: Callable[[], Any], timeout_s: float = 60.0, interval_s
 
 def server_sent_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
     """(event, data) of the gateway's `/api/search/stream` answer, in order."""
-    for block in response.text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines())
-        yield fields["event"], json.loads(fields["data"])
+    for event in EventSource(response).iter_sse():
+        yield event.event, event.json()
 
 
 def session_server(infra: Infra, name: str) -> tuple[Supervisor, Component]:

@@ -13,13 +13,15 @@ import functools
 import json
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, fields
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+import grpc
 import httpx
 import numpy as np
 import weaviate
+import weaviate.connect.v4
 from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 from weaviate.classes.data import DataObject
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
@@ -80,7 +82,51 @@ _GENERATION_PROPERTIES = [
 # objects name every holder that matters (the first one found is what a duplicate is reported against).
 HOLDERS_LIMIT = 256
 
+
+class GrpcUnavailable(Exception):
+    """Weaviate's gRPC port answered UNAVAILABLE (down, restarting, or shutting down before its REST port)."""
+
+
+class _FailFast:
+    """Stands in for weaviate-client's private `_Retry` (weaviate/retry.py), which retries every gRPC call answered
+    UNAVAILABLE five times, sleeping 1+2+4+8+16+32 s, with no setting to change it (an open proposal for one:
+    weaviate/weaviate-python-client#1867). A search would hold its caller for a minute while Weaviate is away;
+    ragtrace answers 503 at once instead, and its callers retry (the indexer by redelivery, a user by asking
+    again). The one private use of this library; tests/unit/test_weaviate_adapter.py fails on the upgrade
+    that breaks it."""
+
+    def __init__(self, n: float = 0) -> None:
+        del n  # the retry count weaviate-client asks for: none are made
+
+    def with_exponential_backoff(
+        self, count: int, error: str, f: Callable[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        try:
+            return f(*args, **kwargs)
+        except grpc.RpcError as rpc_error:
+            if _is_unavailable(rpc_error):
+                raise GrpcUnavailable(error) from rpc_error
+            raise  # any other status is weaviate-client's to report, as it would
+
+    async def awith_exponential_backoff(
+        self, count: int, error: str, f: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        try:
+            return await f(*args, **kwargs)
+        except grpc.RpcError as rpc_error:
+            if _is_unavailable(rpc_error):
+                raise GrpcUnavailable(error) from rpc_error
+            raise
+
+
+def _is_unavailable(rpc_error: grpc.RpcError) -> bool:
+    return bool(cast(grpc.Call, rpc_error).code() == grpc.StatusCode.UNAVAILABLE)
+
+
+weaviate.connect.v4._Retry = _FailFast  # type: ignore[attr-defined,assignment]
+
 _UNREACHABLE = (
+    GrpcUnavailable,
     weaviate.exceptions.WeaviateConnectionError,
     weaviate.exceptions.WeaviateTimeoutError,
     weaviate.exceptions.WeaviateGRPCUnavailableError,

@@ -15,12 +15,14 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+
+import psutil
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 Probe = Callable[[], bool]
 
@@ -80,15 +82,16 @@ class Status:
     changed: tuple[str, ...] = ()  # what differs from what the running process was started with
 
 
-def _start_ticks(pid: int) -> str | None:
-    """The start time (clock ticks since boot, field 22 of /proc/PID/stat) of a live process, else None."""
+def _started_at(pid: int) -> str | None:
+    """When a live process started (psutil's create_time, as text), else None: with the pid, what tells our
+    process from a later one that reuses its pid."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None  # a zombie has exited; only its entry is left
+        return repr(process.create_time())
+    except psutil.Error:
         return None
-    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    state, *rest = stat.rsplit(")", 1)[1].split()
-    return None if state in ("Z", "X") else rest[18]  # a zombie has exited; only its entry is left
 
 
 def _probe(component: Component) -> bool:
@@ -121,11 +124,11 @@ class Supervisor:
         """The pid of our live process for this component, or None (a stale pid file is removed)."""
         path = self._pid_path(name)
         try:
-            pid_text, ticks = path.read_text().split()
+            pid_text, started_at = path.read_text().split()
         except (OSError, ValueError):
             return None
         pid = int(pid_text)
-        if _start_ticks(pid) == ticks:
+        if _started_at(pid) == started_at:
             return pid
         self._forget(name)
         return None
@@ -174,9 +177,9 @@ class Supervisor:
                 env={**os.environ, **component.env},
                 start_new_session=True,  # own process group: stop() signals the whole group
             )
-        ticks = _start_ticks(process.pid)
+        started_at = _started_at(process.pid)
         self._fingerprint_path(component.name).write_text(json.dumps(component.fingerprint()))
-        self._pid_path(component.name).write_text(f"{process.pid} {ticks}\n")
+        self._pid_path(component.name).write_text(f"{process.pid} {started_at}\n")
         try:
             self._wait_ready(component, process.pid, process)
         except StartError:
@@ -185,34 +188,50 @@ class Supervisor:
         return True
 
     def _wait_ready(self, component: Component, pid: int, process: subprocess.Popen[bytes] | None = None) -> None:
-        deadline = time.monotonic() + component.start_timeout_s
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if _probe(component):
-                return
-            exited = process.poll() if process is not None else (None if _start_ticks(pid) else -1)
+                return True
+            exited = process.poll() if process is not None else (None if _started_at(pid) else -1)
             if exited is not None:
                 raise StartError(
                     f"{component.name} exited with code {exited} before it was ready; "
                     f"log: {self.log_path(component.name)}"
                 )
-            time.sleep(0.2)
-        raise StartError(
-            f"{component.name} was not ready on port {component.port} within {component.start_timeout_s:.0f}s; "
-            f"log: {self.log_path(component.name)}"
+            return False
+
+        until_ready = Retrying(
+            retry=retry_if_result(lambda is_ready: not is_ready),
+            stop=stop_after_delay(component.start_timeout_s),
+            wait=wait_fixed(0.2),
         )
+        try:
+            until_ready(ready)
+        except RetryError:
+            raise StartError(
+                f"{component.name} was not ready on port {component.port} within {component.start_timeout_s:.0f}s; "
+                f"log: {self.log_path(component.name)}"
+            ) from None
 
     def stop(self, component: Component, timeout_s: float = 30.0) -> bool:
         """Stop our process for this component (TERM, then KILL after timeout_s). True if one was running."""
         pid = self.pid(component.name)
         if pid is None:
             return False
-        ticks = _start_ticks(pid)
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _start_ticks(pid) == ticks and time.monotonic() < deadline:
+        started_at = _started_at(pid)
+
+        def exited() -> bool:
             _reap(pid)
-            time.sleep(0.1)
-        if _start_ticks(pid) == ticks:
+            return _started_at(pid) != started_at
+
+        until_exited = Retrying(
+            retry=retry_if_result(lambda has_exited: not has_exited),
+            stop=stop_after_delay(timeout_s),
+            wait=wait_fixed(0.1),
+        )
+        os.killpg(pid, signal.SIGTERM)
+        try:
+            until_exited(exited)
+        except RetryError:
             os.killpg(pid, signal.SIGKILL)
             _reap(pid)
         self._forget(component.name)

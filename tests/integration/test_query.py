@@ -337,13 +337,6 @@ def _health(pipeline: Pipeline, service: str) -> int:
         return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=2).status)
 
 
-@pytest.mark.xfail(
-    reason="known gap, found by the clean-clone runs of 2026-12-06: a gRPC query that meets Weaviate gone is retried "
-    "by weaviate-client itself (weaviate/retry.py, UNAVAILABLE: 1+2+...+32 s), and the search service's readiness "
-    "then lagged past this test's 15 s; passes alone, failed twice in the full suite since the generation catalog "
-    "(ragtrace/vectorstore/generations.py) added Weaviate calls to each search",
-    strict=False,
-)
 def test_weaviate_down_gives_a_fast_503_naming_it(weaviate_pipeline: Pipeline, infra: Infra) -> None:
     supervisor, weaviate = session_server(infra, "weaviate")
     namespace = _namespace()

@@ -3,13 +3,14 @@ status → HTTP mapping, and the response schema in the OpenAPI description."""
 
 from __future__ import annotations
 
-import json
+import re
 import socket
 import time
 from collections.abc import Iterator
 from typing import Any, cast
 
 import grpc
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -22,6 +23,7 @@ from ragtrace.errors import DependencyUnavailable
 from ragtrace.settings import TraceQuerySettings
 from ragtrace.v1 import search_pb2
 from ragtrace_tools.devstack.servers import free_port
+from tests.pipeline import server_sent_events
 
 KEY = "test-key"
 
@@ -107,13 +109,11 @@ def test_a_search_answers_with_the_proto_response_as_json(client: TestClient, se
 def test_the_stream_gives_the_same_shapes_as_server_sent_events(client: TestClient) -> None:
     response = client.post("/api/search/stream", json={"query": "sourdough", "namespace": "team-a"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-    events = [
-        (fields["event"], json.loads(fields["data"]))
-        for fields in (
-            dict(line.split(": ", 1) for line in block.splitlines()) for block in response.text.split("\n\n")
-        )
-        if fields
-    ]
+    # Starlette's TestClient answers with httpx2's Response, which httpx-sse reads as it reads httpx's.
+    events = list(server_sent_events(cast(httpx.Response, response)))
+    # What the page's reader takes: blocks ending in "\n\n", each one `event:` line and one `data:` line.
+    blocks = response.text.split("\n\n")
+    assert blocks[-1] == "" and all(re.fullmatch(r"event: \w+\ndata: [^\n]+", block) for block in blocks[:-1])
     plain = client.post("/api/search", json={"query": "sourdough", "namespace": "team-a"}).json()
     assert events[0] == ("sources", {"sources": plain["sources"], "metadata": plain["metadata"]})
     assert "".join(data["text"] for name, data in events if name == "token").strip() == plain["answer"]
