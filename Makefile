@@ -17,7 +17,8 @@ GENERATED := $(PROTOS:proto/%.proto=%_pb2.py)
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-install: venv proto infra onnx llm-model ## Python deps into .venv, gRPC code from proto/, servers, vLLM, the ONNX and tiny LLM models into ~/.cache/ragtrace (idempotent)
+install: venv proto infra onnx ## Everything `make test` needs: Python deps into .venv, gRPC code from proto/, servers, vLLM, the ONNX model and both LLM models into ~/.cache/ragtrace (idempotent)
+	$(RAGTRACE) llm-model smollm2 tiny
 
 venv: $(VENV)/.installed
 
@@ -36,14 +37,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 onnx: venv ## Export the embedding model for the CPU backend (RAGTRACE_EMBEDDING_BACKEND) into ~/.cache/ragtrace/onnx, once
 	$(BIN)/python -m embedding.export
 
-llm-model: venv ## Make the tiny chat model vLLM serves locally (RAGTRACE_LLM_LOCAL_MODEL's default) in ~/.cache/ragtrace, once
-	$(RAGTRACE) llm-model
+LLM_MODELS ?=
+llm-model: venv ## Make the model vLLM serves locally (RAGTRACE_LLM_LOCAL_MODEL's, default SmolLM2; LLM_MODELS="smollm2 tiny") in ~/.cache/ragtrace, once
+	$(RAGTRACE) llm-model $(LLM_MODELS)
 
-infra: ## Install Kafka, MinIO, Weaviate, Redis, the Kubernetes control plane, etcd, kwok, the observability backends and vLLM (pinned in infra/local/versions.env)
+infra: ## Install every server: Kafka, MinIO, Weaviate, Redis, the Kubernetes control plane, etcd, kwok, the observability backends, vLLM and SmolLM2's GGUF (pinned in infra/local/versions.env)
 	infra/local/install.sh
 
 LLM ?=
-up: install ## Start the whole pipeline on 127.0.0.1 and print the endpoints (LLM=vllm: with vLLM answering)
+up: venv proto onnx ## Install what the stack runs on first use, start the pipeline on 127.0.0.1, print the endpoints (LLM=vllm: with vLLM answering)
 	RAGTRACE_LLM=$${RAGTRACE_LLM:-$(LLM)} $(RAGTRACE) stack up
 
 down: ## Stop every process `make up` started, and nothing else
@@ -60,13 +62,13 @@ test-unit: venv proto ## The fast tier: tests/unit, no servers, well under a min
 	@rc=0; $(BIN)/pytest tests/unit $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating that as a failure"; exit 1; fi; exit $$rc
 
-eval: install ## nDCG@10 of each search mode and of BM25, dense and RRF baselines on every set in ../shared/data/eval/, through the running stack (make up)
+eval: venv proto ## nDCG@10 of each search mode and of BM25, dense and RRF baselines on every set in ../shared/data/eval/, through the running stack (make up)
 	$(RAGTRACE) eval
 
-bench: install ## Speed and memory of the running stack (make up): bench/results/<date>-<machine>.{json,md}
+bench: venv proto ## Speed and memory of the running stack (make up): bench/results/<date>-<machine>.{json,md}
 	$(RAGTRACE) bench
 
-bench-device: install ## Embedding (MiniLM, bge-m3-sized) and index search in-process on the best device (CUDA when present)
+bench-device: venv proto ## Embedding (MiniLM, bge-m3-sized) and index search in-process on the best device (CUDA when present)
 	$(RAGTRACE) bench-device
 
 bench-scale: venv ## FAISS search cost by namespace size (10k, 100k, 1M synthetic chunks), exact and approximate, in-process (SCALE_ARGS: options)
@@ -75,15 +77,15 @@ bench-scale: venv ## FAISS search cost by namespace size (10k, 100k, 1M syntheti
 bench-onnx: venv ## Embedding backends on this CPU (torch fp32, ONNX fp32, int8 variants): chunks/s and nDCG@10 per set
 	$(RAGTRACE) bench-onnx
 
-asyncapi: install ## The AsyncAPI description of the topics, messages and headers (FastStream): docs/asyncapi.json
+asyncapi: venv proto ## The AsyncAPI description of the topics, messages and headers (FastStream): docs/asyncapi.json
 	$(RAGTRACE) asyncapi
 
-drill: install ## Failure drills against the running stack (make up): a table of expected, observed, verdict
+drill: venv proto ## Failure drills against the running stack (make up): a table of expected, observed, verdict
 	$(RAGTRACE) drill
 
 LOAD_ARGS ?=
 TARGET ?= local
-load-gen: install ## Locust against the running stack (make up; TARGET=kind for make cluster-start): bench/load/<time>/
+load-gen: venv proto ## Locust against the running stack (make up; TARGET=kind for make cluster-start): bench/load/<time>/
 	$(RAGTRACE) load-gen --target $(TARGET) $(LOAD_ARGS)
 
 OVERLAY ?= cpu
@@ -97,7 +99,8 @@ cluster-status: ## Kind: nodes, pods, autoscalers
 	infra/kind/cluster.sh status
 
 CHECK_ARGS ?=
-cluster-check: install ## Both overlays applied to a real control plane (etcd, API server, controllers, scheduler) on simulated nodes
+cluster-check: venv proto ## Both overlays applied to a real control plane (etcd, API server, controllers, scheduler) on simulated nodes
+	infra/local/install.sh kubernetes etcd kwok
 	$(BIN)/python infra/kind/clustercheck.py $(CHECK_ARGS)
 
 cluster-logs: ## Kind: follow one service's logs (SERVICE=embedding-worker)

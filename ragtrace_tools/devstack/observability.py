@@ -271,6 +271,7 @@ class Observability:
             ready=lambda: _answers(f"http://{_addr(self.ports.collector_health)}/"),
             prepare=prepare,
             config=text,
+            installs=("otelcol",),
         )
 
     def tempo(self) -> Component:
@@ -301,6 +302,7 @@ class Observability:
             prepare=prepare,
             config=text,
             start_timeout_s=120,
+            installs=(name,),
         )
 
     def prometheus(self, targets: ScrapeTargets) -> Component:
@@ -320,4 +322,5 @@ class Observability:
             ready=lambda: _answers(f"{self.prometheus_url}/-/ready"),
             prepare=prepare,
             config=text,
+            installs=("prometheus",),
         )

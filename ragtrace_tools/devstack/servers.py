@@ -228,6 +228,7 @@ class LocalServers:
             ready=lambda: kafka_answers_metadata(bootstrap),
             prepare=prepare,
             start_timeout_s=90,
+            installs=("kafka",),
         )
 
     def _kafka_properties(self, data_dir: Path) -> str:
@@ -295,6 +296,7 @@ class LocalServers:
             },
             ready=lambda: httpx.get(f"{base}/minio/health/ready", timeout=1).status_code == 200,
             prepare=lambda: asyncio.run(ensure_topics(kafka, inbox_topics(kafka))),
+            installs=("minio",),
         )
 
     # Redis ------------------------------------------------------------------------------------------
@@ -323,6 +325,7 @@ class LocalServers:
             argv=[shutil.which("redis-server") or "redis-server", str(config)],
             ready=ready,
             prepare=prepare,
+            installs=("redis",),
         )
 
     def redis_exporter(self) -> Component:
@@ -334,6 +337,7 @@ class LocalServers:
             argv=[self._binary("redis_exporter", "REDIS_EXPORTER_VERSION"), "-web.listen-address", f"127.0.0.1:{port}"],
             env={"REDIS_ADDR": f"redis://127.0.0.1:{self.ports.redis}", "REDIS_PASSWORD": self.secrets.redis_password},
             ready=lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200,
+            installs=("redis-exporter",),
         )
 
     # Weaviate ---------------------------------------------------------------------------------------
@@ -377,6 +381,7 @@ class LocalServers:
             },
             ready=lambda: httpx.get(f"{base}/v1/.well-known/ready", timeout=1).status_code == 200,
             start_timeout_s=90,
+            installs=("weaviate",),
         )
 
 

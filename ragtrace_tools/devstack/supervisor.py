@@ -55,6 +55,7 @@ class Component:
     prepare: Callable[[], None] | None = None  # first-start work, such as formatting storage
     start_timeout_s: float = 60.0
     config: Callable[[], str] | None = None  # the config file `prepare` writes, rendered now
+    installs: tuple[str, ...] = ()  # the infra/local/install.sh components it runs from (`make up` installs them)
 
     def fingerprint(self) -> dict[str, str]:
         """A digest of each part of what the process is started with, by the name `changes` reports it under

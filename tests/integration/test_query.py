@@ -194,7 +194,7 @@ def test_a_cached_answer_is_always_the_one_of_what_answers_now(
     faiss_pipeline: Pipeline, llm_server: LLMServer, tmp_path: Path
 ) -> None:
     """One question while the search service runs without an LLM, with one (its model learned from the server's
-    /v1/models, as with `make up LLM=vllm`), and without again, through the real service and Redis: each
+    /v1/models, as when RAGTRACE_LLM_MODEL is unset), and without again, through the real service and Redis: each
     answer comes from what answers at the time, never from the other's cached one; an extractive fallback
     given while the LLM is down is not kept either."""
     namespace = _namespace()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from ragtrace_tools.devstack.install import command_on_first_use
 from tests.pipeline import API_KEY, Pipeline
 
 # Chromium as root in a sandbox with no network: no sandbox, no GPU, no background connections.
@@ -23,8 +23,7 @@ CHROMIUM_ARGS = [
 
 
 def test_a_person_types_a_question_and_sees_the_answer_and_sources(faiss_pipeline: Pipeline, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is missing: `make install` installs it (infra/local/install.sh chromium)"
+    chromium = command_on_first_use("chromium", "chromium")  # Debian's, installed by the project's script
     namespace = "page-" + uuid.uuid4().hex[:8]
     thermometer = faiss_pipeline.ingest(
         "Daniel Gabriel Fahrenheit invented the mercury thermometer in 1714.",
