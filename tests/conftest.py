@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Iterator
@@ -70,21 +71,47 @@ class LLMServer:
         return int(httpx.get(f"http://127.0.0.1:{self.component.port}/stats").json()["chat_completions"])
 
 
+@contextlib.contextmanager
+def _running_llm_server(tmp_path_factory: pytest.TempPathFactory, name: str, **env: str) -> Iterator[LLMServer]:
+    port = free_port()
+    component = Component(
+        name=name,
+        port=port,
+        argv=[sys.executable, "-m", "tests.llm_server"],
+        env={"LLM_SERVER_PORT": str(port), "LLM_SERVER_API_KEY": LLM_API_KEY, **env},
+        ready=lambda: httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200,
+    )
+    supervisor = Supervisor(tmp_path_factory.mktemp(name))
+    with supervisor.running([component]):
+        yield LLMServer(component, supervisor)
+
+
 @pytest.fixture(scope="session")
 def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMServer]:
     """The OpenAI-compatible test LLM (tests/llm_server.py): a real HTTP server in its own process."""
-    port = free_port()
-    component = Component(
-        name="llm-server",
-        port=port,
-        argv=[sys.executable, "-m", "tests.llm_server"],
-        env={"LLM_SERVER_PORT": str(port), "LLM_SERVER_API_KEY": LLM_API_KEY},
-        ready=lambda: httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200,
-    )
-    server = LLMServer(component, Supervisor(tmp_path_factory.mktemp("llm")))
-    server.supervisor.start(component)
-    yield server
-    server.supervisor.stop(component)
+    with _running_llm_server(tmp_path_factory, "llm-server") as server:
+        yield server
+
+
+SLOW_LLM_SECONDS_PER_TOKEN = 0.1
+
+
+@pytest.fixture(scope="session")
+def slow_llm_search(tmp_path_factory: pytest.TempPathFactory, faiss_pipeline: Pipeline) -> Iterator[Services]:
+    """A search service and gateway over the FAISS pipeline's index whose LLM is the test LLM streaming one token
+    every SLOW_LLM_SECONDS_PER_TOKEN: an answer of 50 words is still streaming for about 5 s, long enough for
+    a second search to start while the first one's answer is under way."""
+    pace = {"LLM_SERVER_SECONDS_PER_TOKEN": str(SLOW_LLM_SECONDS_PER_TOKEN)}
+    with _running_llm_server(tmp_path_factory, "slow-llm-server", **pace) as llm:
+        state = tmp_path_factory.mktemp("slow-llm-search")
+        shared = faiss_pipeline.services.ports
+        services = Services(
+            state,
+            dataclasses.replace(ServicePorts.free(), embedding_grpc=shared.embedding_grpc),
+            {**faiss_pipeline.env, "RAGTRACE_LLM_BASE_URL": llm.url},
+        )
+        with Supervisor(state).running([services.search_service(), services.gateway()]):
+            yield services
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,21 @@ protocol, streaming (server-sent `chat.completion.chunk` events, usage in the la
 
 It answers from the prompt it is given: "According to [1], <the first sentence of source 1>", so a test can
 tell that the answer came from here and cited the right source. GET /stats counts the completions asked for.
+LLM_SERVER_SECONDS_PER_TOKEN (default 0) paces a streamed answer, for tests that need a stream still under way
+(the search page's two searches in a row).
 
 Run: `python -m tests.llm_server` with LLM_SERVER_PORT and LLM_SERVER_API_KEY set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
@@ -23,6 +26,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 MODEL = "test-llm"
+SECONDS_PER_TOKEN = float(os.environ.get("LLM_SERVER_SECONDS_PER_TOKEN", "0"))
 app = FastAPI()
 calls = {"chat_completions": 0}
 
@@ -93,9 +97,10 @@ async def chat(request: Request, authorization: str | None = Header(default=None
         }
         return {"data": json.dumps(payload)}
 
-    def events() -> Iterator[dict[str, str]]:
+    async def events() -> AsyncIterator[dict[str, str]]:
         yield chunk({"role": "assistant"})
         for piece in pieces:
+            await asyncio.sleep(SECONDS_PER_TOKEN)
             yield chunk({"content": piece})
         yield chunk({}, "stop")
         if (body.get("stream_options") or {}).get("include_usage"):
