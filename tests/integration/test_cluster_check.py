@@ -167,3 +167,12 @@ def test_a_selector_that_does_not_match_its_template_is_refused_naming_the_deplo
     applied = empty_plane.kubectl("apply", "-f", "-", stdin=as_list(_copy_into("broken-template", [], [deployment])))
     assert applied.returncode != 0
     assert 'The Deployment "redis" is invalid' in applied.stderr and "selector" in applied.stderr, applied.stderr
+
+
+def test_a_component_that_exits_stops_the_check_naming_it() -> None:
+    with KwokCluster("cpu") as cluster:
+        [scheduler] = [p for p in cluster.processes() if p.name() == "kube-scheduler"]
+        scheduler.kill()
+        scheduler.wait(timeout=10)
+        with pytest.raises(RuntimeError, match=r"^kube-scheduler exited"):
+            clustercheck.wait_until_up(cluster, [], timeout=60)
