@@ -1,15 +1,18 @@
 """`make cluster-check`: each overlay applied to a real Kubernetes control plane on simulated nodes.
 
-etcd, kube-apiserver, kube-controller-manager and kube-scheduler (built by infra/local/install.sh at the version
-of infra/kind/cluster.yaml's node image) run on 127.0.0.1 with a temporary data directory and certificates made
-for the run. kwok registers nodes shaped like the Kind cluster: a tainted control plane and two workers sharing
-the CPU and memory docs/kubernetes.md tells Kind users to give Docker; under the gpu overlay the second worker is a GPU
-node as docs/kubernetes.md describes it. A small provisioner plays Kind's default storage class (`standard`, rancher's
-local-path, WaitForFirstConsumer): a volume of the claimed size on the node the scheduler chose, refused when
-the node's disk is full. The overlay is applied by infra/kind/apply.sh, the code `make cluster-start` runs, and
-the check waits (bounded) until every Deployment is Available, StatefulSet and DaemonSet Ready, Job Complete,
-Service has ready endpoints for each of its ports, HPA targets a workload that exists and no Pod is Pending;
-otherwise it names each object that is not, with its conditions and the scheduler's or controllers' events.
+kwokctl, kwok's own cluster manager (built by infra/local/install.sh with kwok), runs etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and kwok's controller on 127.0.0.1 with its binary runtime: the control
+plane infra/local/install.sh builds at the version of infra/kind/cluster.yaml's node image and Debian's etcd, with
+kwokctl's own certificates, ports and stages, in a temporary directory. What is ragtrace's own stays here: nodes
+shaped like the Kind cluster (a tainted control plane and two workers sharing the CPU and memory
+docs/kubernetes.md tells Kind users to give Docker; under the gpu overlay the second worker is a GPU node as
+docs/kubernetes.md describes it); a small provisioner that plays Kind's default storage class (`standard`,
+rancher's local-path, WaitForFirstConsumer): a volume of the claimed size on the node the scheduler chose,
+refused when the node's disk is full. The overlay is applied by infra/kind/apply.sh, the code `make
+cluster-start` runs, and the check waits (bounded) until every Deployment is Available, StatefulSet and
+DaemonSet Ready, Job Complete, Service has ready endpoints for each of its ports, HPA targets a workload that
+exists and no Pod is Pending; otherwise it names each object that is not, with its conditions and the
+scheduler's or controllers' events.
 
 Containers never run: kwok marks scheduled pods Running and Ready (and Job pods Succeeded). Images, container
 starts and probes are not checked here.
@@ -21,30 +24,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ragtrace_tools.devstack.servers import cache_dir, pinned_versions
 
@@ -70,6 +64,8 @@ GPU_LABEL = "nvidia.com/gpu.present"
 STORAGE_CLASS = "standard"
 LOCAL_PATH = "rancher.io/local-path"
 GIB = 1024**3
+# Kind's service range (kwokctl's default is 10.0.0.0/24).
+SERVICE_RANGE = "10.96.0.0/16"
 
 
 def log(message: str) -> None:
@@ -81,8 +77,10 @@ def binaries() -> dict[str, Path]:
     versions = pinned_versions()
     kubernetes = cache_dir() / f"kubernetes-{versions['KUBERNETES_VERSION']}"
     kwok = cache_dir() / f"kwok-{versions['KWOK_VERSION']}"
-    found = {name: kubernetes / name for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")}
-    found |= {"kubectl": kubernetes / "kubectl", "kwok": kwok / "kwok", "stages": kwok / "stage"}
+    found = {
+        name: kubernetes / name for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+    }
+    found |= {name: kwok / name for name in ("kwok", "kwokctl")}
     found["etcd"] = Path(shutil.which("etcd") or "/usr/bin/etcd")
     missing = [str(path) for path in found.values() if not path.exists()]
     if missing:
@@ -155,112 +153,51 @@ def node_object(shape: NodeShape) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": shape.name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+        "metadata": {"name": shape.name, "labels": labels},
         "spec": {"taints": taints},
         "status": {"capacity": resources, "allocatable": resources},
     }
 
 
-# Certificates -----------------------------------------------------------------------------------------------
+# The cluster -------------------------------------------------------------------------------------------------
 
 
-def _key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    path.chmod(0o600)
-
-
-def _certificate(
-    subject: x509.Name, key: rsa.RSAPrivateKey, issuer: x509.Name, signer: rsa.RSAPrivateKey, ca: bool
-) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-
-
-def make_certificates(directory: Path) -> None:
-    """A CA, the API server's serving certificate, an admin client certificate (system:masters) and the
-    service-account signing key pair: made for this run only, deleted with its directory."""
-    import ipaddress
-
-    ca_key, ca_name = _key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ragtrace-cluster-check-ca")])
-    ca = _certificate(ca_name, ca_key, ca_name, ca_key, ca=True).sign(ca_key, hashes.SHA256())
-    server_key = _key()
-    names = [x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")]
-    addresses = [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.96.0.1")]
-    server = (
-        _certificate(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]), server_key, ca_name, ca_key, False
-        )
-        .add_extension(x509.SubjectAlternativeName([*names, *addresses]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    admin_key = _key()
-    admin_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "admin"),
-        ]
-    )
-    admin = (
-        _certificate(admin_name, admin_key, ca_name, ca_key, False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    for name, cert, key in (("ca", ca, ca_key), ("apiserver", server, server_key), ("admin", admin, admin_key)):
-        (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(directory / f"{name}.key", key)
-    service_accounts = _key()
-    _write_key(directory / "sa.key", service_accounts)
-    (directory / "sa.pub").write_bytes(
-        service_accounts.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-# The control plane ------------------------------------------------------------------------------------------
+def kwokctl_configuration(tools: dict[str, Path]) -> Obj:
+    """kwokctl's binary runtime with the locally built programs, on 127.0.0.1 only."""
+    return {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "options": {
+            "runtime": "binary",
+            "bindAddress": "127.0.0.1",
+            "etcdBinary": str(tools["etcd"]),
+            "kubeApiserverBinary": str(tools["kube-apiserver"]),
+            "kubeControllerManagerBinary": str(tools["kube-controller-manager"]),
+            "kubeSchedulerBinary": str(tools["kube-scheduler"]),
+            "kwokControllerBinary": str(tools["kwok"]),
+        },
+        "componentsPatches": [
+            {"name": "kube-apiserver", "extraArgs": [{"key": "service-cluster-ip-range", "value": SERVICE_RANGE}]}
+        ],
+    }
 
 
 @dataclass
-class ControlPlane:
-    """etcd, the three control-plane programs and kwok on 127.0.0.1; `with` stops them all and deletes the
-    temporary directory, whatever happened."""
+class KwokCluster:
+    """A kwokctl cluster with Kind's nodes for one overlay, in a temporary directory of its own (so clusters side
+    by side share nothing); `with` deletes the cluster and the directory, whatever happened."""
 
     overlay: str
     cluster: str = "ragtrace"
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ragtrace-cluster-check-")))
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-    url: str = ""
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _provisioner: threading.Thread | None = None
+    components: list[str] = field(default_factory=list)
+    _provisioner: LocalPathProvisioner | None = None
 
     @property
     def kubeconfig(self) -> Path:
         return self.directory / "kubeconfig"
 
-    def __enter__(self) -> ControlPlane:
+    def __enter__(self) -> KwokCluster:
         try:
             self.start()
         except BaseException:
@@ -271,184 +208,137 @@ class ControlPlane:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    def _run(self, name: str, command: Sequence[str | Path]) -> None:
-        out = (self.directory / f"{name}.log").open("wb")
+    def kwokctl(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         # Debian's etcd 3.4 cannot serve the watch-progress requests of client-go's streaming lists: the
-        # clients use plain list and watch instead of retrying the stream.
-        env = os.environ | {"KUBE_FEATURE_WatchListClient": "false"}
-        self.processes.append((name, subprocess.Popen([str(c) for c in command], stdout=out, stderr=out, env=env)))  # noqa: S603
+        # components (which inherit kwokctl's environment) use plain list and watch instead of retrying the stream.
+        env = os.environ | {"KWOK_WORKDIR": str(self.directory), "KUBE_FEATURE_WatchListClient": "false"}
+        return subprocess.run(  # noqa: S603
+            [
+                str(binaries()["kwokctl"]),
+                f"--config={self.directory / 'kwokctl.yaml'}",
+                f"--name={self.cluster}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=timeout,
+        )
 
     def start(self) -> None:
-        tools = binaries()
-        certs = self.directory / "pki"
-        certs.mkdir()
-        make_certificates(certs)
-        etcd, peer, api = free_port(), free_port(), free_port()
-        self.url = f"https://127.0.0.1:{api}"
-        self._write_kubeconfig(certs)
-        self._run(
-            "etcd",
-            [
-                tools["etcd"],
-                *("--name", "check", "--data-dir", self.directory / "etcd"),
-                *(
-                    "--listen-client-urls",
-                    f"http://127.0.0.1:{etcd}",
-                    "--advertise-client-urls",
-                    f"http://127.0.0.1:{etcd}",
-                ),
-                *("--listen-peer-urls", f"http://127.0.0.1:{peer}"),
-                *("--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}"),
-                *("--initial-cluster", f"check=http://127.0.0.1:{peer}"),
-            ],
-        )
-        self._run(
-            "kube-apiserver",
-            [
-                tools["kube-apiserver"],
-                f"--etcd-servers=http://127.0.0.1:{etcd}",
-                *("--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api}"),
-                f"--cert-dir={self.directory / 'apiserver'}",
-                f"--tls-cert-file={certs / 'apiserver.crt'}",
-                f"--tls-private-key-file={certs / 'apiserver.key'}",
-                f"--client-ca-file={certs / 'ca.crt'}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={certs / 'sa.pub'}",
-                f"--service-account-signing-key-file={certs / 'sa.key'}",
-                # Kind's service range and authorization; the kubernetes Service's endpoint cannot be loopback.
-                "--service-cluster-ip-range=10.96.0.0/16",
-                "--authorization-mode=Node,RBAC",
-                "--allow-privileged=true",
-                "--endpoint-reconciler-type=none",
-                "--profiling=false",
-            ],
-        )
-        self._wait_ready()
-        common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--profiling=false"]
-        self._run(
-            "kube-controller-manager",
-            [
-                tools["kube-controller-manager"],
-                *common,
-                f"--secure-port={free_port()}",
-                "--bind-address=127.0.0.1",
-                f"--service-account-private-key-file={certs / 'sa.key'}",
-                f"--root-ca-file={certs / 'ca.crt'}",
-                "--service-cluster-ip-range=10.96.0.0/16",
-                # Kind's pod range (node IPAM off: kwok gives pods their addresses).
-                "--cluster-cidr=10.244.0.0/16",
-            ],
-        )
-        self._run(
-            "kube-scheduler",
-            [tools["kube-scheduler"], *common, f"--secure-port={free_port()}", "--bind-address=127.0.0.1"],
-        )
-        stages = tools["stages"]
-        self._run(
-            "kwok",
-            [
-                tools["kwok"],
-                f"--kubeconfig={self.kubeconfig}",
-                "--manage-all-nodes=false",
-                # Node leases (as kubelets renew them): without them the node controller marks nodes NotReady.
-                "--node-lease-duration-seconds=40",
-                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                f"--server-address=127.0.0.1:{free_port()}",
-                *(
-                    f"--config={path}"
-                    for part in ("node/fast", "node/heartbeat-with-lease", "pod/fast")
-                    for path in sorted((stages / part).glob("*.yaml"))
-                    if path.name != "kustomization.yaml"
-                ),
-            ],
-        )
-        for shape in node_shapes(self.overlay, self.cluster):
-            self.request("POST", "/api/v1/nodes", node_object(shape))
-        self.request("POST", "/apis/storage.k8s.io/v1/storageclasses", storage_class())
-        self._provisioner = threading.Thread(target=self._provision, name="local-path", daemon=True)
-        self._provisioner.start()
-        self._wait_nodes_ready()
+        (self.directory / "kwokctl.yaml").write_text(yaml.safe_dump(kwokctl_configuration(binaries())))
+        created = self.kwokctl("create", "cluster", f"--kubeconfig={self.kubeconfig}", "--wait=90s")
+        if created.returncode:
+            raise RuntimeError(f"kwokctl create cluster failed:\n{created.stderr[-3000:]}")
+        self.components = self.kwokctl("get", "components").stdout.split()
+        nodes = [node_object(shape) for shape in node_shapes(self.overlay, self.cluster)]
+        self.kubectl("apply", "-f", "-", stdin=as_list([*nodes, storage_class()]), check=True)
+        self._provisioner = LocalPathProvisioner(self)
+        ready = self.kubectl("wait", "--for=condition=Ready", "nodes", "--all", "--timeout=60s")
+        if ready.returncode:
+            raise RuntimeError(f"kwok did not make the simulated nodes Ready: {ready.stderr}")
 
-    def _write_kubeconfig(self, certs: Path) -> None:
-        context = f"kind-{self.cluster}"
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {"name": context, "cluster": {"server": self.url, "certificate-authority": str(certs / "ca.crt")}}
-            ],
-            "users": [
-                {
-                    "name": "admin",
-                    "user": {
-                        "client-certificate": str(certs / "admin.crt"),
-                        "client-key": str(certs / "admin.key"),
-                    },
-                }
-            ],
-            "contexts": [{"name": context, "context": {"cluster": context, "user": "admin"}}],
-            "current-context": context,
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self._ssl = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-        self._ssl.load_cert_chain(str(certs / "admin.crt"), str(certs / "admin.key"))
-
-    def request(self, method: str, path: str, body: Obj | None = None) -> Obj:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(  # noqa: S310 (https to our own API server)
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, context=self._ssl, timeout=30) as response:  # noqa: S310
-            answer: Obj = json.loads(response.read())
-            return answer
-
-    def items(self, path: str) -> list[Obj]:
-        found: list[Obj] = self.request("GET", path)["items"]
+    def processes(self) -> list[psutil.Process]:
+        """The processes running a program of this cluster (kwokctl starts each from its directory's bin/)."""
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            command = process.info["cmdline"] or []
+            if command and command[0].startswith(f"{self.directory}{os.sep}"):
+                found.append(process)
         return found
 
-    def _alive(self) -> None:
-        for name, process in self.processes:
-            if process.poll() is not None:
-                tail = (self.directory / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
+    def alive(self) -> None:
+        """Raises, naming the component and with the end of its log, when one has exited."""
+        running = {Path(process.info["cmdline"][0]).name for process in self.processes()}
+        for component in self.components:
+            if component not in running:
+                tail = self.kwokctl("logs", component).stdout[-3000:]
+                raise RuntimeError(f"{component} exited:\n{tail}")
 
-    def _wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._alive()
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", context=self._ssl, timeout=5) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"kube-apiserver not ready after {timeout:.0f} s (log: {self.directory})")
-            time.sleep(0.5)
+    def stop(self) -> None:
+        if self._provisioner:
+            self._provisioner.stop()
+        keep = bool(os.environ.get("RAGTRACE_CLUSTER_CHECK_KEEP"))
+        # Both kill every component; `delete` also removes kwokctl's directory of the cluster (its logs).
+        self.kwokctl("stop" if keep else "delete", "cluster", *(() if keep else (f"--kubeconfig={self.kubeconfig}",)))
+        if keep:
+            log(f"kept {self.directory} (logs: KWOK_WORKDIR={self.directory} kwokctl --name={self.cluster} logs ...)")
+        else:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
-    def _wait_nodes_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._alive()
-            nodes = self.items("/api/v1/nodes")
-            if nodes and all(_condition(n, "Ready") == "True" for n in nodes):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("kwok did not make the simulated nodes Ready")
-            time.sleep(0.5)
+    def kubectl_command(self, *args: str) -> list[str]:
+        return [str(binaries()["kubectl"]), f"--kubeconfig={self.kubeconfig}", *args]
 
-    def _provision(self) -> None:
-        """rancher's local-path provisioner, as Kind runs it: a PersistentVolume of the claimed size on the node
-        the scheduler chose (WaitForFirstConsumer), bound to the claim; refused, with an event on the claim,
-        when all the volumes together would exceed their share of Docker's disk."""
-        while not self._stop.wait(0.5):
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, KeyError):
-                self._provision_once()
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(  # noqa: S603
+            self.kubectl_command(*args),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if check and result.returncode:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
 
-    def _provision_once(self) -> None:
-        budget = VOLUME_SHARE * DOCKER[self.overlay][2] * GIB
-        used = sum(quantity(v["spec"]["capacity"]["storage"]) for v in self.items("/api/v1/persistentvolumes"))
-        for claim in self.items("/api/v1/persistentvolumeclaims"):
+    def get(self, kinds: str, namespace: str | None = None) -> list[Obj]:
+        """`kubectl get KINDS -o json`, in one namespace or all of them."""
+        scope = ("--namespace", namespace) if namespace else ("--all-namespaces",)
+        items: list[Obj] = json.loads(self.kubectl("get", kinds, *scope, "--output=json", check=True).stdout)["items"]
+        return items
+
+    def apply_overlay(self, overlay: str, kind_dir: Path = KIND) -> subprocess.CompletedProcess[str]:
+        """infra/kind/apply.sh, as `make cluster-start` runs it, with this cluster's kubectl."""
+        env = os.environ | {"PATH": f"{binaries()['kubectl'].parent}{os.pathsep}{os.environ['PATH']}"}
+        return subprocess.run(  # noqa: S603
+            [str(kind_dir / "apply.sh"), "apply", overlay, f"--kubeconfig={self.kubeconfig}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=300,
+        )
+
+
+def as_list(objects: Sequence[Obj]) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+
+
+class LocalPathProvisioner:
+    """rancher's local-path provisioner, as Kind runs it: a PersistentVolume of the claimed size on the node the
+    scheduler chose (WaitForFirstConsumer), bound to the claim; refused, with an event on the claim, when all the
+    volumes together would exceed their share of Docker's disk. Each change to a claim (a `kubectl get --watch`)
+    wakes it."""
+
+    def __init__(self, cluster: KwokCluster) -> None:
+        self.cluster = cluster
+        self.watch = subprocess.Popen(  # noqa: S603
+            cluster.kubectl_command("get", "persistentvolumeclaims", "--all-namespaces", "--watch", "--output=name"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.thread = threading.Thread(target=self._run, name="local-path", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for _ in self.watch.stdout or ():
+            # A control plane going away ends the watch; a failed pass is retried on the next change.
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self.provision()
+
+    def stop(self) -> None:
+        self.watch.terminate()
+        self.watch.wait(timeout=10)
+        self.thread.join(timeout=10)
+
+    def provision(self) -> None:
+        budget = VOLUME_SHARE * DOCKER[self.cluster.overlay][2] * GIB
+        found = self.cluster.get("persistentvolumes,persistentvolumeclaims")
+        used = sum(quantity(v["spec"]["capacity"]["storage"]) for v in found if v["kind"] == "PersistentVolume")
+        for claim in (c for c in found if c["kind"] == "PersistentVolumeClaim"):
             meta, spec = claim["metadata"], claim["spec"]
             node = meta.get("annotations", {}).get("volume.kubernetes.io/selected-node")
             if spec.get("storageClassName") != STORAGE_CLASS or spec.get("volumeName") or not node:
@@ -459,74 +349,31 @@ class ControlPlane:
                     f"claim {meta['namespace']}/{meta['name']} asks for {size / GIB:.1f} GiB but the volumes have "
                     f"{(budget - used) / GIB:.1f} GiB left of their {budget / GIB:.0f} GiB share of Docker's disk"
                 )
-                self._event(claim, "ProvisioningFailed", message)
+                # Refused again at each change of the claim: the first event stays (AlreadyExists after it).
+                self.cluster.kubectl("create", "-f", "-", stdin=json.dumps(refusal(claim, message)))
                 continue
-            self.request("POST", "/api/v1/persistentvolumes", local_path_volume(claim, node))
+            # A volume already made for the claim (its name is the claim's uid) is refused as AlreadyExists.
+            self.cluster.kubectl("create", "-f", "-", stdin=json.dumps(local_path_volume(claim, node)))
             used += size
 
-    def _event(self, claim: Obj, reason: str, message: str) -> None:
-        meta = claim["metadata"]
-        name = f"{meta['name']}.{reason.lower()}"
-        with contextlib.suppress(urllib.error.HTTPError):  # already reported
-            self.request(
-                "POST",
-                f"/api/v1/namespaces/{meta['namespace']}/events",
-                {
-                    "metadata": {"name": name, "namespace": meta["namespace"]},
-                    "involvedObject": {
-                        "kind": "PersistentVolumeClaim",
-                        "namespace": meta["namespace"],
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                    },
-                    "reason": reason,
-                    "message": message,
-                    "type": "Warning",
-                    "source": {"component": LOCAL_PATH},
-                },
-            )
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._provisioner:
-            self._provisioner.join(timeout=5)
-        # Nothing here needs a graceful shutdown (the API server's takes many seconds): a short grace, then kill.
-        for _, process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-        for _, process in reversed(self.processes):
-            try:
-                process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.processes.clear()
-        if os.environ.get("RAGTRACE_CLUSTER_CHECK_KEEP"):
-            log(f"kept {self.directory} (logs, kubeconfig)")
-        else:
-            shutil.rmtree(self.directory, ignore_errors=True)
-
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603
-            [str(binaries()["kubectl"]), f"--kubeconfig={self.kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=120,
-        )
-
-    def apply_overlay(self, overlay: str, kind_dir: Path = KIND) -> subprocess.CompletedProcess[str]:
-        """infra/kind/apply.sh, as `make cluster-start` runs it, with this control plane's kubectl."""
-        env = os.environ | {"PATH": f"{binaries()['kubectl'].parent}{os.pathsep}{os.environ['PATH']}"}
-        return subprocess.run(  # noqa: S603
-            [str(kind_dir / "apply.sh"), "apply", overlay, f"--kubeconfig={self.kubeconfig}"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-            timeout=300,
-        )
+def refusal(claim: Obj, message: str) -> Obj:
+    meta = claim["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.provisioningfailed", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "kind": "PersistentVolumeClaim",
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+        },
+        "reason": "ProvisioningFailed",
+        "message": message,
+        "type": "Warning",
+        "source": {"component": LOCAL_PATH},
+    }
 
 
 def storage_class() -> Obj:
@@ -577,14 +424,35 @@ def local_path_volume(claim: Obj, node: str) -> Obj:
 
 # What "up" means ---------------------------------------------------------------------------------------------
 
-_PATHS = {
-    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-    "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
-    "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
-    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
-    "Service": "/api/v1/namespaces/{ns}/services/{name}",
-    "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}",
-}
+CHECKED = ("Deployment", "StatefulSet", "DaemonSet", "Job", "Service", "HorizontalPodAutoscaler")
+# One `kubectl get` of everything the checks read.
+SNAPSHOT = "deployments,statefulsets,daemonsets,jobs,services,horizontalpodautoscalers,endpointslices,pods"
+
+
+@dataclass
+class Snapshot:
+    """The cluster's workloads, Services, HPAs, EndpointSlices and pods at one moment."""
+
+    objects: dict[tuple[str, str, str], Obj]
+    slices: list[Obj]
+    pods: list[Obj]
+
+    @classmethod
+    def of(cls, cluster: KwokCluster) -> Snapshot:
+        items = cluster.get(SNAPSHOT)
+        return cls(
+            objects={(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in items},
+            slices=[o for o in items if o["kind"] == "EndpointSlice"],
+            pods=[o for o in items if o["kind"] == "Pod"],
+        )
+
+    def pods_matching(self, namespace: str, selector: dict[str, str]) -> list[Obj]:
+        return [
+            p
+            for p in self.pods
+            if p["metadata"]["namespace"] == namespace
+            and selector.items() <= (p["metadata"].get("labels") or {}).items()
+        ]
 
 
 def _condition(obj: Obj, kind: str) -> str:
@@ -602,20 +470,11 @@ def _conditions(obj: Obj) -> str:
     )
 
 
-def _get(plane: ControlPlane, kind: str, namespace: str, name: str) -> Obj | None:
-    try:
-        return plane.request("GET", _PATHS[kind].format(ns=namespace, name=name))
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return None
-        raise
-
-
-def _problem(plane: ControlPlane, obj: Obj) -> str | None:
+def _problem(cluster: KwokCluster, now: Snapshot, obj: Obj) -> str | None:
     """Why this object of the overlay is not up yet (None when it is)."""
     kind, meta = obj["kind"], obj["metadata"]
     namespace, name = meta.get("namespace", "default"), meta["name"]
-    live = _get(plane, kind, namespace, name)
+    live = now.objects.get((kind, namespace, name))
     if live is None:
         return "does not exist"
     status, spec = live.get("status", {}), live["spec"]
@@ -627,27 +486,31 @@ def _problem(plane: ControlPlane, obj: Obj) -> str | None:
             return f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 1)} ready"
     elif kind == "DaemonSet":
         desired = status.get("desiredNumberScheduled", 0)
-        workers = [n for n in node_shapes(plane.overlay, plane.cluster) if not n.control_plane]
+        workers = [n for n in node_shapes(cluster.overlay, cluster.cluster) if not n.control_plane]
         if desired < len(workers) or status.get("numberReady", 0) < desired:
             return f"{status.get('numberReady', 0)}/{desired} ready, for {len(workers)} workers (tolerations?)"
     elif kind == "Job":
         if _condition(live, "Complete") != "True":
             return f"not complete; {_conditions(live) or 'no conditions'}"
     elif kind == "Service":
-        return _service_problem(plane, live)
+        return _service_problem(now, live)
     elif kind == "HorizontalPodAutoscaler":
         target = spec["scaleTargetRef"]
-        if _get(plane, target["kind"], namespace, target["name"]) is None:
+        if (target["kind"], namespace, target["name"]) not in now.objects:
             return f"its scaleTargetRef {target['kind']}/{target['name']} does not exist"
     return None
 
 
-def _service_problem(plane: ControlPlane, service: Obj) -> str | None:
+def _service_problem(now: Snapshot, service: Obj) -> str | None:
     if not service["spec"].get("selector"):
         return None
     namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
-    selector = urllib.parse.quote(f"kubernetes.io/service-name={name}")
-    slices = plane.items(f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices?labelSelector={selector}")
+    slices = [
+        s
+        for s in now.slices
+        if s["metadata"]["namespace"] == namespace
+        and (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == name
+    ]
     ready = {
         port.get("name", ""): sum(
             1 for e in s.get("endpoints") or [] if e.get("conditions", {}).get("ready") and e.get("addresses")
@@ -662,16 +525,11 @@ def _service_problem(plane: ControlPlane, service: Obj) -> str | None:
     ]
     if not missing:
         return None
-    pods = _pods(plane, namespace, service["spec"]["selector"])
+    pods = now.pods_matching(namespace, service["spec"]["selector"])
     return (
         f"no ready endpoints for port {', '.join(missing)}; its selector {service['spec']['selector']} "
         f"matches {len(pods)} pod(s)" + (f" whose containers' ports are {sorted(_port_names(pods))}" if pods else "")
     )
-
-
-def _pods(plane: ControlPlane, namespace: str, selector: dict[str, str]) -> list[Obj]:
-    query = urllib.parse.quote(",".join(f"{k}={v}" for k, v in selector.items()))
-    return plane.items(f"/api/v1/namespaces/{namespace}/pods?labelSelector={query}")
 
 
 def _port_names(pods: list[Obj]) -> set[str]:
@@ -683,34 +541,32 @@ def _port_names(pods: list[Obj]) -> set[str]:
     }
 
 
-def _pending_pods(plane: ControlPlane, namespaces: set[str]) -> list[tuple[str, str, str, list[str]]]:
+def _pending_pods(now: Snapshot, namespaces: set[str]) -> list[tuple[str, str, str, list[str]]]:
     """(namespace, name, why, its claims) of every Pending pod."""
     problems = []
-    for namespace in sorted(namespaces):
-        for pod in plane.items(f"/api/v1/namespaces/{namespace}/pods"):
-            if pod["status"].get("phase") == "Pending":
-                scheduled: Obj = next(
-                    (c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), {}
-                )
-                why = scheduled.get("message") or "not scheduled yet"
-                claims = [
-                    v["persistentVolumeClaim"]["claimName"]
-                    for v in pod["spec"].get("volumes", [])
-                    if "persistentVolumeClaim" in v
-                ]
-                problems.append((namespace, pod["metadata"]["name"], why, claims))
-    return problems
+    for pod in now.pods:
+        namespace = pod["metadata"]["namespace"]
+        if namespace in namespaces and pod["status"].get("phase") == "Pending":
+            scheduled: Obj = next((c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), {})
+            why = scheduled.get("message") or "not scheduled yet"
+            claims = [
+                v["persistentVolumeClaim"]["claimName"]
+                for v in pod["spec"].get("volumes", [])
+                if "persistentVolumeClaim" in v
+            ]
+            problems.append((namespace, pod["metadata"]["name"], why, claims))
+    return sorted(problems)
 
 
 # The HPAs' complaints that the metrics API is not served: true of every HPA here (no metrics-server runs).
 NO_METRICS = ("FailedGetResourceMetric", "FailedComputeMetricsReplicas")
 
 
-def _events(plane: ControlPlane, namespace: str, name: str, also: Sequence[str] = ()) -> list[str]:
+def _events(events: list[Obj], name: str, also: Sequence[str] = ()) -> list[str]:
     """Warnings about the object, what it owns (its ReplicaSets and pods: names that start with its own) and the
     objects named in `also` (a pod's claims)."""
     lines = []
-    for event in plane.items(f"/api/v1/namespaces/{namespace}/events"):
+    for event in events:
         involved = event["involvedObject"].get("name", "")
         if event.get("reason") in NO_METRICS:
             continue
@@ -723,40 +579,37 @@ def _events(plane: ControlPlane, namespace: str, name: str, also: Sequence[str] 
 
 
 def checked(objects: list[Obj]) -> list[Obj]:
-    return [o for o in objects if o["kind"] in _PATHS]
+    return [o for o in objects if o["kind"] in CHECKED]
 
 
-def wait_until_up(plane: ControlPlane, objects: list[Obj], timeout: float) -> list[str]:
-    """Poll until everything is up or the time is over; then what is not, each with its events."""
+def wait_until_up(cluster: KwokCluster, objects: list[Obj], timeout: float) -> list[str]:
+    """Look every second until everything is up or the time is over; then what is not, each with its events."""
     namespaces = {o["metadata"]["namespace"] for o in checked(objects) if o["metadata"].get("namespace")}
     deadline = time.monotonic() + timeout
     while True:
-        plane._alive()
+        cluster.alive()
+        now = Snapshot.of(cluster)
         problems = {
             (o["kind"], o["metadata"].get("namespace", "default"), o["metadata"]["name"]): problem
             for o in checked(objects)
-            if (problem := _problem(plane, o))
+            if (problem := _problem(cluster, now, o))
         }
-        pending = _pending_pods(plane, namespaces)
+        pending = _pending_pods(now, namespaces)
         if not problems and not pending:
             return []
         if time.monotonic() > deadline:
             break
         time.sleep(1)
+    events = {namespace: cluster.get("events", namespace) for namespace in namespaces | {"default"}}
     report = []
     for (kind, namespace, name), problem in sorted(problems.items()):
         report.append(f"{kind} {namespace}/{name}: {problem}")
-        report.extend(_events(plane, namespace, name))
+        report.extend(_events(events[namespace], name))
     for namespace, name, why, claims in pending:
         report.append(f"Pod {namespace}/{name}: Pending: {why}")
-        for claim in claims:
-            try:
-                path = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}"
-                phase = plane.request("GET", path)["status"].get("phase", "Pending")
-            except urllib.error.HTTPError as error:
-                phase = f"cannot be read ({error.code})"
-            report.append(f"    PersistentVolumeClaim/{claim}: {phase}")
-        report.extend(_events(plane, namespace, name, claims))
+        phases = {c["metadata"]["name"]: c["status"].get("phase") for c in cluster.get("pvc", namespace)}
+        report.extend(f"    PersistentVolumeClaim/{claim}: {phases.get(claim) or 'not created'}" for claim in claims)
+        report.extend(_events(events[namespace], name, claims))
     return report
 
 
@@ -804,14 +657,12 @@ def describe_sums(overlay: str, sums: dict[str, dict[str, float]]) -> str:
     )
 
 
-def gpu_pods_on_gpu_nodes(plane: ControlPlane, expected: float) -> bool:
+def gpu_pods_on_gpu_nodes(cluster: KwokCluster, expected: float) -> bool:
     """Every pod that asks for a GPU runs on a node that advertises them, as many as the overlay asks for."""
-    gpu_nodes = {
-        n["metadata"]["name"] for n in plane.items("/api/v1/nodes") if n["status"]["allocatable"].get(GPU_RESOURCE)
-    }
+    gpu_nodes = {n["metadata"]["name"] for n in cluster.get("nodes") if n["status"]["allocatable"].get(GPU_RESOURCE)}
     placed = {
         f"{p['metadata']['namespace']}/{p['metadata']['name']}": p["spec"].get("nodeName", "")
-        for p in plane.items("/api/v1/pods")
+        for p in cluster.get("pods")
         for c in p["spec"]["containers"]
         if c.get("resources", {}).get("limits", {}).get(GPU_RESOURCE)
     }
@@ -844,17 +695,17 @@ def check_overlay(overlay: str, timeout: float) -> bool:
         )
     )
     started = time.monotonic()
-    with ControlPlane(overlay) as plane:
+    with KwokCluster(overlay) as cluster:
         log(f"control plane up in {time.monotonic() - started:.0f} s; applying {overlay} with infra/kind/apply.sh")
-        applied = plane.apply_overlay(overlay)
+        applied = cluster.apply_overlay(overlay)
         if applied.returncode:
             log(f"FAIL {overlay}: kubectl apply failed:\n{applied.stderr}")
             return False
-        report = wait_until_up(plane, objects, timeout)
+        report = wait_until_up(cluster, objects, timeout)
         if report:
             log(f"FAIL {overlay}: not up after {timeout:.0f} s:\n" + "\n".join(report))
             return False
-        if not gpu_pods_on_gpu_nodes(plane, resource_sums(objects, shapes)["limits"][GPU_RESOURCE]):
+        if not gpu_pods_on_gpu_nodes(cluster, resource_sums(objects, shapes)["limits"][GPU_RESOURCE]):
             return False
         log(f"PASS {overlay}: {len(checked(objects))} objects up in {time.monotonic() - started:.0f} s")
     return True

@@ -12,7 +12,8 @@
 #   kubernetes     kube-apiserver, kube-controller-manager, kube-scheduler and kubectl, built from the
 #                  k8s.io/kubernetes module: the real control plane of `make cluster-check`
 #   etcd           Debian's etcd-server: the control plane's store
-#   kwok           built from its Go module, with its stage files: simulated nodes for `make cluster-check`
+#   kwok           kwok and kwokctl, built from their Go module: the simulated nodes and the cluster
+#                  manager of `make cluster-check`
 #   otelcol        the OpenTelemetry Collector, built by the collector builder from
 #                  monitoring/otel-collector/builder.yaml (the components its config.yaml uses)
 #   tempo          Grafana Tempo, built from its Go module
@@ -139,18 +140,18 @@ install_kubernetes() {
   rm -rf "$dest" && mv "$tmp" "$dest"
 }
 
-# kwok (simulated nodes and pods) and the stage files that move its pods and nodes through their lifecycle.
+# kwok (simulated nodes and pods) and kwokctl, kwok's cluster manager that runs the control plane for
+# `make cluster-check` (its binary runtime, with the programs built above; kwok's stages are built into it).
 install_kwok() {
   local dest="$cache/kwok-$KWOK_VERSION"
-  [ -f "$dest/.complete" ] && return 0
+  [ -x "$dest/kwok" ] && [ -x "$dest/kwokctl" ] && return 0
   need_go "kwok is built from its Go module"
-  log "kwok $KWOK_VERSION: go install sigs.k8s.io/kwok/cmd/kwok (about 3 min cold)"
+  log "kwok $KWOK_VERSION: go install sigs.k8s.io/kwok/cmd/kwok and cmd/kwokctl (about 3 min cold)"
   local tmp; tmp="$(mktemp -d "$cache/.kwok.XXXXXX")"
-  GOBIN="$tmp" GOFLAGS=-buildvcs=false go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  local module; module="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
-  cp -r "$module/kustomize/stage" "$tmp/stage" && chmod -R u+w "$tmp/stage"
-  touch "$tmp/.complete"
-  rm -rf "$dest" && mv "$tmp" "$dest"
+  GOBIN="$tmp" GOFLAGS=-buildvcs=false go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" \
+    "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
+  # Each binary moved in whole: one present is complete (and a running one keeps its old file).
+  mkdir -p "$dest" && mv "$tmp/kwok" "$tmp/kwokctl" "$dest/" && rmdir "$tmp"
 }
 
 # The collector: its builder from the module proxy, then a collector with exactly the manifest's components.

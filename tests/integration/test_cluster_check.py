@@ -1,6 +1,7 @@
 """`make cluster-check` in make test: each overlay applied by infra/kind/apply.sh to a real control plane (etcd,
-kube-apiserver, kube-controller-manager, kube-scheduler) on kwok's simulated nodes comes up; broken copies of
-its objects (a selector, a Service's target port, a claim's size, a request) fail, naming the object."""
+kube-apiserver, kube-controller-manager, kube-scheduler, run by kwokctl) on kwok's simulated nodes comes up;
+broken copies of its objects (a selector, a Service's target port, a claim's size, a request) fail, naming the
+object."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import re
 import time
 from collections.abc import Callable, Iterator
 
+import psutil
 import pytest
 
 from infra.kind import clustercheck
-from infra.kind.clustercheck import GPU_RESOURCE, ControlPlane, Obj
+from infra.kind.clustercheck import GPU_RESOURCE, KwokCluster, Obj, as_list
 from tests.metrics import ROOT
 
 pytestmark = pytest.mark.timeout(600)
@@ -25,25 +27,28 @@ def cpu_objects() -> list[Obj]:
 
 
 @pytest.fixture(scope="module")
-def cpu_plane(cpu_objects: list[Obj]) -> Iterator[ControlPlane]:
-    """One control plane for the cpu overlay and the broken copies, stopped (and its directory gone) at the end."""
-    with ControlPlane("cpu") as plane:
-        yield plane
-    assert not plane.processes and not plane.directory.exists(), "everything stopped and removed"
+def cpu_plane(cpu_objects: list[Obj]) -> Iterator[KwokCluster]:
+    """One cluster for the cpu overlay, stopped (each of its processes, and its directory gone) at the end."""
+    with KwokCluster("cpu") as cluster:
+        started = cluster.processes()
+        assert {p.name() for p in started} >= {"etcd", "kube-apiserver", "kube-scheduler"}, started
+        yield cluster
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive and not cluster.directory.exists(), "everything stopped and removed"
 
 
 def test_the_cpu_overlay_comes_up_on_the_nodes_the_readme_gives_kind(
-    cpu_plane: ControlPlane, cpu_objects: list[Obj]
+    cpu_plane: KwokCluster, cpu_objects: list[Obj]
 ) -> None:
     applied = cpu_plane.apply_overlay("cpu")
     assert applied.returncode == 0, applied.stderr
     assert clustercheck.wait_until_up(cpu_plane, cpu_objects, UP_WITHIN) == []
-    nodes = {n["metadata"]["name"]: n for n in cpu_plane.items("/api/v1/nodes")}
+    nodes = {n["metadata"]["name"]: n for n in cpu_plane.get("nodes")}
     assert len(nodes) == 3
     assert all(n["status"]["allocatable"].get(GPU_RESOURCE) is None for n in nodes.values())
-    pods = cpu_plane.items("/api/v1/pods")
+    pods = cpu_plane.get("pods")
     assert all(not p["spec"]["nodeName"].endswith("control-plane") for p in pods), "the control plane is tainted"
-    bound = cpu_plane.items("/api/v1/persistentvolumeclaims")
+    bound = cpu_plane.get("persistentvolumeclaims")
     assert bound and all(c["status"]["phase"] == "Bound" for c in bound), "every claim has its local-path volume"
 
 
@@ -124,13 +129,13 @@ def _copy_into(namespace: str, objects: list[Obj], wanted: list[Obj]) -> list[Ob
 
 
 @pytest.fixture(scope="module")
-def empty_plane() -> Iterator[ControlPlane]:
-    """A second control plane with the same nodes, empty: the broken copies need room the overlay has taken."""
-    with ControlPlane("cpu") as plane:
-        yield plane
+def empty_plane() -> Iterator[KwokCluster]:
+    """A second cluster with the same nodes, empty: the broken copies need room the overlay has taken."""
+    with KwokCluster("cpu") as cluster:
+        yield cluster
 
 
-def test_broken_objects_fail_naming_the_object(empty_plane: ControlPlane, cpu_objects: list[Obj]) -> None:
+def test_broken_objects_fail_naming_the_object(empty_plane: KwokCluster, cpu_objects: list[Obj]) -> None:
     """Each breakage in a namespace of its own, all applied at once, then one look after the time the unbroken
     copy needs: the unbroken copy is up (so each failure is the breakage's), each broken one is reported."""
     copies = {}
@@ -142,7 +147,7 @@ def test_broken_objects_fail_naming_the_object(empty_plane: ControlPlane, cpu_ob
         breakage(svc, workload)
         copies[namespace] = _copy_into(namespace, cpu_objects, [workload, svc])
     for objects in copies.values():
-        applied = empty_plane.kubectl("apply", "-f", "-", stdin=_as_list(objects))
+        applied = empty_plane.kubectl("apply", "-f", "-", stdin=as_list(objects))
         assert applied.returncode == 0, applied.stderr
     time.sleep(15)
     for namespace, _, _, _, expected in BREAKAGES:
@@ -155,16 +160,19 @@ def test_broken_objects_fail_naming_the_object(empty_plane: ControlPlane, cpu_ob
 
 
 def test_a_selector_that_does_not_match_its_template_is_refused_naming_the_deployment(
-    empty_plane: ControlPlane, cpu_objects: list[Obj]
+    empty_plane: KwokCluster, cpu_objects: list[Obj]
 ) -> None:
     deployment = copy.deepcopy(_find(cpu_objects, "Deployment", "redis"))
     deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] = "redis-typo"
-    applied = empty_plane.kubectl("apply", "-f", "-", stdin=_as_list(_copy_into("broken-template", [], [deployment])))
+    applied = empty_plane.kubectl("apply", "-f", "-", stdin=as_list(_copy_into("broken-template", [], [deployment])))
     assert applied.returncode != 0
     assert 'The Deployment "redis" is invalid' in applied.stderr and "selector" in applied.stderr, applied.stderr
 
 
-def _as_list(objects: list[Obj]) -> str:
-    import json
-
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+def test_a_component_that_exits_stops_the_check_naming_it() -> None:
+    with KwokCluster("cpu") as cluster:
+        [scheduler] = [p for p in cluster.processes() if p.name() == "kube-scheduler"]
+        scheduler.kill()
+        scheduler.wait(timeout=10)
+        with pytest.raises(RuntimeError, match=r"^kube-scheduler exited"):
+            clustercheck.wait_until_up(cluster, [], timeout=60)
