@@ -17,6 +17,7 @@ import httpx
 import pytest
 from httpx_sse import EventSource
 from minio import Minio
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from ragtrace.clients import minio_client
 from ragtrace.ingest_client import Document, IngestClient, NotSettled
@@ -38,14 +39,14 @@ LLM_API_KEY = "llm-" + uuid.uuid4().hex
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.1, what: str = "") -> Any:
     """Poll until `condition()` is truthy; return its value. Tests never sleep a fixed time."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what or condition}")
-        time.sleep(interval_s)
+    try:
+        return Retrying(
+            retry=retry_if_result(lambda value: not value),
+            stop=stop_after_delay(timeout_s),
+            wait=wait_fixed(interval_s),
+        )(condition)
+    except RetryError:
+        raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what or condition}") from None
 
 
 def server_sent_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
