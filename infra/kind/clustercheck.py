@@ -39,6 +39,7 @@ from typing import Any
 
 import psutil
 import yaml
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from ragtrace_tools.devstack.servers import cache_dir, pinned_versions
 
@@ -585,8 +586,8 @@ def checked(objects: list[Obj]) -> list[Obj]:
 def wait_until_up(cluster: KwokCluster, objects: list[Obj], timeout: float) -> list[str]:
     """Look every second until everything is up or the time is over; then what is not, each with its events."""
     namespaces = {o["metadata"]["namespace"] for o in checked(objects) if o["metadata"].get("namespace")}
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def look() -> tuple[dict[tuple[str, str, str], str], list[tuple[str, str, str, list[str]]]]:
         cluster.alive()
         now = Snapshot.of(cluster)
         problems = {
@@ -594,12 +595,16 @@ def wait_until_up(cluster: KwokCluster, objects: list[Obj], timeout: float) -> l
             for o in checked(objects)
             if (problem := _problem(cluster, now, o))
         }
-        pending = _pending_pods(now, namespaces)
-        if not problems and not pending:
-            return []
-        if time.monotonic() > deadline:
-            break
-        time.sleep(1)
+        return problems, _pending_pods(now, namespaces)
+
+    problems, pending = Retrying(
+        retry=retry_if_result(lambda seen: bool(seen[0] or seen[1])),
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(1),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else ({}, []),
+    )(look)
+    if not problems and not pending:
+        return []
     events = {namespace: cluster.get("events", namespace) for namespace in namespaces | {"default"}}
     report = []
     for (kind, namespace, name), problem in sorted(problems.items()):

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 from minio import Minio
+from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
@@ -142,9 +143,10 @@ class Bench:
         return bool(response.json()["sources"])
 
     async def _until(self, http: httpx.AsyncClient, namespace: str, word: str, found: bool) -> None:
-        async with asyncio.timeout(60):  # an inbox worker that is not running fails the bench, not hangs it
-            while await self._found(http, namespace, word) != found:  # noqa: ASYNC110 - polls a server
-                await asyncio.sleep(0.01)
+        # An inbox worker that is not running fails the bench (RetryError), not hangs it.
+        await AsyncRetrying(
+            retry=retry_if_result(lambda seen: seen != found), stop=stop_after_delay(60), wait=wait_fixed(0.01)
+        )(self._found, http, namespace, word)
 
     async def bucket_events(self, objects: Minio, bucket: str, passages: dict[str, str]) -> dict[str, Any]:
         """Each passage as an object of the watched bucket, one at a time on the idle stack: seconds from the
