@@ -27,6 +27,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
 ]
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
+# Trace lengths across each decade's round-step boundaries (the 94 ms trace once drew only two ticks).
+AXIS_TOTALS_MS = [0.9, 4.1, 7.9, 12.6, 13, 20, 23.5, 31.7, 40, 63, 80, 94, 99.9, 140, 400, 1000, 2500, 7999]
+
 # What the page reads of a drawn waterfall: its legend, each row's service and bar colour, the axis' ticks.
 DRAWN_WATERFALL = """(selector) => {
   const root = document.querySelector(selector);
@@ -95,6 +98,10 @@ def test_a_person_types_a_question_and_sees_the_answer_and_sources(faiss_pipelin
         page.wait_for_selector("#waterfall .span-row[data-span='POST /api/search/stream']", timeout=30_000)
         request_rows = page.locator("#waterfall > .span-row .name").all_text_contents()
         drawn = page.evaluate(DRAWN_WATERFALL, "#waterfall")
+        # The axis for any trace length, not only this trace's: ticks per total, in ms.
+        tick_counts = page.evaluate(
+            "(totals) => totals.map((t) => axis(t).querySelectorAll('.tick').length)", AXIS_TOTALS_MS
+        )
         retrieval = page.locator("#waterfall > .span-row[data-span='retrieve hybrid']")
         retrieval_text = retrieval.text_content() or ""
         tip = retrieval.locator(".tip")
@@ -155,6 +162,7 @@ def test_a_person_types_a_question_and_sees_the_answer_and_sources(faiss_pipelin
     assert len(set(drawn["legend"].values())) == len(drawn["legend"]), f"two services share a colour: {drawn['legend']}"
     assert all(colour == drawn["legend"][service] for service, colour in drawn["bars"])
     assert drawn["ticks"][0] == ["0 ms", "0%"] and len(drawn["ticks"]) >= 3
+    assert all(3 <= count <= 7 for count in tick_counts), dict(zip(AXIS_TOTALS_MS, tick_counts, strict=True))
     assert [float(left.rstrip("%")) for _, left in drawn["ticks"]] == sorted(
         float(left.rstrip("%")) for _, left in drawn["ticks"]
     )
