@@ -47,17 +47,24 @@ def up(state_dir: StateDir = None) -> None:
     """Install what the stack runs on first use, start every component that is not running yet, restart each
     whose configuration changed (saying what changed), and wait until each is ready."""
     stack = LocalStack(state_dir)
+    deferred = stack.deferred()
     try:
-        stack.install(console.print)
+        stack.install(console.print, leave=deferred)
     except InstallError as error:
         console.print(f"[red]install failed:[/] {error}")
         raise typer.Exit(1) from error
     try:
         with console.status("starting the local stack"):
-            statuses = stack.up(console.print)
+            statuses = stack.up(console.print, leave=deferred)
     except StartError as error:
         console.print(f"[red]start failed:[/] {error}")
         raise typer.Exit(1) from error
+    if deferred:
+        log = stack.start_installer(deferred)
+        console.print(
+            f"[yellow]{', '.join(deferred)}: not installed yet; the stack answers without them. Installing them in "
+            f"the background (Loki about 7 min cold), started once built: {log}[/]"
+        )
     _print_status(stack, statuses)
     endpoints = Table("endpoint", "address", box=None)
     for name, address in stack.endpoints():
@@ -66,6 +73,16 @@ def up(state_dir: StateDir = None) -> None:
     console.print(
         f"Settings and the API key ($RAGTRACE_API_KEY): [bold]{stack.env_file}[/]  (set -a; . {stack.env_file}; set +a)"
     )
+
+
+@stack_app.command(hidden=True)
+def up_deferred(names: Annotated[list[str], typer.Argument()], state_dir: StateDir = None) -> None:
+    """Install the components `up` left for later, then start them (what `up` runs in the background)."""
+    try:
+        LocalStack(state_dir).up_deferred(names, console.print)
+    except (InstallError, StartError) as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from error
 
 
 @stack_app.command()

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ragtrace_tools.cli import app
 from ragtrace_tools.devstack import LocalStack, StackPorts, StartError, State
-from ragtrace_tools.devstack.servers import LocalServers
+from ragtrace_tools.devstack.servers import LocalServers, cache_dir
 from ragtrace_tools.devstack.supervisor import NOT_RECORDED, Component, Supervisor
 from tests.pipeline import wait_until
 
@@ -148,6 +148,41 @@ def test_cli_status_shows_each_component_on_the_ports_it_was_started_with(tmp_pa
     assert " up " in lines["redis"] and f" {redis.port} " in lines["redis"]
     assert " down " in lines["kafka"] and "weaviate" not in lines, "Weaviate is the Weaviate backend's alone"
     assert "LLM none (extractive answers)" in lines["search-service"], "what it runs with"
+
+
+def test_on_a_fresh_machine_loki_and_the_redis_exporter_are_installed_after_the_stack_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAGTRACE_LLM", "")
+    monkeypatch.setenv("RAGTRACE_OBSERVABILITY", "on")
+    installed = cache_dir()
+    fresh = tmp_path / "cache"  # the installed cache less Loki and the Redis exporter
+    fresh.mkdir()
+    for entry in installed.iterdir():
+        if not entry.name.startswith(("loki-", "redis_exporter-")):
+            (fresh / entry.name).symlink_to(entry)
+    monkeypatch.setenv("RAGTRACE_CACHE_DIR", str(fresh))
+    assert LocalStack(tmp_path / "fresh", StackPorts.free()).deferred() == ["redis-exporter", "loki"]
+
+    monkeypatch.setenv("RAGTRACE_CACHE_DIR", str(installed))
+    stack = LocalStack(tmp_path / "state", StackPorts.free())
+    assert stack.deferred() == [], "once installed, they start with the rest"
+    reported: list[str] = []
+    stack.up_deferred(["redis-exporter"], reported.append)
+    assert stack.supervisor.pid("redis-exporter") is None, "a stack stopped meanwhile is not half started again"
+    assert reported == ["installed redis-exporter; not started: the stack was stopped meanwhile"]
+
+    stack.supervisor.start(stack.servers.redis())
+    try:
+        log = stack.start_installer(["redis-exporter"])
+        exporter = stack.servers.redis_exporter()
+        wait_until(
+            lambda: stack.supervisor.status(exporter).state is State.UP, 60, 0.2, f"the exporter started by {log}"
+        )
+    finally:
+        stopped = stack.down()
+    assert {"redis", "redis-exporter"} <= set(stopped)
+    assert "redis-exporter: started" in log.read_text()
 
 
 def _greeter(tmp_path: Path, **env: str) -> Component:

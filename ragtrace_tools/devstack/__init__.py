@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import shutil
+import sys
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +40,7 @@ STACK_SWITCHES = frozenset(
 SHELL_SETTINGS = ("RAGTRACE_", "OTEL_")  # the settings ragtrace's processes read from their environment
 LLM_SETTINGS = "RAGTRACE_LLM_"  # the search service's alone
 API_KEY = "RAGTRACE_API_KEY"
+INSTALLER = "install-later"  # the background `make up` process that installs and starts the deferred components
 
 
 def default_state_dir() -> Path:
@@ -169,13 +172,55 @@ class LocalStack:
         services = self.services.components() if self.services else []
         return servers + observability + vllm + services
 
-    def install(self, report: Callable[[str], None] = lambda line: None) -> None:
+    def install(self, report: Callable[[str], None] = lambda line: None, leave: Collection[str] = ()) -> None:
         """Install what the components run from, on first use (infra/local/install.sh names each missing one and
         about how long it takes, before it starts), and make the model vLLM serves when it is one of the
-        project's: nothing else, so `make up` never waits for what only other targets use."""
-        install(name for component in self.components() for name in component.installs)
+        project's: nothing else, so `make up` never waits for what only other targets use. `leave`: components
+        not to install now (`deferred`)."""
+        install(name for c in self.components() if c.name not in leave for name in c.installs)
         if self.with_llm:
             llm.make_model(report=report)
+
+    def deferred(self) -> list[str]:
+        """The deferrable components whose binaries are not installed yet: `make up` starts the stack without
+        them and has `installer` install and start them once it answers."""
+        return [c.name for c in self.components() if c.deferrable and shutil.which(c.argv[0]) is None]
+
+    def installer(self, names: Collection[str]) -> Component:
+        """The background process that installs these components, then starts them (`up_deferred`)."""
+        return Component(
+            name=INSTALLER,
+            port=0,
+            argv=[
+                sys.executable,
+                "-m",
+                "ragtrace_tools.cli",
+                "stack",
+                "up-deferred",
+                "--state-dir",
+                str(self.state_dir),
+                *names,
+            ],
+            ready=lambda: True,
+        )
+
+    def start_installer(self, names: Collection[str]) -> Path:
+        """Start `installer` for these components in the background; returns its log."""
+        component = self.installer(names)
+        self.supervisor.start(component)
+        return self.supervisor.log_path(component.name)
+
+    def up_deferred(self, names: Collection[str], report: Callable[[str], None] = lambda line: None) -> None:
+        """Install these components, then start them, unless the rest of the stack was stopped meanwhile (a
+        `make down` while Loki builds leaves nothing running)."""
+        wanted = [c for c in self.components() if c.name in names]
+        install(name for c in wanted for name in c.installs)
+        if not any(self.supervisor.pid(c.name) for c in self.components() if c.name not in names):
+            report(f"installed {', '.join(names)}; not started: the stack was stopped meanwhile")
+            return
+        for component in wanted:
+            self.supervisor.start(component, report)
+            report(f"{component.name}: started")
 
     def client_env(self) -> dict[str, str]:
         """What a client of this stack needs: the servers' settings, the services' URLs and the API key."""
@@ -224,15 +269,16 @@ class LocalStack:
             listed.append(("vLLM (OpenAI API)", f"http://127.0.0.1:{p.vllm}/v1  (/metrics)"))
         return listed
 
-    def up(self, report: Callable[[str], None] = lambda line: None) -> list[Status]:
+    def up(self, report: Callable[[str], None] = lambda line: None, leave: Collection[str] = ()) -> list[Status]:
         """Start every component not yet running, in order, each once ready; restart each whose configuration
         changed, and stop the optional ones no longer wanted (vLLM, the observability backends), saying so in
-        one line each through `report`. Twice in a row, the second does nothing."""
+        one line each through `report`. Twice in a row, the second does nothing. `leave`: components not to
+        start now (`deferred`)."""
         self._write_env_file()
         for component in reversed(self._unwanted()):
             if self.supervisor.stop(component):
                 report(f"{component.name}: stopped (no longer wanted)")
-        for component in self.components():
+        for component in (c for c in self.components() if c.name not in leave):
             if self.supervisor.pid(component.name) is None and port_in_use(component.port):
                 raise StartError(
                     f"{component.name}: port {component.port} is already in use by a process this stack did not "
@@ -254,7 +300,7 @@ class LocalStack:
     def down(self) -> list[str]:
         """Stop what this stack started, in reverse order; returns the names that were running. Weaviate, the
         observability backends and vLLM are stopped whatever the settings that choose them say now."""
-        every = self.components() + self._unwanted()
+        every = [self.installer(()), *self.components(), *self._unwanted()]
         return [c.name for c in reversed(every) if self.supervisor.stop(c)]
 
     def status(self) -> list[Status]:
@@ -274,6 +320,10 @@ class LocalStack:
             return f"{backend}, LLM {base_url}, model {env.get('RAGTRACE_LLM_MODEL') or 'listed by the server'}"
         if component.name == "vllm":
             return f"model {llm.local_model()}"
+        if component.name in self.deferred():
+            if self.supervisor.pid(INSTALLER):
+                return f"being installed in the background: {self.supervisor.log_path(INSTALLER)}"
+            return "not installed: the next `make up` installs it"
         return ""
 
     def _write_env_file(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import shutil
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +280,8 @@ class Observability:
         )
 
     def loki(self) -> Component:
-        return self._grafana("loki", "LOKI_VERSION", MONITORING / "loki" / "loki.yaml", render_loki, self.ports.loki)
+        loki = self._grafana("loki", "LOKI_VERSION", MONITORING / "loki" / "loki.yaml", render_loki, self.ports.loki)
+        return replace(loki, deferrable=True)  # logs stay in .state/logs until Loki is built
 
     def _grafana(
         self,

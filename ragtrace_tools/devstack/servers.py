@@ -338,6 +338,7 @@ class LocalServers:
             env={"REDIS_ADDR": f"redis://127.0.0.1:{self.ports.redis}", "REDIS_PASSWORD": self.secrets.redis_password},
             ready=lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200,
             installs=("redis-exporter",),
+            deferrable=True,
         )
 
     # Weaviate ---------------------------------------------------------------------------------------

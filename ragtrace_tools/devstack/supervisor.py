@@ -56,6 +56,9 @@ class Component:
     start_timeout_s: float = 60.0
     config: Callable[[], str] | None = None  # the config file `prepare` writes, rendered now
     installs: tuple[str, ...] = ()  # the infra/local/install.sh components it runs from (`make up` installs them)
+    # Not needed to answer searches with traces (logs, an exporter): on a fresh machine `make up` installs it in
+    # the background once the stack answers, so the first start waits only for what answering needs.
+    deferrable: bool = False
 
     def fingerprint(self) -> dict[str, str]:
         """A digest of each part of what the process is started with, by the name `changes` reports it under
