@@ -199,10 +199,11 @@ def bench(
     output: Annotated[Path, typer.Option(help="Folder for the results")] = REPO_ROOT / "bench" / "results",
 ) -> None:
     """Indexing throughput against the bare model, freshness, search latency, memory and bucket-event latency of
-    the running stack."""
+    the running stack, and the peer's search on the same chunks (Weaviate, started for it when the stack runs
+    none)."""
     from ingest.settings import InboxSettings
     from ragtrace.clients import minio_client
-    from ragtrace.settings import MinioSettings
+    from ragtrace.settings import MinioSettings, WeaviateSettings
     from ragtrace_tools.bench.stack import run
 
     stack = LocalStack()
@@ -212,17 +213,25 @@ def bench(
         access_key=_stack_setting("RAGTRACE_MINIO_ACCESS_KEY"),
         secret_key=_stack_setting("RAGTRACE_MINIO_SECRET_KEY"),
     )
-    run(
-        data,
-        _stack_setting("RAGTRACE_INGEST_URL"),
-        _stack_setting("RAGTRACE_SEARCH_URL"),
-        _stack_setting("RAGTRACE_API_KEY"),
-        pids,
-        stack.state_dir / "index",
-        documents,
-        output,
-        (minio_client(minio), InboxSettings().bucket),
+    weaviate = WeaviateSettings(
+        host=_stack_setting("RAGTRACE_WEAVIATE_HOST"),
+        http_port=int(_stack_setting("RAGTRACE_WEAVIATE_HTTP_PORT")),
+        grpc_port=int(_stack_setting("RAGTRACE_WEAVIATE_GRPC_PORT")),
+        api_key=_stack_setting("RAGTRACE_WEAVIATE_API_KEY"),
     )
+    with stack.weaviate() as weaviate_pid:
+        run(
+            data,
+            _stack_setting("RAGTRACE_INGEST_URL"),
+            _stack_setting("RAGTRACE_SEARCH_URL"),
+            _stack_setting("RAGTRACE_API_KEY"),
+            pids,
+            stack.state_dir / "index",
+            documents,
+            output,
+            (minio_client(minio), InboxSettings().bucket),
+            (weaviate, weaviate_pid),
+        )
 
 
 @app.command()

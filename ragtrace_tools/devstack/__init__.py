@@ -3,11 +3,12 @@ services as supervised processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -305,6 +306,19 @@ class LocalStack:
 
     def status(self) -> list[Status]:
         return [self.supervisor.status(c) for c in self.components()]
+
+    @contextlib.contextmanager
+    def weaviate(self) -> Iterator[int | None]:
+        """Weaviate running inside the block, for a tool that needs one beside the stack (the bench's peer): the
+        stack's own when it runs one, else installed on first use, started, and stopped after the block. Yields
+        its pid."""
+        component = self.servers.weaviate()
+        if self.supervisor.status(component).state is State.UP:
+            yield self.supervisor.pid(component.name)
+            return
+        install(component.installs)
+        with self.supervisor.running([component]):
+            yield self.supervisor.pid(component.name)
 
     def runs_with(self, component: Component) -> str:
         """What `make status` shows a component runs with, where it applies: the index backend, the LLM, its
