@@ -21,15 +21,16 @@ def test_the_peer_answers_every_request_at_each_concurrency_and_leaves_nothing_b
     engine = EmbeddingEngine(EmbeddingSettings(), serves_queries=True)
     queries = ["Kafka partitions", "how are buckets named", "tenants"]
 
-    rows = weaviate_peer(infra.weaviate, engine, PASSAGES, queries, requests=12, concurrencies=(1, 3))
+    rows = weaviate_peer(infra.weaviate, engine, PASSAGES, queries, requests=80, concurrencies=(1, 3))
 
     assert [row["concurrency"] for row in rows] == [1, 3]
     for row in rows:
         # Every hybrid query found passages: an empty tenant (a failed write) answers with none.
-        assert row["answered"] == row["requests"] == 12, row
+        assert row["answered"] == row["requests"] == 80, row
         assert 0 < row["p50_ms"] <= row["p99_ms"], row
         assert row["requests_per_s"] > 0, row
-        assert row["cpu_ms_per_request"]["peer client"] > 0, row  # the encoder runs in this process
+        # The encoder runs in this process: 80 encodings are well above the sampler's 0.1 s resolution.
+        assert row["cpu_ms_per_request"]["peer client"] > 0, row
     store = WeaviateStore(infra.weaviate, PEER_COLLECTION)
     try:
         assert not [t for t in store.collection().tenants.get() if t.startswith("peer-")], "the peer's tenant dropped"
