@@ -36,6 +36,7 @@ from weaviate.classes.query import HybridFusion
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
+from query.settings import SearchSettings
 from ragtrace.ingest_client import AsyncIngestClient, Document
 from ragtrace.schemas import chunk_id
 from ragtrace.settings import WeaviateSettings
@@ -263,9 +264,11 @@ def weaviate_peer(
         _until_idle(psutil.Process(weaviate_pid))
     tenant = store.collection().with_tenant(namespace)
 
+    alpha = SearchSettings().default_alpha
+
     def ask(query: str) -> int:
         vector = engine.embed([query])[0]
-        found = tenant.query.hybrid(query, vector=list(vector), alpha=0.7, limit=10, fusion_type=HybridFusion.RANKED)
+        found = tenant.query.hybrid(query, vector=list(vector), alpha=alpha, limit=10, fusion_type=HybridFusion.RANKED)
         return len(found.objects)
 
     pids = {"peer client": os.getpid(), **({"weaviate": weaviate_pid} if weaviate_pid else {})}
