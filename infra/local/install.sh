@@ -242,19 +242,12 @@ apt_install() {
 }
 
 # The Go builds run two at a time: one's module downloads (about a third of a cold build) overlap the other's
-# compile. A failed one stops the script with its status.
+# compile. A failed one stops the script with its status; however the script ends, no build outlives it.
+# shellcheck disable=SC2046 # one pid per word
+trap 'kill $(jobs -rp) 2>/dev/null || true' EXIT
 in_background() {
-  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do reap_one; done
+  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done  # a failed build's status ends the script (set -e)
   "$@" &
-}
-reap_one() {
-  local status=0
-  wait -n || status=$?
-  if [ "$status" -ne 0 ]; then
-    # shellcheck disable=SC2046 # one pid per word
-    kill $(jobs -rp) 2>/dev/null || true
-    exit "$status"
-  fi
 }
 
 components=("$@")
@@ -290,4 +283,4 @@ for component in "${components[@]}"; do
     *) log "unknown component '$component' (see the usage line at the top of this script)"; exit 2 ;;
   esac
 done
-while [ -n "$(jobs -p)" ]; do reap_one; done
+while [ -n "$(jobs -p)" ]; do wait -n; done

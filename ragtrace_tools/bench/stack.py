@@ -208,9 +208,10 @@ def bare_search(
     from ragtrace.vectorstore.faiss_store import FaissStore
 
     store = FaissStore(data_dir)
+    alpha = SearchSettings().default_alpha
     timings = []
     for number in range(200):
-        query = f"{queries[number % len(queries)]} {uuid.uuid4().hex[:6]}"
+        query = _unique_query(queries, number)
         started = time.perf_counter()
         if mode == "keyword":
             store.keyword_search(namespace, query, 10)
@@ -219,7 +220,7 @@ def bare_search(
             if mode == "vector":
                 store.search(namespace, vector, 10)
             else:
-                store.hybrid_search(namespace, query, vector, 10, 0.7)
+                store.hybrid_search(namespace, query, vector, 10, alpha)
         timings.append((time.perf_counter() - started) * 1000)
     store.close()
     return {"mode": mode, "encoder": engine.backend, **percentiles(timings, "ms", 2)}
@@ -267,8 +268,8 @@ def weaviate_peer(
     alpha = SearchSettings().default_alpha
 
     def ask(query: str) -> int:
-        vector = engine.embed([query])[0]
-        found = tenant.query.hybrid(query, vector=list(vector), alpha=alpha, limit=10, fusion_type=HybridFusion.RANKED)
+        vector = engine.embed([query])[0].tolist()
+        found = tenant.query.hybrid(query, vector=vector, alpha=alpha, limit=10, fusion_type=HybridFusion.RANKED)
         return len(found.objects)
 
     pids = {"peer client": os.getpid(), **({"weaviate": weaviate_pid} if weaviate_pid else {})}

@@ -62,7 +62,7 @@ def test_go_builds_run_two_at_a_time_and_all_finish(tmp_path: Path) -> None:
         ]
     )
     assert _most_at_once(events) == 2
-    assert all((tmp_path / "cache").glob("minio-*/minio")), "each binary lands under its pinned version"
+    assert list((tmp_path / "cache").glob("minio-*/minio")), "each binary lands under its pinned version"
 
 
 def test_a_failed_go_build_fails_the_script_with_its_status(tmp_path: Path) -> None:
