@@ -47,6 +47,22 @@ class Variant:
     operators: tuple[str, ...] = ("MatMul",)
     # Nodes left in fp32: a regular expression on node names (e.g. the feed-forward output projections).
     exclude: str = ""
+    # The quantized weights' type: "int8", or "uint8" where int8 would saturate (u8s8_saturates).
+    weights: str = "int8"
+
+
+def u8s8_saturates(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU lacks VNNI (AVX-512 VNNI, AVX-VNNI or AMX). Without it onnxruntime multiplies uint8
+    activations by int8 weights with AVX2's vpmaddubsw, which adds pairs in 16 bits and saturates: on an
+    AVX2-only AMD EPYC, int8 weights lost 0.007 dense nDCG@10 against torch fp32 on dbpedia-5k and msmarco-5k
+    (2026-12-06), outside the quality bound; 7-bit int8 weights (optimum's AVX2 recipe) lost 0.006 on
+    cranfield; uint8 weights (uint8 x uint8, which onnxruntime widens to 16 bits first, its documented remedy)
+    stayed within 0.004 on every set. Where the flags cannot be read, the safe answer."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return True
+    return not re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", flags)
 
 
 # onnxruntime's dynamic-quantization operators (its IntegerOpsRegistry), as optimum's AutoQuantizationConfig uses.
@@ -59,7 +75,14 @@ VARIANTS: dict[str, Variant] = {
     # tables too), weights symmetric and per output channel, run one text at a time (OnnxEncoder). Per channel
     # and alone is what keeps it within the quality bound: per tensor lost 0.013 nDCG@10 on cranfield even
     # alone, and batches of 16 lost 0.009 (ragtrace_tools/bench/onnx_backends.py, docs/benchmarks.md).
-    "onnx-int8": Variant("onnx-int8", quantize=True, per_channel=True, operators=INTEGER_OPS),
+    # uint8 weights where the CPU has no VNNI: the file's name (its recipe) says which.
+    "onnx-int8": Variant(
+        "onnx-int8",
+        quantize=True,
+        per_channel=True,
+        operators=INTEGER_OPS,
+        weights="uint8" if u8s8_saturates() else "int8",
+    ),
 }
 
 
@@ -200,9 +223,8 @@ def optimize(source: Path, target: Path, model: Any) -> None:
 
 
 def quantize(source: Path, target: Path, variant: Variant) -> None:
-    """onnxruntime's dynamic int8 quantization: int8 weights (symmetric), uint8 activations scaled per batch
-    at run time, full 8-bit range (AVX-512 VNNI multiplies u8 by s8 without the 16-bit saturation that
-    optimum's AVX2 configuration avoids with reduce_range)."""
+    """onnxruntime's dynamic int8 quantization: int8 weights (symmetric), or uint8 where int8 saturates (the
+    variant's `weights`), and uint8 activations scaled per run, full 8-bit range."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -214,7 +236,7 @@ def quantize(source: Path, target: Path, variant: Variant) -> None:
         op_types_to_quantize=list(variant.operators),
         per_channel=variant.per_channel,
         reduce_range=False,
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QUInt8 if variant.weights == "uint8" else QuantType.QInt8,
         nodes_to_exclude=exclude,
         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
     )

@@ -5,6 +5,7 @@ into a temporary cache (a few seconds, no network: the source is the bundled mod
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from embedding.engine import EmbeddingEngine, resolve_backend
-from embedding.onnx_backend import length_order, restore_order
+from embedding.onnx_backend import VARIANTS, cache_path, length_order, restore_order, u8s8_saturates
 from embedding.server import MicroBatcher
 from embedding.settings import CPU_BACKEND, EmbeddingSettings
 
@@ -90,6 +91,30 @@ def test_the_onnx_engine_embeds_like_torch(
     batched = engine.embed(mixed)
     one_by_one = np.vstack([engine.embed([text]) for text in mixed])
     assert np.allclose(batched, one_by_one, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "saturates"),
+    [
+        ("fpu sse2 avx2 fma", True),  # AVX2 only (an AMD EPYC of 2026-12-06): u8 x s8 pairs saturate in 16 bits
+        ("fpu avx2 avx512f avx512_vnni", False),
+        ("fpu avx2 avx_vnni", False),
+        ("fpu avx2 amx_int8 amx_tile", False),
+        ("fpu avx2 avx512_vnni_not_a_flag", True),
+    ],
+)
+def test_int8_weights_only_where_the_cpu_has_vnni(flags: str, saturates: bool, tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert u8s8_saturates(cpuinfo) is saturates
+
+
+def test_an_unreadable_cpu_description_gets_the_safe_int8_recipe_and_each_recipe_its_own_file(tmp_path: Path) -> None:
+    assert u8s8_saturates(tmp_path / "missing")
+    int8 = VARIANTS["onnx-int8"]
+    other = replace(int8, weights="uint8" if int8.weights == "int8" else "int8")
+    files = {cache_path(tmp_path, "model", "m", variant) for variant in (int8, other)}
+    assert len(files) == 2, "a model quantized on another CPU is never reused here"
 
 
 def test_the_export_is_made_once(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
