@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -60,6 +61,30 @@ def cells_for(size: int) -> int:
 
 
 @dataclass(frozen=True)
+class Changes:
+    """The change log between an index's last applied entry and the latest: the row ids removed and added.
+    Every index kept in step with a namespace (this one, keyword_index.py's) applies it the same way."""
+
+    removed: list[int]
+    added: list[int]
+
+    @classmethod
+    def read(cls, db: sqlite3.Connection, after: int, latest: int) -> Changes:
+        rows = db.execute("SELECT op, id FROM changes WHERE seq > ? AND seq <= ? ORDER BY seq", (after, latest))
+        changes = cls([], [])
+        for op, row_id in rows:
+            (changes.removed if op == "remove" else changes.added).append(int(row_id))
+        return changes
+
+    def added_rows(self, db: sqlite3.Connection, columns: str) -> list[tuple[Any, ...]]:
+        """(id, *columns) of the rows added that still exist (a later change may have removed one)."""
+        if not self.added:
+            return []
+        sql = f"SELECT id, {columns} FROM chunks WHERE id IN ({placeholders(self.added)})"  # noqa: S608
+        return db.execute(sql, self.added).fetchall()
+
+
+@dataclass(frozen=True)
 class IndexInfo:
     """What a namespace is searched with: exact or approximate (cells, nprobe, the recall@10 calibrated)."""
 
@@ -97,21 +122,15 @@ class NamespaceIndex:
         """Apply the change log after `seq` up to `latest`: removals, then the rows added that still exist.
         Applying a change twice is harmless (an added id is removed first), which is what lets a rebuilt
         index replay the writes that came in while it was built."""
-        changes = db.execute(
-            "SELECT op, id FROM changes WHERE seq > ? AND seq <= ? ORDER BY seq", (self.seq, latest)
-        ).fetchall()
-        removed = [i for op, i in changes if op == "remove"]
-        added = [i for op, i in changes if op == "add"]
-        if removed:
-            _remove(self.index, np.asarray(removed, dtype=np.int64))
-        if added:
-            added_rows = f"SELECT id, vector FROM chunks WHERE id IN ({placeholders(added)})"  # noqa: S608
-            ids, vectors = read_vectors(db, added_rows, added)
-            if len(ids):
-                if self.size == 0 and self.index.d != vectors.shape[1]:
-                    self.index = exact_index(vectors.shape[1])  # the first vectors fix the dimension
-                _remove(self.index, ids)
-                self.index.add_with_ids(vectors, ids)
+        changes = Changes.read(db, self.seq, latest)
+        if changes.removed:
+            _remove(self.index, np.asarray(changes.removed, dtype=np.int64))
+        ids, vectors = _as_arrays(changes.added_rows(db, "vector"))
+        if len(ids):
+            if self.size == 0 and self.index.d != vectors.shape[1]:
+                self.index = exact_index(vectors.shape[1])  # the first vectors fix the dimension
+            _remove(self.index, ids)
+            self.index.add_with_ids(vectors, ids)
         self.seq = latest
 
     def search(self, query: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -228,9 +247,8 @@ def calibrate(index: faiss.IndexIVF, ids: np.ndarray, vectors: np.ndarray, min_r
     return high, round(reached, 4)
 
 
-def read_vectors(db: sqlite3.Connection, sql: str, params: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of the rows `sql` selects as (id, vector blob)."""
-    rows = db.execute(sql, list(params)).fetchall()
+def _as_arrays(rows: Sequence[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of (id, vector blob) rows."""
     ids = np.asarray([row[0] for row in rows], dtype=np.int64)
     if not rows:
         return ids, np.zeros((0, 1), dtype=np.float32)
@@ -248,6 +266,11 @@ def read_all_vectors(db: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
         ids[row] = chunk_id
         vectors[row] = np.frombuffer(blob, dtype=np.float32)
     return ids, vectors
+
+
+def latest_change(db: sqlite3.Connection) -> int:
+    """The namespace's last change-log entry (0 before its first write)."""
+    return int(db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
 
 
 def placeholders(values: Sequence[object]) -> str:

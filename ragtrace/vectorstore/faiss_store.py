@@ -1,10 +1,11 @@
 """Embedded FAISS backend: durable on disk, searchable while another process writes.
 
 Each namespace is one SQLite file (WAL mode: readers never block the writer) holding the chunks, their
-vectors, an FTS5 keyword index kept in step by triggers, and a change log. Each process keeps an in-memory
-FAISS index per namespace (inner product over normalized vectors = cosine) and, before every search,
-applies the changes logged since it last looked, so the indexer's writes are visible to the search service
-without reloading. On a machine with a GPU and faiss-gpu, searches run on a GPU copy of the index.
+vectors and a change log. Each process keeps two in-memory indexes per namespace, a FAISS index (inner product
+over normalized vectors = cosine) and a Tantivy keyword index (BM25, keyword_index.py), and, before every
+search, applies to the one it searches the changes logged since it last looked, so the indexer's writes are
+visible to the search service without reloading. On a machine with a GPU and faiss-gpu, searches run on a GPU
+copy of the FAISS index.
 
 A namespace's index is exact while small and approximate (IVF) above `IndexPolicy.approximate_above`
 chunks (faiss_index.py). The switch, and each rebuild a change of size calls for, happens in a thread: the
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -54,10 +54,12 @@ from ragtrace.vectorstore.faiss_index import (
     IndexPolicy,
     NamespaceIndex,
     build,
+    latest_change,
     placeholders,
     read_all_vectors,
 )
 from ragtrace.vectorstore.generations import Generations
+from ragtrace.vectorstore.keyword_index import KeywordIndex
 
 log = logging.getLogger(__name__)
 # An approximate index is saved beside its namespace's SQLite file as <namespace><SAVED_INDEX_SUFFIX>.
@@ -101,15 +103,10 @@ CREATE TABLE IF NOT EXISTS changes (
     op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
     id INTEGER NOT NULL
 );
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
-    content, title, content='chunks', content_rowid='id', tokenize='porter unicode61'
-);
-CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts(rowid, content, title) VALUES (new.id, new.content, new.title);
-END;
-CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts(chunks_fts, rowid, content, title) VALUES ('delete', old.id, old.content, old.title);
-END;
+-- Namespaces written before the keyword index moved to Tantivy kept an FTS5 copy of every chunk.
+DROP TRIGGER IF EXISTS chunks_fts_insert;
+DROP TRIGGER IF EXISTS chunks_fts_delete;
+DROP TABLE IF EXISTS chunks_fts;
 """
 
 
@@ -121,11 +118,6 @@ CREATE TABLE IF NOT EXISTS generations (  -- a namespace without a row serves ge
     building INTEGER
 );
 """
-
-# FTS5's bm25() is lower-is-better; negated, higher is better like every other score here.
-_KEYWORD_SEARCH = (
-    "SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?"
-)
 
 _INSERT_CHUNK = (
     'INSERT INTO chunks(chunk_id, document_id, chunk_no, content, title, start, "end", metadata, vector)'
@@ -148,6 +140,7 @@ class _Namespace:
     lock: threading.Lock
     path: Path
     current: NamespaceIndex | None = None  # swapped whole by a rebuild, under the lock
+    keywords: KeywordIndex | None = None  # built on the first keyword or hybrid search
     device_index: faiss.Index | None = None  # GPU copy, rebuilt after changes
     rebuilding: threading.Thread | None = None
     failed_at_size: int | None = None
@@ -239,7 +232,7 @@ class FaissStore:
     def _sync(self, ns: _Namespace) -> NamespaceIndex:
         """Bring the in-memory index up to the last committed change, and start the rebuild its size calls
         for (call with ns.lock held)."""
-        latest = ns.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+        latest = latest_change(ns.db)
         if ns.current is None:
             ns.current = self._first_index(ns, latest)
             ns.device_index = self._to_gpu(ns.current)
@@ -248,6 +241,15 @@ class FaissStore:
             ns.device_index = self._to_gpu(ns.current)
         self._start_rebuild_if_due(ns, ns.current)
         return ns.current
+
+    def _keywords(self, ns: _Namespace) -> KeywordIndex:
+        """The keyword index brought up to the last committed change (call with ns.lock held)."""
+        latest = latest_change(ns.db)
+        if ns.keywords is None:
+            ns.keywords = KeywordIndex.build(ns.db, latest)
+        elif ns.keywords.seq != latest:
+            ns.keywords.apply_changes(ns.db, latest)
+        return ns.keywords
 
     def _first_index(self, ns: _Namespace, latest: int) -> NamespaceIndex:
         """The approximate index this store saved, brought up to date, when it still matches the namespace;
@@ -283,7 +285,7 @@ class FaissStore:
         try:
             with closing(sqlite3.connect(f"file:{ns.path}?mode=ro", uri=True, timeout=30)) as db:
                 db.execute("BEGIN")  # one snapshot: the vectors and the change they reflect
-                seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+                seq = latest_change(db)
                 ids, vectors = read_all_vectors(db)
                 db.execute("COMMIT")
             built = build(ids, vectors, cells, self.policy.min_recall, seq)
@@ -297,7 +299,7 @@ class FaissStore:
             with ns.lock:
                 if ns.closed:
                     return
-                built.apply_changes(ns.db, ns.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+                built.apply_changes(ns.db, latest_change(ns.db))
                 ns.current = built
                 ns.device_index = self._to_gpu(built)
             log.info("namespace index rebuilt: %s", built.info())
@@ -314,11 +316,13 @@ class FaissStore:
         return faiss.index_cpu_to_all_gpus(index.index)
 
     def settle(self, namespace: str) -> IndexInfo:
-        """Bring the namespace's index up to date and wait until the rebuild it calls for, if any, is
-        swapped in: what it is searched with from then on (for benchmarks and tests)."""
+        """Bring the namespace's indexes up to date (the keyword index built if it was not) and wait until
+        the rebuild the FAISS index calls for, if any, is swapped in: what it is searched with from then on
+        (for benchmarks and tests)."""
         ns = self._open(namespace, create=False)
         while True:
             with ns.lock:
+                self._keywords(ns)
                 current = self._sync(ns)
                 rebuilding = ns.rebuilding
                 if rebuilding is None or not rebuilding.is_alive():
@@ -345,7 +349,7 @@ class FaissStore:
     def keyword_search(self, namespace: str, query: str, top_k: int) -> list[Hit]:
         ns = self._open(namespace, create=False)
         with ns.lock:
-            return _hits(ns.db, _matches(ns.db, query, top_k))
+            return _hits(ns.db, self._keywords(ns).search(query, top_k))
 
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
         """Both rankings as ids and the feedback vectors from the FAISS index itself: chunk rows are read
@@ -357,7 +361,7 @@ class FaissStore:
             ns.db.execute("BEGIN")
             try:
                 nearest = [i for i, _ in self._nearest(ns, vector, candidates)]
-                keyword = [i for i, _ in _matches(ns.db, query, candidates)]
+                keyword = [i for i, _ in self._keywords(ns).search(query, candidates)]
                 feedback = feedback_ids(nearest, keyword, self.feedback_chunks)
                 if feedback and ns.current is not None:
                     feedback_vectors = ns.current.index.reconstruct_batch(np.asarray(feedback, dtype=np.int64))
@@ -489,16 +493,6 @@ def _record_model(db: sqlite3.Connection, namespace: str, model: EmbeddingModel 
     db.execute(
         "INSERT OR REPLACE INTO embedding_model(id, model, dimension) VALUES (1, ?, ?)", (model.name, model.dimension)
     )
-
-
-def _matches(db: sqlite3.Connection, query: str, top_k: int) -> list[tuple[int, float]]:
-    """(chunk row id, BM25 score) of the top_k chunks matching any word of the query, best first."""
-    terms = re.findall(r"\w+", query.lower())
-    if not terms:
-        return []
-    # Each word quoted and ORed: the user's text is never read as FTS5 query syntax.
-    expression = " OR ".join(f'"{term}"' for term in terms)
-    return [(int(i), float(score)) for i, score in db.execute(_KEYWORD_SEARCH, (expression, top_k))]
 
 
 def _hits(db: sqlite3.Connection, ranked: Sequence[tuple[int, float]]) -> list[Hit]:
