@@ -116,7 +116,9 @@ def _weighted(searcher: tantivy.Searcher, term: str) -> tantivy.Query:
     nDCG@10 0.009 lower on cranfield, same vectors). A boost scales the term's whole score, so block-max WAND
     prunes as before."""
     total, found = searcher.num_docs, searcher.doc_freq(_FIELD, term)
-    odds = (total - found + 0.5) / (found + 0.5)
+    # At least even odds: a deleted chunk counts in doc_freq until its segment is merged, not in num_docs, so
+    # a word can seem to be in more chunks than there are.
+    odds = max((total - found + 0.5) / (found + 0.5), 1.0)
     query = tantivy.Query.term_query(_SCHEMA, _FIELD, term, index_option="freq")
     return tantivy.Query.boost_query(query, max(math.log(odds), 1e-6) / math.log1p(odds))
 

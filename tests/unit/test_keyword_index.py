@@ -122,3 +122,15 @@ def test_a_namespace_written_with_the_fts5_keyword_table_is_searched_through_the
     with sqlite3.connect(tmp_path / f"{NAMESPACE}.sqlite") as db:
         left = db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'chunks_fts%'").fetchall()
     assert left == []
+
+
+def test_deleted_chunks_still_counted_by_the_index_break_no_search(tmp_path: Path) -> None:
+    """Tantivy counts a deleted chunk in a word's document frequency until its segment is merged, so a word
+    can seem to be in more chunks than the namespace holds."""
+    store = FaissStore(tmp_path)
+    store.write(NAMESPACE, [_document(f"moon-{i}", "The moon and its phases.") for i in range(3)], [])
+    store.write(NAMESPACE, [_document("kiln", "A kiln fires the clay.")], [])
+    assert len(_found(store, "moon")) == 3
+    store.write(NAMESPACE, [], ["moon-0", "moon-1", "moon-2"])
+    assert _found(store, "moon phases") == []
+    assert _found(store, "moon kiln") == ["kiln"]
