@@ -7,7 +7,7 @@ opens the namespace once with exact search and once with approximate search (IVF
 store), and measures:
 - the time until its index is ready, and the approximate index's build time;
 - p50/p99 of vector, keyword and hybrid searches (top 10) at concurrency 1 and 8 (200 each, fewer where
-  they take over 30 s, as BM25 at 1M chunks does: the JSON has the count), called through
+  they take over 30 s, as exact search at 1M chunks does: the JSON has the count), called through
   `asyncio.to_thread` as the search service calls the store; keyword search does not depend on the index, so
   it is measured once. Hybrid is two dense searches (the query, then the query expanded by feedback), one
   BM25 search, the fusion and the rows read: the parts are the vector and keyword rows;

@@ -22,7 +22,7 @@ CORPUS = SyntheticCorpus()
 TOP_K = 10
 ALPHA = 0.7
 CONCURRENCY = (1, 8)
-# A measurement stops starting searches after this long (at 1M chunks a BM25 search takes seconds), once it
+# A measurement stops starting searches after this long (at 1M chunks an exact search takes seconds), once it
 # has at least MIN_REQUESTS.
 BUDGET_S = 30.0
 MIN_REQUESTS = 16
