@@ -43,6 +43,8 @@ BATCH_CONCURRENCY = 2  # batch requests in flight: each already keeps the ingest
 BATCH_DOCUMENTS = 100
 BATCH_BODY_BYTES = 8 * 1024 * 1024  # a batch's JSON, kept under the ingest API's 10 MiB body limit
 STATUS_WINDOW = 32  # documents whose statuses one wait request reads
+# How long status checks may be answered 503 in a row before waiting gives up with that answer.
+UNAVAILABLE_GRACE_S = 30.0
 
 Progress = Callable[[Status], None]
 """Called with a document's status each time one more document settles."""
@@ -132,6 +134,7 @@ class Settling:
         self.on_settled, self.window = on_settled, window
         self._settled: dict[str, Status] = {}
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._unavailable_since: float | None = None
 
     @property
     def settled(self) -> dict[str, Status]:
@@ -148,6 +151,7 @@ class Settling:
     def observe(self, statuses: Mapping[str, Status | None]) -> float:
         """The statuses of `next_ids()`: seconds to wait before the next check (0: every one had settled).
         Raises NotSettled once the timeout has passed."""
+        self._unavailable_since = None
         waiting: Status | None = None
         for document_id, status in statuses.items():
             if status is not None and status.get("status") in self.states:
@@ -160,6 +164,18 @@ class Settling:
             return 0.0
         if self._deadline is not None and time.monotonic() >= self._deadline:
             raise NotSettled(self, waiting)
+        return self.interval_s
+
+    def unavailable(self, error: IngestError) -> float:
+        """A check refused with `error`: the seconds to wait before checking again when it is a 503 (the API's
+        dependency briefly away, e.g. MinIO slow to answer on a loaded machine), for up to UNAVAILABLE_GRACE_S
+        in a row and within the timeout; else the error itself."""
+        now = time.monotonic()
+        if self._unavailable_since is None:
+            self._unavailable_since = now
+        past_deadline = self._deadline is not None and now >= self._deadline
+        if error.status_code != 503 or past_deadline or now - self._unavailable_since >= UNAVAILABLE_GRACE_S:
+            raise error
         return self.interval_s
 
 
@@ -291,7 +307,11 @@ class IngestClient(_Endpoints[httpx.Client]):
         """Until every document is in one of `states`: their statuses, in accept order."""
         settling = Settling(document_ids, states, timeout_s, self.interval_s, on_settled)
         while window := settling.next_ids():
-            if delay := settling.observe(self.statuses(namespace, window)):
+            try:
+                delay = settling.observe(self.statuses(namespace, window))
+            except IngestError as error:
+                delay = settling.unavailable(error)
+            if delay:
                 time.sleep(delay)
         return settling.settled
 
@@ -400,7 +420,11 @@ class AsyncIngestClient(_Endpoints[httpx.AsyncClient]):
         """Until every document is in one of `states`: their statuses, in accept order."""
         settling = Settling(document_ids, states, timeout_s, self.interval_s, on_settled)
         while window := settling.next_ids():
-            if delay := settling.observe(await self.statuses(namespace, window)):
+            try:
+                delay = settling.observe(await self.statuses(namespace, window))
+            except IngestError as error:
+                delay = settling.unavailable(error)
+            if delay:
                 await asyncio.sleep(delay)
         return settling.settled
 

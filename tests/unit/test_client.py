@@ -14,6 +14,7 @@ import pytest
 
 from ragtrace.ingest_client import (
     BATCH_DOCUMENTS,
+    UNAVAILABLE_GRACE_S,
     AsyncIngestClient,
     Document,
     DocumentsRefused,
@@ -167,3 +168,29 @@ def test_a_path_names_one_document_whatever_its_characters() -> None:
         assert DocumentInput.model_validate(
             {"text": "t", "metadata": {"title": "t"}, "document_id": document_id_for_path(path)}
         )
+
+
+def _refused(status_code: int) -> IngestError:
+    request = httpx.Request("POST", "http://127.0.0.1:8082/ingest/status")
+    return IngestError(httpx.Response(status_code, request=request, text='{"dependency": "minio"}'))
+
+
+def test_waiting_rides_out_a_dependency_briefly_away_and_no_other_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("ragtrace.ingest_client.time.monotonic", lambda: clock[0])
+    settling = Settling(["d0"], {"indexed"}, None, 0.5)
+    assert settling.unavailable(_refused(503)) == 0.5, "a 503 is checked again"
+    clock[0] += UNAVAILABLE_GRACE_S - 1
+    assert settling.unavailable(_refused(503)) == 0.5
+    assert settling.observe({"d0": {"status": "embedding"}}) == 0.5, "an answer ends the run of 503s"
+    clock[0] += UNAVAILABLE_GRACE_S - 1
+    assert settling.unavailable(_refused(503)) == 0.5
+    clock[0] += UNAVAILABLE_GRACE_S
+    with pytest.raises(IngestError, match="503"):
+        settling.unavailable(_refused(503))
+    with pytest.raises(IngestError, match="422"):
+        Settling(["d0"], {"indexed"}, None, 0.5).unavailable(_refused(422))
+    past_deadline = Settling(["d0"], {"indexed"}, 10.0, 0.5)
+    clock[0] += 11
+    with pytest.raises(IngestError, match="503"):
+        past_deadline.unavailable(_refused(503))
