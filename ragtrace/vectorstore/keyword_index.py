@@ -60,7 +60,8 @@ class KeywordIndex:
 
     @classmethod
     def build(cls, db: sqlite3.Connection, seq: int) -> KeywordIndex:
-        """The index of every chunk row, reflecting the change log up to `seq` (read in one snapshot with it)."""
+        """The index of every chunk row, as of change `seq` or later: rows read after `seq` may already show a
+        later change, which the next apply_changes then applies again, harmlessly."""
         built = cls(seq)
         writer = built._writer()
         for row_id, content, title in db.execute("SELECT id, content, title FROM chunks"):
