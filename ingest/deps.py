@@ -12,7 +12,7 @@ from ingest.reindex import Reindexing
 from ragtrace.http import ReadinessCheck
 
 
-def get_ingestion(request: Request) -> Ingestion:
+async def get_ingestion(request: Request) -> Ingestion:
     ingestion: Ingestion = request.app.state.ingestion
     return ingestion
 
@@ -20,7 +20,7 @@ def get_ingestion(request: Request) -> Ingestion:
 IngestionDep = Annotated[Ingestion, Depends(get_ingestion)]
 
 
-def get_reindexing(request: Request) -> Reindexing:
+async def get_reindexing(request: Request) -> Reindexing:
     reindexing: Reindexing = request.app.state.reindexing
     return reindexing
 
@@ -28,6 +28,6 @@ def get_reindexing(request: Request) -> Reindexing:
 ReindexingDep = Annotated[Reindexing, Depends(get_reindexing)]
 
 
-def readiness(ingestion: IngestionDep) -> dict[str, ReadinessCheck]:
+async def readiness(ingestion: IngestionDep) -> dict[str, ReadinessCheck]:
     """What /readyz checks: the ingest API cannot accept a document without Kafka and MinIO."""
     return {"kafka": ingestion.check_kafka, "minio": ingestion.check_minio}

@@ -13,7 +13,7 @@ from ragtrace.ingest_client import AsyncIngestClient
 from ragtrace.settings import TraceQuerySettings
 
 
-def get_search_client(request: Request) -> SearchClient:
+async def get_search_client(request: Request) -> SearchClient:
     client: SearchClient = request.app.state.search_client
     return client
 
@@ -21,7 +21,7 @@ def get_search_client(request: Request) -> SearchClient:
 SearchClientDep = Annotated[SearchClient, Depends(get_search_client)]
 
 
-def get_ingest_client(request: Request) -> AsyncIngestClient:
+async def get_ingest_client(request: Request) -> AsyncIngestClient:
     client: AsyncIngestClient = request.app.state.ingest_client
     return client
 
@@ -29,7 +29,7 @@ def get_ingest_client(request: Request) -> AsyncIngestClient:
 IngestClientDep = Annotated[AsyncIngestClient, Depends(get_ingest_client)]
 
 
-def get_trace_query(request: Request) -> TraceQuerySettings:
+async def get_trace_query(request: Request) -> TraceQuerySettings:
     settings: TraceQuerySettings = request.app.state.trace_query
     return settings
 
@@ -37,6 +37,6 @@ def get_trace_query(request: Request) -> TraceQuerySettings:
 TraceQueryDep = Annotated[TraceQuerySettings, Depends(get_trace_query)]
 
 
-def readiness(client: SearchClientDep) -> dict[str, ReadinessCheck]:
+async def readiness(client: SearchClientDep) -> dict[str, ReadinessCheck]:
     """What /readyz checks: the search service, whose own readiness covers its index and embedding service."""
     return {"search-service": client.ready}

@@ -163,17 +163,14 @@ class SearchService:
         started = time.perf_counter()
         query = ResolvedQuery.from_proto(request, self.defaults)
         producer = await self.generator.producer() if query.generate else NOT_GENERATED
-        if producer.name:
-            key = await self._cache_key(query, producer.name)
-            with tracer.start_as_current_span(
-                "cache lookup", attributes={"ragtrace.namespace": query.namespace}
-            ) as span:
-                cached = await self.cache.get(key)
-                span.set_attribute("ragtrace.cache.hit", cached is not None)
-        else:
-            key, cached = None, None  # the LLM is unavailable: its answer is unknown, nothing is looked up or kept
-        if cached is not None:
-            response = search_pb2.SearchResponse.FromString(cached)
+        # The LLM unavailable (no producer name): its answer is unknown, no result is looked up or kept.
+        parameters = cache_parameters(query, producer.name) if producer.name else None
+        embedding_key = None if query.mode == "keyword" else self.cache.embedding_key(self.embedder.model, query.query)
+        with tracer.start_as_current_span("cache lookup", attributes={"ragtrace.namespace": query.namespace}) as span:
+            found = await self.cache.lookup(query.namespace, parameters, embedding_key)
+            span.set_attribute("ragtrace.cache.hit", found.result is not None)
+        if found.result is not None:
+            response = search_pb2.SearchResponse.FromString(found.result)
             response.metadata.cache_hit = True
             response.metadata.trace_id = trace_id_hex()
             response.metadata.timings_ms.total = (time.perf_counter() - started) * 1000
@@ -193,7 +190,7 @@ class SearchService:
             namespace=query.namespace,
             alpha=query.alpha,
         )
-        hits = await self._retrieve(query, metadata)
+        hits, embedded = await self._retrieve(query, metadata, found.embedding)
         metadata.num_sources = len(hits)
         sources = [_source(hit) for hit in hits]
         observe(SEARCH_DURATION.labels(query.mode, "miss"), time.perf_counter() - started)
@@ -215,10 +212,14 @@ class SearchService:
         metadata.timings_ms.generate = answer.generate_ms
         metadata.timings_ms.total = (time.perf_counter() - started) * 1000
         yield search_pb2.SearchEvent(done=metadata)
-        if key is not None and not answer.fallback:
+        result = None
+        if found.key is not None and not answer.fallback:
             # Kept under its producer's key; a fallback is not that producer's answer (the LLM may be back next time).
-            final = search_pb2.SearchResponse(answer=answer.text, sources=sources, metadata=metadata)
-            self._write_behind(self.cache.put(key, final.SerializeToString()))
+            result = search_pb2.SearchResponse(
+                answer=answer.text, sources=sources, metadata=metadata
+            ).SerializeToString()
+        new_embedding = None if embedded is None or embedding_key is None else (embedding_key, embedded)
+        self._write_behind(self.cache.put(found.key, result, new_embedding))
 
     def _write_behind(self, write: Coroutine[Any, Any, None]) -> None:
         """A cache write off the request's path: the answer does not wait for Redis to store it (a failed write
@@ -227,35 +228,41 @@ class SearchService:
         self._cache_writes.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._cache_writes.discard)
 
-    async def _cache_key(self, query: ResolvedQuery, producer: str) -> str | None:
-        return await self.cache.result_key(query.namespace, cache_parameters(query, producer))
-
-    async def _embed(self, text: str, namespace: str, metadata: search_pb2.SearchMetadata) -> np.ndarray:
+    async def _embed(
+        self, text: str, namespace: str, metadata: search_pb2.SearchMetadata, cached: np.ndarray | None
+    ) -> np.ndarray:
         started = time.perf_counter()
         with tracer.start_as_current_span(
             f"embed query ({self.embedder.via})",
             attributes={"ragtrace.embedding.model": self.embedder.model, "ragtrace.embedding.via": self.embedder.via},
         ) as span:
-            vector = await self.cache.get_embedding(self.embedder.model, text)
-            span.set_attribute("ragtrace.cache.hit", vector is not None)
+            span.set_attribute("ragtrace.cache.hit", cached is not None)
+            vector = cached
             if vector is None:
                 embedding_started = time.perf_counter()
                 vector = await self.embedder.embed(text)
                 NAMESPACE_EMBEDDING_SECONDS.labels(namespace, "query").inc(time.perf_counter() - embedding_started)
-                self._write_behind(self.cache.put_embedding(self.embedder.model, text, vector))
         metadata.timings_ms.embed = (time.perf_counter() - started) * 1000
         return vector
 
-    async def _check_model(self, namespace: str, vector: np.ndarray) -> None:
-        """The query's vector must come from the model that indexed the namespace: ModelMismatch if not."""
-        indexed = await asyncio.to_thread(self.store.embedding_model, namespace)
-        check_model(namespace, indexed, EmbeddingModel(self.embedder.model, len(vector)))
+    def _checked_search(self, query: ResolvedQuery, vector: np.ndarray | None, wanted: int) -> list[Hit]:
+        """The store's search for the query's mode, in one call from the event loop's thread pool (a hop costs
+        about as much CPU as the model check it would take alone). A query vector must come from the model that
+        indexed the namespace: ModelMismatch if not."""
+        if vector is None:
+            return self.store.keyword_search(query.namespace, query.query, wanted)
+        indexed = self.store.embedding_model(query.namespace)
+        check_model(query.namespace, indexed, EmbeddingModel(self.embedder.model, len(vector)))
+        if query.mode == "vector":
+            return self.store.search(query.namespace, vector.tolist(), wanted)
+        return self.store.hybrid_search(query.namespace, query.query, vector.tolist(), wanted, query.alpha)
 
-    async def _retrieve(self, query: ResolvedQuery, metadata: search_pb2.SearchMetadata) -> list[Hit]:
+    async def _retrieve(
+        self, query: ResolvedQuery, metadata: search_pb2.SearchMetadata, cached: np.ndarray | None
+    ) -> tuple[list[Hit], np.ndarray | None]:
+        """The hits, and the query's vector when it was computed here (not `cached`), for the cache to keep."""
         mode = query.mode
-        vector = None if mode == "keyword" else await self._embed(query.query, query.namespace, metadata)
-        if vector is not None:
-            await self._check_model(query.namespace, vector)
+        vector = None if mode == "keyword" else await self._embed(query.query, query.namespace, metadata, cached)
         wanted = self.settings.filter_candidates if query.filters else query.top_k
         started = time.perf_counter()
         with tracer.start_as_current_span(
@@ -268,19 +275,12 @@ class SearchService:
                 "db.system.name": self.store.backend.value,
             },
         ) as span:
-            if vector is None:
-                hits = await asyncio.to_thread(self.store.keyword_search, query.namespace, query.query, wanted)
-            elif mode == "vector":
-                hits = await asyncio.to_thread(self.store.search, query.namespace, vector.tolist(), wanted)
-            else:
-                hits = await asyncio.to_thread(
-                    self.store.hybrid_search, query.namespace, query.query, vector.tolist(), wanted, query.alpha
-                )
+            hits = await asyncio.to_thread(self._checked_search, query, vector, wanted)
             hits = _filtered(hits, query.filters)[: query.top_k]
             _score_attributes(span, hits)
             _link_ingestions(span, hits)
         metadata.timings_ms.search = (time.perf_counter() - started) * 1000
-        return hits
+        return hits, None if cached is not None else vector
 
 
 def _filtered(hits: Sequence[Hit], filters: dict[str, str]) -> list[Hit]:

@@ -37,7 +37,7 @@ def _presented_key(request: Request) -> str | None:
     return key
 
 
-def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request) -> Principal:
     settings: AuthSettings = request.app.state.auth
     if settings.auth_disabled:
         return Principal([ALL_NAMESPACES])

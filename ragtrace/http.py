@@ -33,7 +33,7 @@ from ragtrace.schemas import ErrorBody
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 # A FastAPI dependency naming the service's readiness checks: dependency name → check.
-Readiness = Callable[..., Mapping[str, ReadinessCheck]]
+Readiness = Callable[..., Mapping[str, ReadinessCheck] | Awaitable[Mapping[str, ReadinessCheck]]]
 
 
 def error_response(
@@ -183,7 +183,11 @@ def create_service_app(
     the service's routers. `readiness` is best a dependency, so that it reaches the state the lifespan made."""
     if isinstance(readiness, Mapping):
         fixed = readiness
-        readiness = lambda: fixed  # noqa: E731
+
+        async def fixed_readiness() -> Mapping[str, ReadinessCheck]:
+            return fixed
+
+        readiness = fixed_readiness
     app = FastAPI(title=title, responses=ERROR_RESPONSES, **fastapi_args)
     app.state.auth = AuthSettings()
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -111,7 +111,8 @@ def write_results(
     latest: bool = False,
 ) -> None:
     """Print the Markdown table rows as a terminal table; write <date>-<machine><suffix>.json and .md (the
-    machine described at the top), and the Markdown to latest.md too when asked."""
+    machine described at the top; `-<HHMM>` added when a run of the same day wrote those), and the Markdown to
+    latest.md too when asked."""
     table = Table(*columns, title=title)
     for row in rows:
         table.add_row(*[cell.strip() for cell in row.strip("|").split("|")])
@@ -134,6 +135,8 @@ def write_results(
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{results['date'][:10]}-{platform.node() or 'machine'}{suffix}"
+    if (output_dir / f"{stem}.json").exists():  # an earlier run of the day is kept: this one gets its time
+        stem += "-" + results["date"][11:16].replace(":", "")
     (output_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
     (output_dir / f"{stem}.md").write_text(markdown)
     if latest:

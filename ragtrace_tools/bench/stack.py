@@ -200,34 +200,48 @@ def bare_embedding(engine: EmbeddingEngine, texts: list[str]) -> dict[str, Any]:
     return best
 
 
+CONCURRENCIES = (1, 8, 32)
+
+
 def bare_search(
-    engine: EmbeddingEngine, data_dir: Path, namespace: str, queries: Sequence[str], mode: str
-) -> dict[str, Any]:
-    """Embed the query with `engine` and search the same index in this process: what the stack adds (hops,
-    serialization, spans) shows against it."""
+    engine: EmbeddingEngine,
+    data_dir: Path,
+    namespace: str,
+    queries: Sequence[str],
+    mode: str,
+    requests: int = 200,
+    concurrencies: Sequence[int] = CONCURRENCIES,
+) -> list[dict[str, Any]]:
+    """Embed the query with `engine` and search the same index in this process, at each concurrency
+    (threads, as the peer's client runs): what the stack adds (hops, serialization, spans) shows against it at
+    the same concurrency, and its CPU per request is the work's own."""
     from ragtrace.vectorstore.faiss_store import FaissStore
 
     store = FaissStore(data_dir)
     alpha = SearchSettings().default_alpha
-    timings = []
-    for number in range(200):
-        query = _unique_query(queries, number)
-        started = time.perf_counter()
+
+    def ask(query: str) -> int:
         if mode == "keyword":
-            store.keyword_search(namespace, query, 10)
-        else:
-            vector = engine.embed([query])[0].tolist()
-            if mode == "vector":
-                store.search(namespace, vector, 10)
-            else:
-                store.hybrid_search(namespace, query, vector, 10, alpha)
-        timings.append((time.perf_counter() - started) * 1000)
-    store.close()
-    return {"mode": mode, "encoder": engine.backend, **percentiles(timings, "ms", 2)}
+            return len(store.keyword_search(namespace, query, 10))
+        vector = engine.embed([query])[0].tolist()
+        if mode == "vector":
+            return len(store.search(namespace, vector, 10))
+        return len(store.hybrid_search(namespace, query, vector, 10, alpha))
+
+    rows = []
+    try:
+        ask(queries[0])  # warm-up: the namespace's indexes are built on first use
+        for concurrency in concurrencies:
+            with ProcessSampler({"bare": os.getpid()}) as process:
+                row = _threaded_latency(ask, queries, concurrency, requests)
+            row["cpu_ms_per_request"] = round(process.cpu_s["bare"] * 1000 / row["requests"], 2)
+            rows.append({"mode": mode, "encoder": engine.backend, **row})
+    finally:
+        store.close()
+    return rows
 
 
 PEER_COLLECTION = "BenchPeer"
-CONCURRENCIES = (1, 8, 32)
 
 
 def weaviate_peer(
@@ -385,7 +399,7 @@ def run(
     queries = list(eval_set.queries.values())
     search = []
     for mode in ("vector", "keyword", "hybrid"):
-        for concurrency in (1, 8, 32):
+        for concurrency in CONCURRENCIES:
             with ProcessSampler(pids) as processes_searching:
                 row = asyncio.run(bench.search_latency(indexing["namespace"], queries, mode, concurrency, 200))
             # Where a request's CPU goes, by process (the bench client's own is not counted).
@@ -397,14 +411,17 @@ def run(
             search.append(row)
     # The stack's query encoder (the embedding service's settings), for the bare search and the peer alike.
     query_engine = EmbeddingEngine(EmbeddingSettings(), serves_queries=True)
-    bare_costs = {
-        mode: bare_search(query_engine, index_dir, indexing["namespace"], queries, mode)
+    bare_rows = [
+        row
         for mode in ("vector", "keyword", "hybrid")
-    }
+        for row in bare_search(query_engine, index_dir, indexing["namespace"], queries, mode)
+    ]
+    bare_p50 = {(row["mode"], row["concurrency"]): row["p50_ms"] for row in bare_rows}
     console.print(f"[bold]6. the peer[/]: the same {len(take)} passages in Weaviate, its own hybrid query")
     peer_rows = weaviate_peer(peer[0], query_engine, take, queries, weaviate_pid=peer[1])
     for row in search:
-        row["ratio_p50_over_bare"] = round(row["p50_ms"] / max(bare_costs[row["mode"]]["p50_ms"], 0.01), 1)
+        bare = bare_p50[row["mode"], row["concurrency"]]
+        row["ratio_p50_over_bare"] = round(row["p50_ms"] / max(bare, 0.01), 1)
 
     console.print(f"[bold]5. bucket events[/] {bucket_objects} objects written, then deleted, one at a time")
     bucket_passages = {f"{tag}-bucket-{i}": eval_set.corpus[i]["text"] for i in ids[:bucket_objects]}
@@ -414,7 +431,7 @@ def run(
         indexing=indexing,
         freshness=freshness,
         search=search,
-        bare_search=list(bare_costs.values()),
+        bare_search=bare_rows,
         weaviate_peer=peer_rows,
         bucket_events=bucket_events,
         peak_rss_mib_during_indexing={k: round(v) for k, v in processes.peak_mib.items()},
@@ -448,13 +465,15 @@ def _report(results: dict[str, Any], output_dir: Path) -> None:
     for row in results["search"]:
         rows.append(
             f"| search {row['mode']}, concurrency {row['concurrency']} | p50 {row['p50_ms']} ms, "
-            f"p99 **{row['p99_ms']} ms** ({row['ratio_p50_over_bare']}x bare p50), {row['requests_per_s']} req/s; "
+            f"p99 **{row['p99_ms']} ms** ({row['ratio_p50_over_bare']}x bare p50 at the same concurrency), "
+            f"{row['requests_per_s']} req/s; "
             f"{_cpu_summary(row['cpu_ms_per_request'])} | {targets.get(row['concurrency'], '')} |"
         )
     for row in results["bare_search"]:
         rows.append(
-            f"| bare search {row['mode']} (in-process, {row['encoder']} encoder) "
-            f"| p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms | |"
+            f"| bare search {row['mode']}, concurrency {row['concurrency']} (in-process, {row['encoder']} encoder) "
+            f"| p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['requests_per_s']} req/s; "
+            f"CPU ms/request {row['cpu_ms_per_request']} | |"
         )
     for row in results["weaviate_peer"]:
         rows.append(

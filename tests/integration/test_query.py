@@ -11,9 +11,11 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from embedding.settings import BUNDLED_MODEL
+from ragtrace.cache import SearchCache
 from ragtrace.errors import ModelMismatch
 from ragtrace.v1 import search_pb2, search_pb2_grpc
 from ragtrace.vectorstore import DocumentChunks, EmbeddingModel, IndexedChunk
@@ -371,6 +373,25 @@ def test_embedding_service_down_gives_a_fast_503_naming_it(faiss_pipeline: Pipel
     assert elapsed < 1.0, f"took {elapsed:.2f}s"
     assert keyword.status_code == 200, "keyword search needs no embedding"
     wait_until(lambda: _gateway_ready(faiss_pipeline) == 200, 15, 0.5, "the gateway ready again")
+
+
+def test_a_query_embedded_once_is_searched_again_without_the_embedding_service(
+    faiss_pipeline: Pipeline, infra: Infra
+) -> None:
+    """The query's vector is kept (with the result, in one write after the answer) and read back with the
+    namespace's version: asked again in another mode, a result miss, it needs no embedding service."""
+    namespace = _namespace()
+    _ingest_corpus(faiss_pipeline, namespace, {"one": ("One", "A single document about auroras.")})
+    query = "auroras " + uuid.uuid4().hex
+    assert _search(faiss_pipeline, namespace, query, mode="vector", generate=False)["sources"]
+    cache = redis.Redis.from_url(infra.redis.url.get_secret_value())
+    key = SearchCache.embedding_key(BUNDLED_MODEL, query)
+    wait_until(lambda: cache.exists(key), 5, 0.05, "the query's embedding kept")
+    with faiss_pipeline.supervisor.stopped(faiss_pipeline.component("embedding-service")):
+        again = faiss_pipeline.search(query=query, namespace=namespace, mode="hybrid", generate=False)
+    assert again.status_code == 200, again.text
+    assert again.json()["metadata"]["cache_hit"] is False, "another mode: the result is not the cached one"
+    assert [s["document_id"] for s in again.json()["sources"]] == ["one"]
 
 
 def _gateway_ready(pipeline: Pipeline) -> int:

@@ -137,7 +137,10 @@ def test_one_trace_follows_a_question_through_every_service(
     embed = one("search-service", "embed query (grpc)")
     embedding_server = one("embedding-service", "/ragtrace.v1.EmbeddingService/Embed")
     assert path_to_root(embedding_server, by_id)[2] == embed, "Embed server ← gRPC client ← embed query"
-    assert one("search-service", "cache lookup").attributes["ragtrace.cache.hit"] is False
+    lookup = one("search-service", "cache lookup")
+    assert lookup.attributes["ragtrace.cache.hit"] is False
+    # A miss reads Redis twice: the namespace's version with the query's embedding (one MGET), then the result.
+    assert sorted(s.name for s in spans if s.parent_span_id == lookup.span_id) == ["GET", "MGET"]
 
     retrieval = one("search-service", "retrieve hybrid")
     assert retrieval.attributes["gen_ai.request.top_k"] == 5

@@ -13,7 +13,7 @@ import numpy as np
 from query.generation import Generator
 from query.search import SearchService
 from query.settings import LLMSettings, SearchSettings
-from ragtrace.cache import SearchCache
+from ragtrace.cache import CacheLookup, SearchCache
 from ragtrace.vectorstore import DocumentChunks, IndexedChunk
 from ragtrace.vectorstore.faiss_store import FaissStore
 
@@ -53,19 +53,10 @@ class NoCache(SearchCache):
     def __init__(self) -> None:
         pass
 
-    async def result_key(self, namespace: str, parameters: dict[str, Any]) -> str | None:
-        return None
+    async def lookup(self, namespace: str, parameters: dict[str, Any] | None, embedding_key: str | None) -> CacheLookup:
+        return CacheLookup()
 
-    async def get(self, key: str | None, cache: str = "result") -> bytes | None:
-        return None
-
-    async def put(self, key: str | None, value: bytes) -> None:
-        return None
-
-    async def get_embedding(self, model: str, query: str) -> np.ndarray | None:
-        return None
-
-    async def put_embedding(self, model: str, query: str, vector: np.ndarray) -> None:
+    async def put(self, key: str | None, result: bytes | None, embedding: tuple[str, np.ndarray] | None = None) -> None:
         return None
 
 

@@ -71,3 +71,14 @@ def test_results_are_written_as_json_and_a_markdown_table_under_the_machine(tmp_
     assert "Machine: cpu test-cpu" in markdown and "Versions: x 1" in markdown
     assert markdown.endswith("| measure | value |\n|---|---|\n| speed | 3 /s |\n")
     assert (tmp_path / "latest.md").read_text() == markdown
+
+
+def test_a_second_run_of_the_day_is_written_beside_the_first(tmp_path: Path) -> None:
+    first = {"date": "2026-12-06T10:00:00+00:00", "machine": {"cpu": "test-cpu"}, "v": 1}
+    second = {**first, "date": "2026-12-06T14:05:09+00:00", "v": 2}
+    for results in (first, second):
+        write_results(results, "ragtrace bench-test", ("measure", "value"), ["| speed | 3 /s |"], tmp_path)
+    stem = f"2026-12-06-{platform.node() or 'machine'}"
+    assert json.loads((tmp_path / f"{stem}.json").read_text())["v"] == 1
+    assert json.loads((tmp_path / f"{stem}-1405.json").read_text())["v"] == 2
+    assert (tmp_path / f"{stem}-1405.md").read_text().startswith("# ragtrace bench-test, 2026-12-06T14:05:09Z")

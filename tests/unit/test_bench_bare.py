@@ -1,0 +1,58 @@
+"""`make bench`'s bare search (issue 28): ragtrace's own query encoder and store called in one process, at each
+concurrency the stack is measured at, with the CPU each request took: the stack's ratios are against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedding.engine import EmbeddingEngine
+from embedding.settings import EmbeddingSettings
+from ragtrace.vectorstore import DocumentChunks, IndexedChunk
+from ragtrace.vectorstore.faiss_store import FaissStore
+from ragtrace_tools.bench.stack import bare_search
+
+NAMESPACE = "bare"
+PASSAGES = {
+    "kafka": "Kafka partitions order the events of one key.",
+    "minio": "MinIO buckets hold the documents as objects.",
+    "redis": "Redis caches search results for a few minutes.",
+}
+QUERIES = ["kafka partitions", "buckets of objects", "redis caches"]
+
+
+@pytest.fixture(scope="module")
+def engine() -> EmbeddingEngine:
+    return EmbeddingEngine(EmbeddingSettings(), serves_queries=True)
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path, engine: EmbeddingEngine) -> Path:
+    vectors = engine.embed(list(PASSAGES.values())).tolist()
+    store = FaissStore(tmp_path)
+    store.write(
+        NAMESPACE,
+        [
+            DocumentChunks(name, {"title": name}, [IndexedChunk(f"{name}:0", 0, text, 0, len(text), vector)])
+            for (name, text), vector in zip(PASSAGES.items(), vectors, strict=True)
+        ],
+        [],
+    )
+    store.close()
+    return tmp_path
+
+
+@pytest.mark.parametrize("mode", ["vector", "keyword", "hybrid"])
+def test_the_bare_search_answers_every_request_at_each_concurrency(
+    mode: str, engine: EmbeddingEngine, index_dir: Path
+) -> None:
+    rows = bare_search(engine, index_dir, NAMESPACE, QUERIES, mode, requests=40, concurrencies=(1, 3))
+
+    assert [(row["mode"], row["concurrency"]) for row in rows] == [(mode, 1), (mode, 3)]
+    for row in rows:
+        # Each query keeps a word of a passage (the bench adds one unique word to every query): all find one.
+        assert row["answered"] == row["requests"] == 40, row
+        assert 0 < row["p50_ms"] <= row["p99_ms"], row
+        if mode != "keyword":  # 40 encodings are well above the sampler's 0.1 s resolution; 40 BM25 lookups not
+            assert row["cpu_ms_per_request"] > 0, row
