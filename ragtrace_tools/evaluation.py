@@ -34,7 +34,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ragtrace.ingest_client import AsyncIngestClient, Document
-from ragtrace.schemas import chunk_id
+from ragtrace.schemas import chunk_id, document_id_for_path
 from ragtrace.vectorstore import DocumentChunks, IndexedChunk, rank_fusion
 
 console = Console()
@@ -117,13 +117,17 @@ class Client:
         self.http = self.documents.http  # its pool and API key, for the search API
         self.search_url = search_url.rstrip("/")
         self.namespace = namespace
+        # Document id in the API → the set's own id. A set's ids need not be ones the API accepts (DBpedia's are
+        # `<dbpedia:Name>`): each is sent as the id a file of that name would get, which is unique and readable.
+        self.set_ids: dict[str, str] = {}
 
     async def index(self, eval_set: EvalSet) -> None:
         """Every document of the set ingested, then waited for until settled, with a progress bar for each."""
+        self.set_ids = {document_id_for_path(i): i for i in eval_set.corpus}
         documents = [
             # A title is required; an untitled document is named by its id.
-            Document(eval_set.text(i), eval_set.corpus[i]["title"] or i, i)
-            for i in eval_set.corpus
+            Document(eval_set.text(i), eval_set.corpus[i]["title"] or i, api_id)
+            for api_id, i in self.set_ids.items()
         ]
         with Progress(console=console) as progress:
             ingest = progress.add_task(f"ingest {eval_set.name}", total=len(documents))
@@ -141,7 +145,7 @@ class Client:
             async with gate:
                 response = await self.http.post(f"{self.search_url}/api/search", json=body)
             response.raise_for_status()
-            return documents_of([s["document_id"] for s in response.json()["sources"]])
+            return documents_of([self.set_ids[s["document_id"]] for s in response.json()["sources"]])
 
         ranked = await asyncio.gather(*(ranking(t) for t in queries.values()))
         return dict(zip(queries, ranked, strict=True))

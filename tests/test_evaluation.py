@@ -20,16 +20,22 @@ QUERIES = {"q1": "who invented the mercury thermometer", "q2": "zyxquorbium"}
 QRELS = {"q1": "thermo", "q2": "mineral"}
 
 
-def _write_set(folder: Path) -> None:
+def write_set(
+    folder: Path,
+    corpus: list[dict[str, str]] = CORPUS,
+    queries: dict[str, str] = QUERIES,
+    qrels: dict[str, str] = QRELS,
+) -> None:
+    """A BEIR-format set: corpus.jsonl, queries.jsonl and qrels/test.tsv (one relevant document per query)."""
     (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in CORPUS))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))
-    (folder / "qrels" / "test.tsv").write_text("".join(f"{q}\t{d}\t1\n" for q, d in QRELS.items()))
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("".join(f"{q}\t{d}\t1\n" for q, d in qrels.items()))
 
 
 def test_every_set_and_every_system_in_one_run(tmp_path: Path) -> None:
     for name in ("tiny-b", "tiny-a"):
-        _write_set(tmp_path / "sets" / name)
+        write_set(tmp_path / "sets" / name)
     (tmp_path / "sets" / "not-a-set").mkdir()
     output = tmp_path / "eval.json"
 
