@@ -88,8 +88,9 @@ class SearchCache:
                 result = await self.client.get(key)
         except _CACHE_ERRORS as error:
             log.warning("cache unavailable: %r", error)
-            for cache in ("result",) * (parameters is not None) + ("embedding",) * bool(embedding_key):
-                LOOKUPS.labels(cache, "error").inc()
+            for cache, asked in (("result", parameters is not None), ("embedding", embedding_key is not None)):
+                if asked:
+                    LOOKUPS.labels(cache, "error").inc()
             return CacheLookup()
         if parameters is not None:
             LOOKUPS.labels("result", "miss" if result is None else "hit").inc()

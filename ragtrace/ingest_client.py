@@ -128,12 +128,13 @@ class Settling:
         interval_s: float,
         on_settled: Progress | None = None,
         window: int = STATUS_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ids = list(dict.fromkeys(document_ids))
         self.states, self.timeout_s, self.interval_s = frozenset(states), timeout_s, interval_s
-        self.on_settled, self.window = on_settled, window
+        self.on_settled, self.window, self.clock = on_settled, window, clock
         self._settled: dict[str, Status] = {}
-        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._deadline = None if timeout_s is None else clock() + timeout_s
         self._unavailable_since: float | None = None
 
     @property
@@ -162,7 +163,7 @@ class Settling:
                 waiting = status or {"status": "unknown"}
         if waiting is None:
             return 0.0
-        if self._deadline is not None and time.monotonic() >= self._deadline:
+        if self._deadline is not None and self.clock() >= self._deadline:
             raise NotSettled(self, waiting)
         return self.interval_s
 
@@ -170,7 +171,7 @@ class Settling:
         """A check refused with `error`: the seconds to wait before checking again when it is a 503 (the API's
         dependency briefly away, e.g. MinIO slow to answer on a loaded machine), for up to UNAVAILABLE_GRACE_S
         in a row and within the timeout; else the error itself."""
-        now = time.monotonic()
+        now = self.clock()
         if self._unavailable_since is None:
             self._unavailable_since = now
         past_deadline = self._deadline is not None and now >= self._deadline

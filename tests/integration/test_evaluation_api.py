@@ -8,22 +8,21 @@ import uuid
 from pathlib import Path
 
 from ragtrace_tools.evaluation import run
+from tests import test_evaluation as in_process
 from tests.pipeline import API_KEY, Pipeline
-from tests.test_evaluation import write_set
 
-CORPUS = [
-    {"_id": "<dbpedia:Thermometer>", "title": "Thermometer", "text": "Fahrenheit invented the mercury thermometer."},
-    {"_id": "<dbpedia:Volcano>", "title": "Volcano", "text": "A volcano erupts when magma rises through the crust."},
-    {"_id": "bread", "title": "Bread", "text": "Sourdough bread rises because wild yeast ferments the dough."},
-]
-QUERIES = {"q1": "who invented the mercury thermometer", "q2": "magma rising through the crust"}
-QRELS = {"q1": "<dbpedia:Thermometer>", "q2": "<dbpedia:Volcano>"}
+
+def _dbpedia(document_id: str) -> str:
+    return f"<dbpedia:{document_id}>"
 
 
 def test_a_set_whose_ids_the_api_refuses_is_measured_under_its_own_ids(
     faiss_pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    write_set(tmp_path / "sets" / "entities", CORPUS, QUERIES, QRELS)
+    # The in-process test's set, its ids in DBpedia's shape.
+    corpus = [{**row, "_id": _dbpedia(row["_id"])} for row in in_process.CORPUS]
+    qrels = {query: _dbpedia(document) for query, document in in_process.QRELS.items()}
+    in_process.write_set(tmp_path / "sets" / "entities", corpus, in_process.QUERIES, qrels)
     api = (faiss_pipeline.base_url, faiss_pipeline.search_url, API_KEY)
 
     results = run(tmp_path / "sets", [0.5], tmp_path / "eval.json", api, "evaltest-" + uuid.uuid4().hex[:8])

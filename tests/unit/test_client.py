@@ -175,10 +175,9 @@ def _refused(status_code: int) -> IngestError:
     return IngestError(httpx.Response(status_code, request=request, text='{"dependency": "minio"}'))
 
 
-def test_waiting_rides_out_a_dependency_briefly_away_and_no_other_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_waiting_rides_out_a_dependency_briefly_away_and_no_other_refusal() -> None:
     clock = [1000.0]
-    monkeypatch.setattr("ragtrace.ingest_client.time.monotonic", lambda: clock[0])
-    settling = Settling(["d0"], {"indexed"}, None, 0.5)
+    settling = Settling(["d0"], {"indexed"}, None, 0.5, clock=lambda: clock[0])
     assert settling.unavailable(_refused(503)) == 0.5, "a 503 is checked again"
     clock[0] += UNAVAILABLE_GRACE_S - 1
     assert settling.unavailable(_refused(503)) == 0.5
@@ -190,7 +189,7 @@ def test_waiting_rides_out_a_dependency_briefly_away_and_no_other_refusal(monkey
         settling.unavailable(_refused(503))
     with pytest.raises(IngestError, match="422"):
         Settling(["d0"], {"indexed"}, None, 0.5).unavailable(_refused(422))
-    past_deadline = Settling(["d0"], {"indexed"}, 10.0, 0.5)
+    past_deadline = Settling(["d0"], {"indexed"}, 10.0, 0.5, clock=lambda: clock[0])
     clock[0] += 11
     with pytest.raises(IngestError, match="503"):
         past_deadline.unavailable(_refused(503))
