@@ -7,10 +7,14 @@ search, applies to the one it searches the changes logged since it last looked, 
 visible to the search service without reloading. On a machine with a GPU and faiss-gpu, searches run on a GPU
 copy of the FAISS index.
 
+Searches of a namespace run side by side: each holds its in-memory indexes for reading and reads rows through a
+connection of its own thread, and only bringing the indexes up to date (or swapping in a rebuilt one) holds
+them alone, the FAISS and the keyword index together, so both always reflect the same change.
+
 A namespace's index is exact while small and approximate (IVF) above `IndexPolicy.approximate_above`
 chunks (faiss_index.py). The switch, and each rebuild a change of size calls for, happens in a thread: the
 new index is built from a snapshot of the namespace while searches go on with the old one, then the writes
-committed since the snapshot are replayed onto it and it is swapped in under the namespace's lock. An
+committed since the snapshot are replayed onto it and it is swapped in, the searches held off meanwhile. An
 approximate index is saved beside the namespace (`<namespace>.ivf.npz`, with the change it reflects), so
 a restart loads it and replays only the changes since, instead of training again.
 
@@ -25,9 +29,9 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
-from contextlib import closing
-from dataclasses import astuple, dataclass, fields
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 
 import faiss
@@ -134,17 +138,65 @@ _INSERT_PROVENANCE = (
 _PROVENANCE_COLUMNS = ", ".join(f"coalesce({name}, '')" for name in _PROVENANCE)
 
 
+class ReadWriteLock:
+    """Any number of readers at once, or one writer. A writer that waits lets no new reader in, so a stream
+    of searches cannot keep the indexes from being brought up to date."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._writing and not self._writers_waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._readers -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._changed:
+            self._writers_waiting += 1
+            self._changed.wait_for(lambda: not self._writing and not self._readers)
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()
+
+
 @dataclass
 class _Namespace:
-    db: sqlite3.Connection
+    db: sqlite3.Connection  # writes, and reads the change log into the indexes: used under `lock`
     lock: threading.Lock
     path: Path
-    current: NamespaceIndex | None = None  # swapped whole by a rebuild, under the lock
+    # current, keywords and device_index: read by searches under `indexes.reading()`, changed under `writing()`
+    indexes: ReadWriteLock = field(default_factory=ReadWriteLock)
+    current: NamespaceIndex | None = None  # swapped whole by a rebuild
     keywords: KeywordIndex | None = None  # built on the first keyword or hybrid search
     device_index: faiss.Index | None = None  # GPU copy, rebuilt after changes
     rebuilding: threading.Thread | None = None
     failed_at_size: int | None = None
     closed: bool = False
+    readers: threading.local = field(default_factory=threading.local)  # each thread's read-only connection
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection to the namespace (WAL: it never waits for the writer)."""
+        db: sqlite3.Connection | None = getattr(self.readers, "db", None)
+        if db is None:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=30)
+            self.readers.db = db
+        return db
 
 
 class FaissStore:
@@ -229,27 +281,41 @@ class FaissStore:
                 db.execute("ROLLBACK")
                 raise
 
-    def _sync(self, ns: _Namespace) -> NamespaceIndex:
-        """Bring the in-memory index up to the last committed change, and start the rebuild its size calls
-        for (call with ns.lock held)."""
-        latest = latest_change(ns.db)
-        if ns.current is None:
-            ns.current = self._first_index(ns, latest)
-            ns.device_index = self._to_gpu(ns.current)
-        elif ns.current.seq != latest:
-            ns.current.apply_changes(ns.db, latest)
-            ns.device_index = self._to_gpu(ns.current)
-        self._start_rebuild_if_due(ns, ns.current)
-        return ns.current
+    @contextmanager
+    def _reading(self, ns: _Namespace, keywords: bool) -> Iterator[sqlite3.Connection]:
+        """The namespace's indexes held for reading, brought up to the last committed change first if they are
+        behind it (and the keyword index built, if `keywords` and it was not), with this thread's connection: a
+        row read there is as of that change or later, so every row an index names is there, or was deleted since
+        (and is left out)."""
+        db = ns.reader()
+        current, built = ns.current, ns.keywords
+        if current is None or current.seq != latest_change(db) or (keywords and built is None):
+            with ns.indexes.writing():
+                self._catch_up(ns, keywords)
+        with ns.indexes.reading():
+            yield db
 
-    def _keywords(self, ns: _Namespace) -> KeywordIndex:
-        """The keyword index brought up to the last committed change (call with ns.lock held)."""
-        latest = latest_change(ns.db)
-        if ns.keywords is None:
-            ns.keywords = KeywordIndex.build(ns.db, latest)
-        elif ns.keywords.seq != latest:
-            ns.keywords.apply_changes(ns.db, latest)
-        return ns.keywords
+    def _catch_up(self, ns: _Namespace, keywords: bool) -> None:
+        """Bring both in-memory indexes to the last committed change, in one snapshot so that they reflect the
+        same one (the keyword index only if it exists or `keywords`), and start the rebuild the FAISS index's
+        size calls for (call with ns.indexes held for writing)."""
+        with ns.lock:
+            ns.db.execute("BEGIN")
+            try:
+                latest = latest_change(ns.db)
+                if ns.current is None:
+                    ns.current = self._first_index(ns, latest)
+                    ns.device_index = self._to_gpu(ns.current)
+                elif ns.current.seq != latest:
+                    ns.current.apply_changes(ns.db, latest)
+                    ns.device_index = self._to_gpu(ns.current)
+                if ns.keywords is None and keywords:
+                    ns.keywords = KeywordIndex.build(ns.db, latest)
+                elif ns.keywords is not None and ns.keywords.seq != latest:
+                    ns.keywords.apply_changes(ns.db, latest)
+            finally:
+                ns.db.execute("COMMIT")
+            self._start_rebuild_if_due(ns, ns.current)
 
     def _first_index(self, ns: _Namespace, latest: int) -> NamespaceIndex:
         """The approximate index this store saved, brought up to date, when it still matches the namespace;
@@ -296,10 +362,17 @@ class FaissStore:
                 built.save(self._saved_path(ns))
             else:
                 self._saved_path(ns).unlink(missing_ok=True)
-            with ns.lock:
+            with ns.indexes.writing(), ns.lock:
                 if ns.closed:
                     return
-                built.apply_changes(ns.db, latest_change(ns.db))
+                ns.db.execute("BEGIN")
+                try:  # the keyword index to the same change as the new FAISS index
+                    latest = latest_change(ns.db)
+                    built.apply_changes(ns.db, latest)
+                    if ns.keywords is not None:
+                        ns.keywords.apply_changes(ns.db, latest)
+                finally:
+                    ns.db.execute("COMMIT")
                 ns.current = built
                 ns.device_index = self._to_gpu(built)
             log.info("namespace index rebuilt: %s", built.info())
@@ -321,24 +394,26 @@ class FaissStore:
         (for benchmarks and tests)."""
         ns = self._open(namespace, create=False)
         while True:
-            with ns.lock:
-                self._keywords(ns)
-                current = self._sync(ns)
+            with ns.indexes.writing():
+                self._catch_up(ns, keywords=True)
+                current = ns.current
                 rebuilding = ns.rebuilding
-                if rebuilding is None or not rebuilding.is_alive():
+                if current is not None and (rebuilding is None or not rebuilding.is_alive()):
                     return current.info()
-            rebuilding.join()
+            if rebuilding is not None:
+                rebuilding.join()
 
     def search(self, namespace: str, vector: Sequence[float], top_k: int) -> list[Hit]:
         ns = self._open(namespace, create=False)
-        with ns.lock:
-            return _hits(ns.db, self._nearest(ns, vector, top_k))
+        with self._reading(ns, keywords=False) as db:
+            return _hits(db, self._nearest(ns, vector, top_k))
 
-    def _nearest(self, ns: _Namespace, vector: Sequence[float], top_k: int) -> list[tuple[int, float]]:
-        """(FAISS id, cosine) of the top_k nearest chunks, best first (call with ns.lock held)."""
+    @staticmethod
+    def _nearest(ns: _Namespace, vector: Sequence[float], top_k: int) -> list[tuple[int, float]]:
+        """(FAISS id, cosine) of the top_k nearest chunks, best first (call within `_reading`)."""
         query = np.asarray([vector], dtype=np.float32)
-        current = self._sync(ns)
-        if current.size == 0:
+        current = ns.current
+        if current is None or current.size == 0:
             return []
         if current.index.d != query.shape[1]:
             raise ValueError(f"the query vector has dimension {query.shape[1]}, the index {current.index.d}")
@@ -348,56 +423,51 @@ class FaissStore:
 
     def keyword_search(self, namespace: str, query: str, top_k: int) -> list[Hit]:
         ns = self._open(namespace, create=False)
-        with ns.lock:
-            return _hits(ns.db, self._keywords(ns).search(query, top_k))
+        with self._reading(ns, keywords=True) as db:
+            return _hits(db, _keywords(ns).search(query, top_k))
 
     def hybrid_search(self, namespace: str, query: str, vector: Sequence[float], top_k: int, alpha: float) -> list[Hit]:
         """Both rankings as ids and the feedback vectors from the FAISS index itself: chunk rows are read
         only for the top_k that are returned."""
         candidates = max(top_k * 4, HYBRID_CANDIDATES)
         ns = self._open(namespace, create=False)
-        with ns.lock:
-            # One read snapshot: every keyword match is in the index the feedback vectors are read from.
-            ns.db.execute("BEGIN")
-            try:
-                nearest = [i for i, _ in self._nearest(ns, vector, candidates)]
-                keyword = [i for i, _ in self._keywords(ns).search(query, candidates)]
-                feedback = feedback_ids(nearest, keyword, self.feedback_chunks)
-                if feedback and ns.current is not None:
-                    feedback_vectors = ns.current.index.reconstruct_batch(np.asarray(feedback, dtype=np.int64))
-                    nearest = [i for i, _ in self._nearest(ns, expanded_query(vector, feedback_vectors), candidates)]
-                return _hits(ns.db, fused_ranking(nearest, keyword, alpha, top_k))
-            finally:
-                ns.db.execute("COMMIT")
+        # Both indexes reflect the same change: every keyword match is in the index the feedback vectors are
+        # read from.
+        with self._reading(ns, keywords=True) as db:
+            nearest = [i for i, _ in self._nearest(ns, vector, candidates)]
+            keyword = [i for i, _ in _keywords(ns).search(query, candidates)]
+            feedback = feedback_ids(nearest, keyword, self.feedback_chunks)
+            if feedback and ns.current is not None:
+                feedback_vectors = ns.current.index.reconstruct_batch(np.asarray(feedback, dtype=np.int64))
+                nearest = [i for i, _ in self._nearest(ns, expanded_query(vector, feedback_vectors), candidates)]
+            return _hits(db, fused_ranking(nearest, keyword, alpha, top_k))
 
     def count(self, namespace: str, document_id: str | None = None) -> int:
         try:
             ns = self._open(namespace, create=False)
         except UnknownNamespace:
             return 0
-        with ns.lock:
-            if document_id is None:
-                return int(ns.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
-            return int(ns.db.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (document_id,)).fetchone()[0])
+        db = ns.reader()
+        if document_id is None:
+            return int(db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        return int(db.execute("SELECT count(*) FROM chunks WHERE document_id = ?", (document_id,)).fetchone()[0])
 
     def embedding_model(self, namespace: str) -> EmbeddingModel | None:
         try:
             ns = self._open(namespace, create=False)
         except UnknownNamespace:
             return None
-        with ns.lock:
-            return _recorded_model(ns.db)
+        return _recorded_model(ns.reader())
 
     def documents_with_content(self, namespace: str, content_hash: str) -> list[str]:
         try:
             ns = self._open(namespace, create=False)
         except UnknownNamespace:
             return []
-        with ns.lock:
-            rows = ns.db.execute(
-                "SELECT document_id FROM documents WHERE content_hash = ? ORDER BY document_id", (content_hash,)
-            )
-            return [str(row[0]) for row in rows]
+        rows = ns.reader().execute(
+            "SELECT document_id FROM documents WHERE content_hash = ? ORDER BY document_id", (content_hash,)
+        )
+        return [str(row[0]) for row in rows]
 
     def namespaces(self) -> list[str]:
         return sorted(path.stem for path in self.data_dir.glob("*.sqlite"))
@@ -407,8 +477,7 @@ class FaissStore:
             ns = self._open(name, create=False)
         except UnknownNamespace:
             return set()
-        with ns.lock:
-            return {str(row[0]) for row in ns.db.execute("SELECT DISTINCT document_id FROM chunks")}
+        return {str(row[0]) for row in ns.reader().execute("SELECT DISTINCT document_id FROM chunks")}
 
     def release(self, name: str) -> None:
         # Not closed here: a search that took it just before goes on with it; it closes once unreferenced.
@@ -467,6 +536,13 @@ class FaissStore:
             self._namespaces.clear()
         with self._catalog_lock:
             self._catalog.close()
+
+
+def _keywords(ns: _Namespace) -> KeywordIndex:
+    """The keyword index `_reading(ns, keywords=True)` built (call within it)."""
+    if ns.keywords is None:
+        raise RuntimeError("the keyword index is read outside _reading(keywords=True)")
+    return ns.keywords
 
 
 def _generations(catalog: sqlite3.Connection, namespace: str) -> Generations:
