@@ -32,8 +32,9 @@ from ragtrace.metrics import OPERATIONS_PATHS, HttpMetrics
 from ragtrace.schemas import ErrorBody
 
 ReadinessCheck = Callable[[], Awaitable[None]]
-# A FastAPI dependency naming the service's readiness checks: dependency name → check.
-Readiness = Callable[..., Mapping[str, ReadinessCheck] | Awaitable[Mapping[str, ReadinessCheck]]]
+# A FastAPI dependency naming the service's readiness checks: dependency name → check. A coroutine, as every
+# dependency is (tests/unit/test_http_dependencies.py): a plain function would cost a thread-pool hop per request.
+Readiness = Callable[..., Awaitable[Mapping[str, ReadinessCheck]]]
 
 
 def error_response(

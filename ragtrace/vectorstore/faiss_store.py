@@ -158,7 +158,8 @@ class ReadWriteLock:
         finally:
             with self._changed:
                 self._readers -= 1
-                self._changed.notify_all()
+                if not self._readers:  # only a writer waits for the readers to be gone
+                    self._changed.notify_all()
 
     @contextmanager
     def writing(self) -> Iterator[None]:
