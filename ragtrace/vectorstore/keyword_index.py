@@ -18,14 +18,16 @@ import tantivy
 from ragtrace.vectorstore.faiss_index import Changes
 
 # Tantivy's en_stem, built here so that queries go through the very analyzer the text went through: split on
-# what is not a letter or digit, drop tokens over 40 bytes, lowercase, English Snowball stemmer (the FTS5 index
-# this replaces used `porter unicode61`, the same steps). Queries are analyzed, never parsed: nothing of the
-# user's text is read as query syntax.
+# what is not a letter or digit, drop tokens over 40 bytes, lowercase, fold accents ("Zürich" and "zurich" are
+# one word, as FTS5's unicode61 made them), English Snowball stemmer (the FTS5 index this replaces used
+# `porter unicode61`, the same steps). Queries are analyzed, never parsed: nothing of the user's text is read
+# as query syntax.
 _ANALYZER_NAME = "ragtrace_english"
 _ANALYZER = (
     tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
     .filter(tantivy.Filter.remove_long(40))
     .filter(tantivy.Filter.lowercase())
+    .filter(tantivy.Filter.ascii_fold())
     .filter(tantivy.Filter.stemmer("english"))
     .build()
 )

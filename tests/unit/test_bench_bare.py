@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import pytest
 
 from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
 from ragtrace.vectorstore import DocumentChunks, IndexedChunk
 from ragtrace.vectorstore.faiss_store import FaissStore
-from ragtrace_tools.bench.stack import bare_search
+from ragtrace_tools.bench.stack import bare_embedding, bare_search, cpu_budget
 
 NAMESPACE = "bare"
 PASSAGES = {
@@ -56,3 +57,24 @@ def test_the_bare_search_answers_every_request_at_each_concurrency(
         assert 0 < row["p50_ms"] <= row["p99_ms"], row
         if mode != "keyword":  # 40 encodings are well above the sampler's 0.1 s resolution; 40 BM25 lookups not
             assert row["cpu_ms_per_request"] > 0, row
+
+
+def test_the_indexing_budget_sets_what_the_run_spent_per_chunk_against_what_the_targets_allow(
+    engine: EmbeddingEngine,
+) -> None:
+    """The engine's own CPU per chunk is the model's share; at 1.5x the bare model's rate the machine's cores give
+    each chunk cores / rate seconds, and the pipeline's processes are charged per chunk."""
+    engine_row = bare_embedding(engine, [f"{text} {n}" for n in range(30) for text in PASSAGES.values()])
+    assert engine_row["cpu_ms_per_chunk"] > 0, engine_row
+    indexing = {"chunks": 500, "bare_model": {"chunks_per_s": 40.0}, "bare_engine": engine_row}
+
+    budget = cpu_budget(indexing, {"embedding-worker": 15.0, "minio": 4.0, "redis": 0.0})
+
+    cores = psutil.cpu_count() or 1
+    assert budget["pipeline_ms_per_chunk"] == {"embedding-worker": 30.0, "minio": 8.0}
+    assert budget["pipeline_ms_per_chunk_total"] == 38.0
+    assert budget["model_ms_per_chunk"] == engine_row["cpu_ms_per_chunk"]
+    assert budget["allowed_ms_per_chunk_at_1_5x_bare_model"] == round(cores * 1000 / 60.0, 1)
+    assert budget["allowed_ms_per_chunk_at_0_6_of_engine"] == round(
+        cores * 1000 / (0.6 * engine_row["chunks_per_s"]), 1
+    )

@@ -51,6 +51,18 @@ def test_bm25_ranks_the_chunks_holding_the_rarer_words_first_and_matches_word_fo
     assert _found(searcher, "BREAD") == ["bread"], "the title is searched too, whatever the case"
 
 
+def test_accents_are_folded_in_the_text_and_in_the_query(tmp_path: Path) -> None:
+    """Names are written with and without their accents: FTS5's unicode61 folded them, and so does this index."""
+    store = FaissStore(tmp_path)
+    store.write(
+        NAMESPACE,
+        [_document("zurich", "Zürich's café by the Limmat.", "Zürich"), _document("ferry", TEXTS["ferry"])],
+        [],
+    )
+    assert [hit.document_id for hit in store.keyword_search(NAMESPACE, "zurich cafe", 10)] == ["zurich"]
+    assert [hit.document_id for hit in store.keyword_search(NAMESPACE, "Zürich", 10)] == ["zurich"]
+
+
 @pytest.mark.parametrize(
     "query",
     ['title:moon AND (oceans OR "x', "moon^3 -oceans* ~2", "moon) OR [b TO z]", "moon_pulls", "moon\\ {}:!"],
