@@ -5,8 +5,10 @@
    the same chunks on the same device (best batch size) and ragtrace's own engine called bare.
 2. Freshness: accepted → indexed, p50/p99, at steady ingest rates.
 3. Search without generation over HTTP, p50/p99 per mode and concurrency, on the cache-miss path (every
-   query unique), against the bare cost in this process (embed the query + search the same index).
-4. Peak RSS and CPU seconds of each process of the stack during (1): where the time goes.
+   query unique), against the bare cost in this process (embed the query + search the same index); and the
+   cache hit (one query again), the path's own floor.
+4. Peak RSS and CPU seconds of each process of the stack during (1): where the time goes, per chunk against
+   what the indexing targets allow (cpu_budget).
 5. Bucket events on the idle stack: an object written to the watched bucket → its document found by a search,
    and its delete → gone from results, p50/p99, one object at a time (ingest/inbox.py).
 6. The peer: what a user would build instead of the query path, on the same chunks and vectors: the query
@@ -80,7 +82,7 @@ class Bench:
             with sampler or ProcessSampler({}):
                 ids = await ingest(namespace, self._documents(passages))
                 await client.wait_until_settled(namespace, ids[-1:])
-            statuses = await self._settled(client, namespace, ids)
+            statuses = list((await client.wait_until_settled(namespace, ids)).values())
         first = min(datetime.fromisoformat(s["accepted_at"]) for s in statuses)
         last = max(datetime.fromisoformat(s["indexed_at"]) for s in statuses)
         chunks = sum(s["chunks"] for s in statuses)
