@@ -9,6 +9,10 @@ same text: a document's title and text when it has a title.
 
 nDCG@10 uses linear gains (BEIR's pytrec_eval convention); a chunk's hit counts for its document, once.
 
+On each set the default is compared with the best baseline query by query: the mean difference, its bootstrap
+95% interval and a sign-flip randomization test's p-value, so that a set of 40 judged queries is not read as
+more than it can tell.
+
 The embedding engine runs with its defaults (on CPU, the ONNX backend: embedding/settings.py). When that is not
 torch fp32, the dense baseline is also measured with torch fp32 in the same run, and each set's difference
 is checked against QUALITY_BOUND: the default backend is accepted only within it on every set.
@@ -23,7 +27,7 @@ import platform
 import re
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +50,9 @@ RANKED_CHUNKS = 30
 BASELINE_RRF_DEPTH = 100
 # The most dense nDCG@10 the default embedding backend may lose (or gain) against torch fp32, on any set.
 QUALITY_BOUND = 0.005
+# Resamples of the paired comparison's bootstrap interval and randomization test.
+RESAMPLES = 10_000
+DEFAULT_SYSTEM = "ragtrace default (no options)"
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,42 @@ def ndcg_at_10(ranked: Sequence[str], relevant: dict[str, int]) -> float:
     return dcg / ideal if ideal else 0.0
 
 
+def per_query_ndcg(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    return {q: ndcg_at_10(rankings.get(q, []), qrels[q]) for q in qrels}
+
+
 def mean_ndcg(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> float:
-    return sum(ndcg_at_10(rankings.get(q, []), qrels[q]) for q in qrels) / len(qrels)
+    return _mean(per_query_ndcg(rankings, qrels))
+
+
+def _mean(scores: dict[str, float]) -> float:
+    return sum(scores.values()) / len(scores)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """A system's nDCG@10 minus a baseline's over the same queries: the mean, its bootstrap 95% interval, and
+    the two-sided p-value of a sign-flip randomization test (how often swapping the two systems' scores at
+    random, query by query, gives a mean difference at least as large)."""
+
+    baseline: str
+    queries: int
+    difference: float
+    low: float
+    high: float
+    p: float
+
+
+def paired_difference(system: dict[str, float], baseline: dict[str, float], name: str) -> PairedDifference:
+    differences = np.array([system[q] - baseline[q] for q in system])
+    observed = float(differences.mean())
+    rng = np.random.default_rng(0)  # the same scores give the same interval and p-value in every run
+    signs = rng.choice((-1.0, 1.0), size=(RESAMPLES, len(differences)))
+    flipped = (signs * differences).mean(axis=1)
+    p = float(np.mean(np.abs(flipped) >= abs(observed) - 1e-12))
+    resampled = differences[rng.integers(0, len(differences), size=(RESAMPLES, len(differences)))].mean(axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return PairedDifference(name, len(differences), round(observed, 4), round(float(low), 4), round(float(high), 4), p)
 
 
 def documents_of(chunk_document_ids: Sequence[str]) -> list[str]:
@@ -225,27 +266,33 @@ def dense_baseline(
     return {q: [ids[j] for j in np.argsort(-scores[row])[:depth]] for row, q in enumerate(eval_set.queries)}
 
 
-def baselines(eval_set: EvalSet, embed: Callable[[list[str]], np.ndarray], model: str) -> dict[str, float]:
+def baselines(eval_set: EvalSet, embed: Callable[[list[str]], np.ndarray], model: str) -> dict[str, dict[str, float]]:
+    """Each baseline's nDCG@10 per query."""
     console.print(f"{eval_set.name}: baselines BM25 (rank-bm25), exact dense ({model}) and their RRF")
     bm25 = bm25_baseline(eval_set, BASELINE_RRF_DEPTH)
     dense = dense_baseline(eval_set, embed, BASELINE_RRF_DEPTH)
     fused = {q: list(rank_fusion([bm25[q], dense[q]], [1.0, 1.0]))[:RANKED_DOCUMENTS] for q in eval_set.queries}
     return {
-        "baseline BM25 (rank-bm25)": mean_ndcg(bm25, eval_set.qrels),
-        f"baseline dense exact ({model})": mean_ndcg(dense, eval_set.qrels),
-        "baseline RRF k=60 (BM25 + dense)": mean_ndcg(fused, eval_set.qrels),
+        "baseline BM25 (rank-bm25)": per_query_ndcg(bm25, eval_set.qrels),
+        f"baseline dense exact ({model})": per_query_ndcg(dense, eval_set.qrels),
+        "baseline RRF k=60 (BM25 + dense)": per_query_ndcg(fused, eval_set.qrels),
     }
 
 
-async def measure(searcher: Searcher, eval_set: EvalSet, alphas: Sequence[float]) -> dict[str, float]:
-    """nDCG@10 of ragtrace in each mode, each extra alpha, and with the service's defaults."""
+def against_best_baseline(systems: dict[str, dict[str, float]], baseline_names: Sequence[str]) -> PairedDifference:
+    """The default against the baseline with the highest mean nDCG@10, query by query."""
+    best = max(baseline_names, key=lambda name: _mean(systems[name]))
+    return paired_difference(systems[DEFAULT_SYSTEM], systems[best], best)
+
+
+async def measure(searcher: Searcher, eval_set: EvalSet, alphas: Sequence[float]) -> dict[str, dict[str, float]]:
+    """nDCG@10 per query of ragtrace in each mode, each extra alpha, and with the service's defaults."""
     runs: list[tuple[str, dict[str, Any]]] = [("vector", {"mode": "vector"}), ("keyword", {"mode": "keyword"})]
     runs += [(f"hybrid alpha={a}", {"mode": "hybrid", "alpha": a}) for a in alphas]
-    runs.append(("default (no options)", {}))
     return {
-        f"ragtrace {name}": mean_ndcg(await searcher.rankings(eval_set.queries, **options), eval_set.qrels)
+        f"ragtrace {name}": per_query_ndcg(await searcher.rankings(eval_set.queries, **options), eval_set.qrels)
         for name, options in runs
-    }
+    } | {DEFAULT_SYSTEM: per_query_ndcg(await searcher.rankings(eval_set.queries), eval_set.qrels)}
 
 
 def run(
@@ -268,21 +315,26 @@ def run(
         else EmbeddingEngine(EmbeddingSettings(backend="torch", device=engine.device, fp16=False))
     )
     results: dict[str, dict[str, float]] = {}
+    comparisons: dict[str, PairedDifference] = {}
     for folder in eval_folders(root):
         eval_set = EvalSet.load(folder)
         console.print(f"{eval_set.name}: {len(eval_set.corpus)} documents, {len(eval_set.queries)} judged queries")
         if api is None:
             with tempfile.TemporaryDirectory() as data_dir:
                 searcher: Searcher = InProcess(eval_set, engine, Path(data_dir))
-                scores = asyncio.run(measure(searcher, eval_set, alphas))
+                systems = asyncio.run(measure(searcher, eval_set, alphas))
         else:
-            scores = asyncio.run(_through_api(eval_set, api, f"{namespace_prefix}-{eval_set.name}", alphas))
-        scores.update(baselines(eval_set, engine.embed, engine.model_name))
+            systems = asyncio.run(_through_api(eval_set, api, f"{namespace_prefix}-{eval_set.name}", alphas))
+        baseline_systems = baselines(eval_set, engine.embed, engine.model_name)
+        systems |= baseline_systems
+        comparisons[eval_set.name] = against_best_baseline(systems, list(baseline_systems))
+        scores = {name: _mean(per_query) for name, per_query in systems.items()}
         if reference is not None:
             dense = dense_baseline(eval_set, reference.embed)
             scores[f"baseline dense exact ({engine.model_name}, torch fp32)"] = mean_ndcg(dense, eval_set.qrels)
         results[eval_set.name] = scores
     _print(results, "in this process (FAISS store)" if api is None else "through the running system's API")
+    _print_comparisons(comparisons)
     bound = None if reference is None else backend_bound(results, engine.model_name, f"{engine.backend} {engine.dtype}")
     output.parent.mkdir(parents=True, exist_ok=True)
     backend: dict[str, Any] = {"backend": engine.backend, "dtype": engine.dtype, "device": engine.device}
@@ -294,6 +346,7 @@ def run(
         "processor": platform.processor() or platform.machine(),
         "ragtrace": "in-process" if api is None else "api",
         "ndcg_at_10": results,
+        "default_against_best_baseline": {name: asdict(c) for name, c in comparisons.items()},
         "embedding_backend": backend,
     }
     output.write_text(json.dumps(summary, indent=2))
@@ -303,7 +356,7 @@ def run(
 
 async def _through_api(
     eval_set: EvalSet, api: tuple[str, str, str], namespace: str, alphas: Sequence[float]
-) -> dict[str, float]:
+) -> dict[str, dict[str, float]]:
     client = Client(*api, namespace=namespace)
     try:
         await client.index(eval_set)
@@ -330,4 +383,14 @@ def _print(results: dict[str, dict[str, float]], how: str) -> None:
     table = Table("system", *sets, title=f"nDCG@10, ragtrace {how}")
     for system in dict.fromkeys(s for scores in results.values() for s in scores):
         table.add_row(system, *(f"{results[s][system]:.4f}" if system in results[s] else "-" for s in sets))
+    console.print(table)
+
+
+def _print_comparisons(comparisons: dict[str, PairedDifference]) -> None:
+    table = Table(
+        "set", "best baseline", "queries", "difference", "95% interval", "p", title="default minus best baseline"
+    )
+    for name, c in comparisons.items():
+        interval = f"[{c.low:+.4f}, {c.high:+.4f}]"
+        table.add_row(name, c.baseline, str(c.queries), f"{c.difference:+.4f}", interval, f"{c.p:.3f}")
     console.print(table)

@@ -61,3 +61,7 @@ def test_every_set_and_every_system_in_one_run(tmp_path: Path) -> None:
         assert scores["ragtrace keyword"] == 1.0 and scores["baseline BM25 (rank-bm25)"] == 1.0
         assert scores["ragtrace default (no options)"] == 1.0
     assert written["ragtrace"] == "in-process" and written["ndcg_at_10"] == results
+    # The default against the best baseline, query by query: both find every document first.
+    for comparison in written["default_against_best_baseline"].values():
+        assert comparison["queries"] == 2 and comparison["difference"] == 0.0 and comparison["p"] == 1.0
+    assert list(written["default_against_best_baseline"]) == ["tiny-a", "tiny-b"]
