@@ -28,6 +28,10 @@ from tests.pipeline import Pipeline, session_server, timed, wait_until
 
 SURROGATE = "\ud800"  # valid in JSON ("\\ud800"), not encodable as UTF-8
 JSON = {"content-type": "application/json"}
+# Each dependency's deadline is 1 s (RAGTRACE_MINIO_TIMEOUT_S, RAGTRACE_QUERY_EMBEDDING_TIMEOUT_S). The 503 must
+# come at that one deadline: on a busy 2-core CI machine the answer trails it by up to about half a second (CI
+# once saw 1.52 s), while a retried wait would take 2 s at least.
+ONE_DEADLINE_S = 1.8
 
 
 def _escaped(body: dict[str, Any]) -> bytes:
@@ -188,7 +192,7 @@ def _frozen(pid: int) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
-def test_a_frozen_minio_gives_503s_within_a_second_and_recovers(faiss_pipeline: Pipeline, infra: Infra) -> None:
+def test_a_frozen_minio_gives_503s_at_its_deadline_and_recovers(faiss_pipeline: Pipeline, infra: Infra) -> None:
     supervisor, _ = session_server(infra, "minio")
     pid = supervisor.pid("minio")
     assert pid is not None
@@ -210,13 +214,13 @@ def test_a_frozen_minio_gives_503s_within_a_second_and_recovers(faiss_pipeline: 
     for name, (response, elapsed) in answers.items():
         assert response.status_code == 503, f"{name}: {response.status_code} {response.text}"
         assert "minio" in response.json()["message"], name
-        assert elapsed < 1.5, f"{name} took {elapsed:.2f}s"
+        assert elapsed < ONE_DEADLINE_S, f"{name} took {elapsed:.2f}s"
         assert "HTTPConnectionPool" not in response.text and "Error(" not in response.text, "no client internals"
     faiss_pipeline.ingest("Posted after MinIO continued.", namespace, "after")
     faiss_pipeline.wait_for(["before", "after"], namespace)
 
 
-def test_a_frozen_embedding_service_gives_a_503_within_a_second(faiss_pipeline: Pipeline) -> None:
+def test_a_frozen_embedding_service_gives_a_503_at_its_deadline(faiss_pipeline: Pipeline) -> None:
     pid = faiss_pipeline.supervisor.pid("embedding-service")
     assert pid is not None
     namespace = _namespace()
@@ -226,7 +230,7 @@ def test_a_frozen_embedding_service_gives_a_503_within_a_second(faiss_pipeline: 
     with _frozen(pid):
         response, elapsed = timed(lambda: faiss_pipeline.search(query=query, namespace=namespace, generate=False))
     assert response.status_code == 503 and response.json()["dependency"] == "embedding-service", response.text
-    assert elapsed < 1.5, f"took {elapsed:.2f}s"
+    assert elapsed < ONE_DEADLINE_S, f"took {elapsed:.2f}s"
     assert faiss_pipeline.search(query=query, namespace=namespace, generate=False).status_code == 200
 
 
