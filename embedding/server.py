@@ -115,7 +115,7 @@ async def serve(settings: EmbeddingSettings) -> None:
 
 
 def main() -> None:
-    run_async_service("embedding-service", lambda: serve(EmbeddingSettings()))
+    run_async_service("embedding-service", lambda: serve(EmbeddingSettings()), grpc_aio=True)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 def main() -> None:
     settings = GatewaySettings()
-    run_http_service("search-gateway", lambda: create_app(settings), settings.host, settings.port)
+    run_http_service("search-gateway", lambda: create_app(settings), settings.host, settings.port, grpc_aio=True)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ async def serve(settings: SearchSettings) -> None:
 
 
 def main() -> None:
-    run_async_service("search-service", lambda: serve(SearchSettings()))
+    run_async_service("search-service", lambda: serve(SearchSettings()), grpc_aio=True)
 
 
 if __name__ == "__main__":
