@@ -12,7 +12,7 @@ from embedding.engine import EmbeddingEngine
 from embedding.settings import EmbeddingSettings
 from ragtrace.vectorstore import DocumentChunks, IndexedChunk
 from ragtrace.vectorstore.faiss_store import FaissStore
-from ragtrace_tools.bench.stack import bare_embedding, bare_search, cpu_budget
+from ragtrace_tools.bench.stack import at_best_batch, bare_embedding, bare_search, cpu_budget, median_run
 
 NAMESPACE = "bare"
 PASSAGES = {
@@ -64,11 +64,13 @@ def test_the_indexing_budget_sets_what_the_run_spent_per_chunk_against_what_the_
 ) -> None:
     """The engine's own CPU per chunk is the model's share; at 1.5x the bare model's rate the machine's cores give
     each chunk cores / rate seconds, and the pipeline's processes are charged per chunk."""
-    engine_row = bare_embedding(engine, [f"{text} {n}" for n in range(30) for text in PASSAGES.values()])
+    rows = bare_embedding(engine, [f"{text} {n}" for n in range(30) for text in PASSAGES.values()])
+    assert [row["batch_size"] for row in rows] == [1], rows  # int8 runs each text alone: nothing to choose
+    engine_row = at_best_batch([rows])
     assert engine_row["cpu_ms_per_chunk"] > 0, engine_row
-    indexing = {"chunks": 500, "bare_model": {"chunks_per_s": 40.0}, "bare_engine": engine_row}
+    indexing = {"bare_model": {"chunks_per_s": 40.0}, "bare_engine": engine_row}
 
-    budget = cpu_budget(indexing, {"embedding-worker": 15.0, "minio": 4.0, "redis": 0.0})
+    budget = cpu_budget(indexing, 500, {"embedding-worker": 15.0, "minio": 4.0, "redis": 0.0})
 
     cores = psutil.cpu_count() or 1
     assert budget["pipeline_ms_per_chunk"] == {"embedding-worker": 30.0, "minio": 8.0}
@@ -78,3 +80,19 @@ def test_the_indexing_budget_sets_what_the_run_spent_per_chunk_against_what_the_
     assert budget["allowed_ms_per_chunk_at_0_6_of_engine"] == round(
         cores * 1000 / (0.6 * engine_row["chunks_per_s"]), 1
     )
+
+
+def test_each_side_is_taken_at_its_median_round_and_the_bare_model_at_its_best_batch_by_median() -> None:
+    """One lucky round does not make a batch size the best, nor set a side's rate: batch 16 has the single
+    fastest round, batch 32 the higher median."""
+    rounds = [
+        [{"batch_size": 16, "chunks_per_s": 60.0}, {"batch_size": 32, "chunks_per_s": 45.0}],
+        [{"batch_size": 16, "chunks_per_s": 35.0}, {"batch_size": 32, "chunks_per_s": 49.0}],
+        [{"batch_size": 16, "chunks_per_s": 38.0}, {"batch_size": 32, "chunks_per_s": 41.0}],
+    ]
+
+    best = at_best_batch(rounds)
+
+    assert best == {"batch_size": 32, "chunks_per_s": 45.0, "rounds_chunks_per_s": [45.0, 49.0, 41.0]}
+    runs = [{"namespace": name, "chunks_per_s": rate} for name, rate in (("a", 80.0), ("b", 70.0), ("c", 90.0))]
+    assert median_run(runs) == {"namespace": "a", "chunks_per_s": 80.0, "rounds_chunks_per_s": [80.0, 70.0, 90.0]}
