@@ -223,6 +223,8 @@ def test_a_new_search_stops_the_one_before_so_answers_never_mix(
             _search(page, "Why does sourdough bread rise?")
         first_stream_end = stopped.value.failure
         _answered(page)
+        # The button is given back when the second stream closes, a moment after its `done` event.
+        page.wait_for_function("document.getElementById('search-button').getAttribute('aria-busy') === 'false'")
         after = page.evaluate(read_state)
 
     # The race was real: the first answer had only begun when the second search started.
