@@ -49,7 +49,7 @@ from ragtrace.vectorstore.weaviate_store import WeaviateStore
 from ragtrace_tools.bench.measure import ProcessSampler, console, new_results, percentiles, write_results
 from ragtrace_tools.evaluation import EvalSet
 
-# The machine's speed drifts within minutes (a shared VM: the bare torch model measured 35 and 49 chunks/s at
+# The machine's speed drifts within minutes (a shared VM: the bare torch model measured 48 and 35 chunks/s at
 # one batch size a minute apart), so the pipeline and the bare models run in alternating rounds and each is
 # taken at its median; one pipeline run against the best of one sweep of batch sizes set a single sample
 # against the luckiest of four.
