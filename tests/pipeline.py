@@ -30,6 +30,11 @@ from ragtrace_tools.devstack.supervisor import Component, Supervisor
 from ragtrace_tools.kafka_admin import group_lag
 from tests.infra import Infra, _environment
 
+# The tests give each dependency a deadline of 1 s (RAGTRACE_MINIO_TIMEOUT_S, RAGTRACE_QUERY_EMBEDDING_TIMEOUT_S,
+# a client's timeout). A fast 503 comes at that one deadline: on a busy 2-core CI machine the answer trails it
+# (CI saw 1.52 s and 1.73 s), while a retried wait would take two deadlines, 2 s at least.
+ONE_DEADLINE_S = 1.95
+
 T = TypeVar("T")
 
 API_KEY = "test-" + uuid.uuid4().hex

@@ -25,14 +25,10 @@ from ragtrace.clients import minio_client
 from ragtrace.ingest_client import OUTCOMES
 from ragtrace.schemas import content_hash
 from tests.infra import Infra
-from tests.pipeline import Pipeline, session_server, timed, wait_until
+from tests.pipeline import ONE_DEADLINE_S, Pipeline, session_server, timed, wait_until
 
 SURROGATE = "\ud800"  # valid in JSON ("\\ud800"), not encodable as UTF-8
 JSON = {"content-type": "application/json"}
-# Each dependency's deadline is 1 s (RAGTRACE_MINIO_TIMEOUT_S, RAGTRACE_QUERY_EMBEDDING_TIMEOUT_S). The 503 must
-# come at that one deadline: on a busy 2-core CI machine the answer trails it by up to about half a second (CI
-# once saw 1.52 s), while a retried wait would take 2 s at least.
-ONE_DEADLINE_S = 1.8
 
 
 def _escaped(body: dict[str, Any]) -> bytes:
