@@ -26,8 +26,9 @@ def path_to_root(span: SpanView, by_id: dict[str, SpanView]) -> list[SpanView]:
 
 def searchable_document_traces(trace_url: str, document_id: str, namespace: str) -> list[TraceSummary] | None:
     """The traces TraceQL finds by the document's id and namespace, once each is searchable as a whole: Tempo
-    makes a trace's spans searchable in parts, as each part has been idle for 2 s, so the indexer's are
-    waited for too."""
+    makes a trace's spans searchable in parts, as each part has been idle for 2 s, so the indexer's spans and
+    the root span (another process's export, which CI once saw searchable after the indexer's) are waited for."""
     traceql = f'{{ span.document.id = "{document_id}" && span.ragtrace.namespace = "{namespace}" }}'
     found = search_traces(trace_url, traceql)
-    return found if found and all("indexer-worker" in t.services for t in found) else None
+    whole = found and all("indexer-worker" in t.services and t.root_name for t in found)
+    return found if whole else None
