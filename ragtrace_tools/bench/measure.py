@@ -59,13 +59,16 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 class ProcessSampler:
     """Peak resident memory (sampled every 0.2 s) and CPU seconds of the given processes while running: where
-    the machine's time goes."""
+    the machine's time goes; and the whole machine's CPU seconds meanwhile, busy, idle and stolen by the
+    hypervisor (`machine_s`), which says whether the processes could have had more."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.peak_mib: dict[str, float] = dict.fromkeys(pids, 0.0)
         self.cpu_s: dict[str, float] = {}
+        self.machine_s: dict[str, float] = {}
         self._start_cpu: dict[str, float] = {}
+        self._start_machine = psutil.cpu_times()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -80,6 +83,7 @@ class ProcessSampler:
 
     def __enter__(self) -> ProcessSampler:
         self._start_cpu = {name: cpu_seconds(process) for name, process in self.processes.items()}
+        self._start_machine = psutil.cpu_times()
         self._thread.start()
         return self
 
@@ -89,6 +93,17 @@ class ProcessSampler:
         self.cpu_s = {
             name: round(cpu_seconds(process) - self._start_cpu[name], 1) for name, process in self.processes.items()
         }
+        self.machine_s = machine_split(self._start_machine, psutil.cpu_times())
+
+
+def machine_split(start: Any, end: Any) -> dict[str, float]:
+    """All cores' seconds between two psutil.cpu_times(): busy, idle (waiting on I/O included) and steal."""
+    spent = {field: getattr(end, field) - getattr(start, field) for field in end._fields}
+    idle = spent.pop("idle") + spent.pop("iowait", 0.0)
+    steal = spent.pop("steal", 0.0)
+    for counted_in_user in ("guest", "guest_nice"):  # Linux counts guest time in user time too
+        spent.pop(counted_in_user, None)
+    return {"busy": round(sum(spent.values()), 2), "idle": round(idle, 2), "steal": round(steal, 2)}
 
 
 def percentiles(values: Sequence[float], unit: str, digits: int, prefix: str = "") -> dict[str, float]:

@@ -246,16 +246,20 @@ def at_best_batch(rounds: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
     return max((median_run(runs) for runs in by_size.values()), key=lambda run: run["chunks_per_s"])
 
 
-def cpu_budget(indexing: dict[str, Any], chunks: int, cpu_s: dict[str, float]) -> dict[str, Any]:
+def cpu_budget(
+    indexing: dict[str, Any], chunks: int, cpu_s: dict[str, float], machine_s: dict[str, float]
+) -> dict[str, Any]:
     """What the indexing targets leave per chunk, against what the runs spent on `chunks` chunks: at a rate of
     R chunks/s the machine's cores give cores / R seconds of CPU to each chunk, and the model's share is what
-    the engine called bare spends (its own process time)."""
+    the engine called bare spends (its own process time). `machine_s`: all cores' seconds over the runs, busy,
+    idle and stolen, as shares of the whole (the stack's processes' share of it apart)."""
     cores = psutil.cpu_count() or 1
     spent = {name: round(seconds * 1000 / chunks, 2) for name, seconds in cpu_s.items() if seconds}
 
     def allowed(rate: float) -> float:
         return round(cores * 1000 / rate, 1)
 
+    total = sum(machine_s.values()) or 1.0
     return {
         "cores": cores,
         "pipeline_ms_per_chunk": spent,
@@ -263,6 +267,10 @@ def cpu_budget(indexing: dict[str, Any], chunks: int, cpu_s: dict[str, float]) -
         "model_ms_per_chunk": indexing["bare_engine"]["cpu_ms_per_chunk"],
         "allowed_ms_per_chunk_at_1_5x_bare_model": allowed(1.5 * indexing["bare_model"]["chunks_per_s"]),
         "allowed_ms_per_chunk_at_0_6_of_engine": allowed(0.6 * indexing["bare_engine"]["chunks_per_s"]),
+        "machine_share": {
+            "stack": round(sum(cpu_s.values()) / total, 3),
+            **{name: round(seconds / total, 3) for name, seconds in machine_s.items()},
+        },
     }
 
 
@@ -462,7 +470,8 @@ def run(
         measured["ratio_pipeline_over_engine"] = round(measured["chunks_per_s"] / own["chunks_per_s"], 3)
     indexing["per_document"] = per_document
     cpu_s = {name: round(sum(s.cpu_s.get(name, 0.0) for s in samplers), 1) for name in pids}
-    indexing["cpu_budget"] = cpu_budget(indexing, sum(run["chunks"] for run in runs), cpu_s)
+    machine_s = {part: round(sum(s.machine_s[part] for s in samplers), 1) for part in samplers[0].machine_s}
+    indexing["cpu_budget"] = cpu_budget(indexing, sum(run["chunks"] for run in runs), cpu_s, machine_s)
 
     console.print("[bold]2. freshness[/] at steady rates")
     fresh_ids = ids[2 * documents :]
@@ -588,7 +597,8 @@ def _budget_row(budget: dict[str, Any]) -> str:
     return (
         f"| indexing CPU per chunk, batch path ({budget['cores']} cores) | pipeline "
         f"{budget['pipeline_ms_per_chunk_total']} ms: {_largest(budget['pipeline_ms_per_chunk'], 6)}; the model "
-        f"alone (engine bare) {budget['model_ms_per_chunk']} ms | 1.5x bare model allows "
+        f"alone (engine bare) {budget['model_ms_per_chunk']} ms; the machine meanwhile: {_shares(budget)} | 1.5x "
+        "bare model allows "
         f"{budget['allowed_ms_per_chunk_at_1_5x_bare_model']} ms, 0.6 of the engine "
         f"{budget['allowed_ms_per_chunk_at_0_6_of_engine']} ms |"
     )
@@ -596,6 +606,14 @@ def _budget_row(budget: dict[str, Any]) -> str:
 
 def _rounds(measured: dict[str, Any]) -> str:
     return " / ".join(f"{rate:g}" for rate in measured["rounds_chunks_per_s"])
+
+
+def _shares(budget: dict[str, Any]) -> str:
+    share = budget["machine_share"]
+    return (
+        f"busy {share['busy']:.0%} (the stack's processes {share['stack']:.0%}), idle {share['idle']:.0%}, "
+        f"stolen {share['steal']:.0%}"
+    )
 
 
 def _cpu_summary(cpu_ms: dict[str, float]) -> str:

@@ -70,7 +70,8 @@ def test_the_indexing_budget_sets_what_the_run_spent_per_chunk_against_what_the_
     assert engine_row["cpu_ms_per_chunk"] > 0, engine_row
     indexing = {"bare_model": {"chunks_per_s": 40.0}, "bare_engine": engine_row}
 
-    budget = cpu_budget(indexing, 500, {"embedding-worker": 15.0, "minio": 4.0, "redis": 0.0})
+    machine = {"busy": 30.0, "idle": 8.0, "steal": 2.0}
+    budget = cpu_budget(indexing, 500, {"embedding-worker": 15.0, "minio": 4.0, "redis": 0.0}, machine)
 
     cores = psutil.cpu_count() or 1
     assert budget["pipeline_ms_per_chunk"] == {"embedding-worker": 30.0, "minio": 8.0}
@@ -80,6 +81,8 @@ def test_the_indexing_budget_sets_what_the_run_spent_per_chunk_against_what_the_
     assert budget["allowed_ms_per_chunk_at_0_6_of_engine"] == round(
         cores * 1000 / (0.6 * engine_row["chunks_per_s"]), 1
     )
+    # 19 of the machine's 40 core-seconds were the stack's processes', 30 were busy in all.
+    assert budget["machine_share"] == {"stack": 0.475, "busy": 0.75, "idle": 0.2, "steal": 0.05}
 
 
 def test_each_side_is_taken_at_its_median_round_and_the_bare_model_at_its_best_batch_by_median() -> None:

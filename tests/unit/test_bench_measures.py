@@ -9,12 +9,13 @@ import math
 import platform
 import subprocess
 import sys
+from collections import namedtuple
 from pathlib import Path
 
 import psutil
 from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
-from ragtrace_tools.bench.measure import ProcessSampler, percentile, percentiles, write_results
+from ragtrace_tools.bench.measure import ProcessSampler, machine_split, percentile, percentiles, write_results
 
 # Writes 100 MiB, spins the CPU for half a second, then waits to be stopped.
 BUSY = (
@@ -41,6 +42,15 @@ def test_the_sampler_sees_a_process_s_peak_memory_and_cpu_time() -> None:
         process.wait()
     assert 100 <= sampler.peak_mib["busy"] < 300
     assert 0.3 <= sampler.cpu_s["busy"] <= 1.5
+    assert set(sampler.machine_s) == {"busy", "idle", "steal"}
+    assert sampler.machine_s["busy"] >= sampler.cpu_s["busy"] - 0.1, "the machine was at least as busy as it"
+
+
+def test_the_machine_split_counts_guest_time_once_and_io_wait_as_idle() -> None:
+    fields = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
+    start = namedtuple("scputimes", fields)(*[0.0] * len(fields))  # the shape of psutil.cpu_times() on Linux
+    end = start._replace(user=5.0, system=1.0, idle=3.0, iowait=1.0, steal=0.5, guest=2.0)
+    assert machine_split(start, end) == {"busy": 6.0, "idle": 4.0, "steal": 0.5}
 
 
 def _until_cpu_spent(pid: int, seconds: float) -> None:
