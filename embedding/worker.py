@@ -21,6 +21,7 @@ from opentelemetry.trace import Link
 
 from embedding.engine import EmbeddingEngine, TextChunk
 from embedding.settings import EmbeddingSettings
+from ragtrace.errors import DependencyUnavailable
 from ragtrace.messaging import (
     Batch,
     CurrentBatch,
@@ -43,12 +44,11 @@ from ragtrace.telemetry import record_batch_share
 
 tracer = trace.get_tracer("ragtrace.embedding")
 GROUP = "embedding"  # the consumer group, after the deployment's group prefix
-# A batch is embedded in up to this many parts, each published once embedded (Embedding._embed_and_publish).
-EMBED_PARTS = 4
 
 
 @dataclass
 class _Prepared:
+    index: int
     event: DocumentEvent
     span: trace.Span
     chunks: Sequence[TextChunk] = ()  # none: a deletion to forward
@@ -68,12 +68,12 @@ class Embedding:
             span = delivered.span(index)
             try:
                 with trace.use_span(span, end_on_exit=False):
-                    prepared.append(self._prepare(event, span))
+                    prepared.append(self._prepare(index, event, span))
             except Exception as error:  # this message's own failure: retried, then dead-lettered
                 delivered.fail(index, error)
-        await self._embed_and_publish(prepared)
+        await self._embed_and_publish(prepared, delivered)
 
-    def _prepare(self, event: DocumentEvent, span: trace.Span) -> _Prepared:
+    def _prepare(self, index: int, event: DocumentEvent, span: trace.Span) -> _Prepared:
         span.set_attributes(
             {
                 "document.id": event.document_id,
@@ -82,7 +82,7 @@ class Embedding:
             }
         )
         if event.type is EventType.DELETE:
-            return _Prepared(event, span)
+            return _Prepared(index, event, span)
         if event.text is None:
             raise ValueError("an upsert event without its text")
         with tracer.start_as_current_span("chunk") as chunk_span:
@@ -90,28 +90,10 @@ class Embedding:
             chunk_span.set_attributes(
                 {"ragtrace.chunk.count": len(chunks), "ragtrace.chunk.tokens": self.engine.chunk_tokens}
             )
-        return _Prepared(event, span, chunks)
+        return _Prepared(index, event, span, chunks)
 
-    async def _embed_and_publish(self, prepared: list[_Prepared]) -> None:
-        """Embed the batch part by part, each part's chunk batches handed to the producer as soon as it is
-        embedded: the indexer works on one part while the model embeds the next, instead of waiting for the
-        whole batch and then working alone while the model idles."""
-        sending = []
-        for part in parts_of(prepared, self._part_chunks(prepared)):
-            batches = await self._embed(part)
-            sending.append(asyncio.ensure_future(self._publish(part, batches)))
-        for outcome in await asyncio.gather(*sending, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome  # DependencyUnavailable: the whole batch is retried (or a bug)
-
-    def _part_chunks(self, prepared: Sequence[_Prepared]) -> int:
-        """At least one model batch per part, and at most EMBED_PARTS parts."""
-        chunks = sum(len(p.chunks) for p in prepared)
-        return max(self.engine.batch_size, -(-chunks // EMBED_PARTS))
-
-    async def _embed(self, part: Sequence[_Prepared]) -> list[ChunkBatch]:
-        """The part's documents as chunk batches, their chunks embedded in one call of the model."""
-        upserts = [p for p in part if p.event.type is EventType.UPSERT]
+    async def _embed_and_publish(self, prepared: list[_Prepared], delivered: Batch) -> None:
+        upserts = [p for p in prepared if p.event.type is EventType.UPSERT]
         texts = [c.text for p in upserts for c in p.chunks]
         start_ns = time.time_ns()
         with tracer.start_as_current_span(
@@ -128,26 +110,28 @@ class Embedding:
         end_ns = time.time_ns()
         _count_embedding_cost(upserts, (end_ns - start_ns) / 1e9)
         batches, row = [], 0
-        for item in part:
+        for item in prepared:
             batches.append(self._chunk_batch(item, vectors[row : row + len(item.chunks)].tolist(), start_ns, end_ns))
             row += len(item.chunks)
-        return batches
-
-    async def _publish(self, part: Sequence[_Prepared], batches: Sequence[ChunkBatch]) -> None:
-        """The part's chunk batches, produced together; any not acknowledged fails the whole batch."""
-        outcomes = await self.chunks.publish_each(
-            self.kafka.chunks_topic,
-            [
-                (message_key(item.event.namespace, item.event.document_id), chunks, item.span)
-                for item, chunks in zip(part, batches, strict=True)
-            ],
+        # All at once: the producer sends them together, rather than one broker round trip after another while
+        # the model waits for the next batch.
+        outcomes = await asyncio.gather(
+            *(self._publish(item, chunks) for item, chunks in zip(prepared, batches, strict=True)),
+            return_exceptions=True,
         )
-        refused = next((error for error in outcomes if error is not None), None)
-        if refused is not None:
-            raise refused
-        for chunks in batches:
+        for item, chunks, outcome in zip(prepared, batches, outcomes, strict=True):
+            if isinstance(outcome, DependencyUnavailable):
+                raise outcome
+            if isinstance(outcome, Exception):
+                delivered.fail(item.index, outcome)
+                continue
             DOCUMENTS_PROCESSED.labels("embedding", chunks.type.value).inc()
             CHUNKS_PROCESSED.labels("embedding").inc(len(chunks.chunks))
+
+    async def _publish(self, item: _Prepared, chunks: ChunkBatch) -> None:
+        with trace.use_span(item.span, end_on_exit=False):
+            key = message_key(item.event.namespace, item.event.document_id)
+            await self.chunks.publish(self.kafka.chunks_topic, key, chunks)
 
     def _chunk_batch(self, item: _Prepared, vectors: list[list[float]], start_ns: int, end_ns: int) -> ChunkBatch:
         event = item.event
@@ -182,20 +166,6 @@ class Embedding:
                 for c, v in zip(item.chunks, vectors, strict=True)
             ],
         )
-
-
-def parts_of(prepared: Sequence[_Prepared], least_chunks: int) -> list[list[_Prepared]]:
-    """The documents in order, cut into consecutive parts of at least `least_chunks` chunks (the last may have
-    fewer); a document is never cut, and a deletion (no chunks) goes with the part before it."""
-    parts: list[list[_Prepared]] = []
-    held = least_chunks
-    for item in prepared:
-        if held >= least_chunks and (item.chunks or not parts):
-            parts.append([])
-            held = 0
-        parts[-1].append(item)
-        held += len(item.chunks)
-    return parts
 
 
 def _count_embedding_cost(upserts: Sequence[_Prepared], seconds: float) -> None:
