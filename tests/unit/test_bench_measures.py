@@ -46,9 +46,12 @@ def test_the_sampler_sees_a_process_s_peak_memory_and_cpu_time() -> None:
     assert sampler.machine_s["busy"] >= sampler.cpu_s["busy"] - 0.1, "the machine was at least as busy as it"
 
 
+# The shape of psutil.cpu_times() on Linux.
+CpuTimes = namedtuple("CpuTimes", "user nice system idle iowait irq softirq steal guest guest_nice")
+
+
 def test_the_machine_split_counts_guest_time_once_and_io_wait_as_idle() -> None:
-    fields = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
-    start = namedtuple("scputimes", fields)(*[0.0] * len(fields))  # the shape of psutil.cpu_times() on Linux
+    start = CpuTimes(*[0.0] * len(CpuTimes._fields))
     end = start._replace(user=5.0, system=1.0, idle=3.0, iowait=1.0, steal=0.5, guest=2.0)
     assert machine_split(start, end) == {"busy": 6.0, "idle": 4.0, "steal": 0.5}
 
