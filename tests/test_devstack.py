@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ragtrace_tools.cli import app
 from ragtrace_tools.devstack import LocalStack, StackPorts, StartError, State
-from ragtrace_tools.devstack.servers import LocalServers, cache_dir
+from ragtrace_tools.devstack.servers import LOWEST_FREE_PORT, LocalServers, cache_dir, ephemeral_range, free_ports
 from ragtrace_tools.devstack.supervisor import NOT_RECORDED, Component, Supervisor
 from tests.pipeline import wait_until
 
@@ -256,3 +256,27 @@ def test_switching_the_llm_changes_what_the_search_service_and_prometheus_run_wi
     search_before, search_after = without["search-service"], with_llm["search-service"]
     changed = {name for name in search_after if search_before.get(name) != search_after[name]}
     assert changed == {"RAGTRACE_LLM_BASE_URL", "RAGTRACE_LLM_MODEL"}
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_kernel_s_ephemeral_range(tmp_path: Path) -> None:
+    """Below the range no outgoing connection can take a port between its choice and its server's bind."""
+    low, _ = ephemeral_range()
+    ports = free_ports(40)
+    assert len(set(ports)) == 40
+    assert all(LOWEST_FREE_PORT <= port < low for port in ports), ports
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", ports[0]))  # free once handed out
+    (tmp_path / "range").write_text("32768\t60999\n")
+    assert ephemeral_range(tmp_path / "range") == (32768, 60999)
+    assert ephemeral_range(tmp_path / "missing") == (32768, 60999)
+
+
+def test_free_ports_skip_a_port_that_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", LOWEST_FREE_PORT))
+        taken.listen()
+        monkeypatch.setattr("ragtrace_tools.devstack.servers.ephemeral_range", lambda: (LOWEST_FREE_PORT + 2, 60999))
+        assert free_ports(1) == [LOWEST_FREE_PORT + 1]
+        # Nothing free below the range: the kernel's own choice, still a port of its own.
+        [kernel_choice] = free_ports(2)[1:]
+        assert kernel_choice >= LOWEST_FREE_PORT + 2

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import logging
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -81,13 +82,40 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# Ports handed out are drawn from here up to the kernel's ephemeral range (ephemeral_range).
+LOWEST_FREE_PORT = 10_000
+
+
+def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections and bind(0); Linux's default where it cannot be read."""
+    try:
+        low, high = path.read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports: every socket stays bound until all are chosen, so none is handed out twice."""
+    """Distinct free ports below the ephemeral range: a port the kernel hands out (bind(0)) can be given to any
+    outgoing connection's local end between its choice and its server's bind, which CI saw fail a start with
+    EADDRINUSE; below the range only a listener takes one. Every socket stays bound until all are chosen, so
+    none is handed out twice."""
+    candidates = list(range(LOWEST_FREE_PORT, ephemeral_range()[0]))
+    random.shuffle(candidates)
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        chosen: list[int] = []
+        for port in [*candidates, *[0] * count]:  # 0: the kernel's choice, where nothing below the range is free
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            stack.enter_context(sock)
+            chosen.append(int(sock.getsockname()[1]))
+            if len(chosen) == count:
+                break
+        return chosen
 
 
 def with_free_ports(ports_type: type[PortsT]) -> PortsT:
