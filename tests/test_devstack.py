@@ -271,12 +271,11 @@ def test_free_ports_are_distinct_bindable_and_below_the_kernel_s_ephemeral_range
     assert ephemeral_range(tmp_path / "missing") == (32768, 60999)
 
 
-def test_free_ports_skip_a_port_that_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_free_ports_skip_a_port_that_is_taken() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", LOWEST_FREE_PORT))
         taken.listen()
-        monkeypatch.setattr("ragtrace_tools.devstack.servers.ephemeral_range", lambda: (LOWEST_FREE_PORT + 2, 60999))
-        assert free_ports(1) == [LOWEST_FREE_PORT + 1]
+        assert free_ports(1, below=LOWEST_FREE_PORT + 2) == [LOWEST_FREE_PORT + 1]
         # Nothing free below the range: the kernel's own choice, still a port of its own.
-        [kernel_choice] = free_ports(2)[1:]
+        [kernel_choice] = free_ports(2, below=LOWEST_FREE_PORT + 2)[1:]
         assert kernel_choice >= LOWEST_FREE_PORT + 2

@@ -95,12 +95,12 @@ def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range"))
         return 32768, 60999
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports below the ephemeral range: a port the kernel hands out (bind(0)) can be given to any
-    outgoing connection's local end between its choice and its server's bind, which CI saw fail a start with
-    EADDRINUSE; below the range only a listener takes one. Every socket stays bound until all are chosen, so
-    none is handed out twice."""
-    candidates = list(range(LOWEST_FREE_PORT, ephemeral_range()[0]))
+def free_ports(count: int, lowest: int = LOWEST_FREE_PORT, below: int | None = None) -> list[int]:
+    """Distinct free ports from `lowest` up to `below` (the ephemeral range's start): a port the kernel hands out
+    (bind(0)) can be given to any outgoing connection's local end between its choice and its server's bind,
+    which CI saw fail a start with EADDRINUSE; below the range only a listener takes one. Every socket stays
+    bound until all are chosen, so none is handed out twice."""
+    candidates = list(range(lowest, ephemeral_range()[0] if below is None else below))
     random.shuffle(candidates)
     with contextlib.ExitStack() as stack:
         chosen: list[int] = []
