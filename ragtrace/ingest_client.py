@@ -5,8 +5,10 @@ Documents go in through `POST /ingest/batch` (at most MAX_BATCH_DOCUMENTS a requ
 limit), or one at a time through `POST /ingest`. Each answer says, per document, accepted (202) or why not;
 its status record then says where it is, and `POST /ingest/status` reads many at once. Waiting follows one
 rule, written once in `Settling` for the sync and the async client: documents are checked in the order they
-were accepted, a window of them per request, and the next request waits an interval unless the whole window
-had settled, so waiting costs the system under test one status request per interval. A wait ends when every
+were accepted, a window of them per request, one request per interval. The window is as many as settled in the
+previous check, plus one, so that each status is read about once rather than once per check while it is in
+flight (a status read is a MinIO read on the system under test); it doubles, up to STATUS_WINDOW, when all of it
+had settled, and a whole STATUS_WINDOW settled is checked again at once (catching up). A wait ends when every
 document is in one of the wanted states (by default an outcome: indexed, duplicate or failed), or raises
 `NotSettled` after its timeout, carrying what had settled by then.
 
@@ -133,6 +135,7 @@ class Settling:
         self.ids = list(dict.fromkeys(document_ids))
         self.states, self.timeout_s, self.interval_s = frozenset(states), timeout_s, interval_s
         self.on_settled, self.window, self.clock = on_settled, window, clock
+        self._size = window  # how many documents the next check reads
         self._settled: dict[str, Status] = {}
         self._deadline = None if timeout_s is None else clock() + timeout_s
         self._unavailable_since: float | None = None
@@ -147,22 +150,29 @@ class Settling:
 
     def next_ids(self) -> list[str]:
         """The documents to check now, earliest accepted first; empty once every document is settled."""
-        return self.pending()[: self.window]
+        return self.pending()[: self._size]
 
     def observe(self, statuses: Mapping[str, Status | None]) -> float:
-        """The statuses of `next_ids()`: seconds to wait before the next check (0: every one had settled).
+        """The statuses of `next_ids()`: seconds to wait before the next check (0: a whole window had settled).
         Raises NotSettled once the timeout has passed."""
         self._unavailable_since = None
         waiting: Status | None = None
+        settled = 0
         for document_id, status in statuses.items():
             if status is not None and status.get("status") in self.states:
                 self._settled[document_id] = status
+                settled += 1
                 if self.on_settled:
                     self.on_settled(status)
             elif waiting is None:
                 waiting = status or {"status": "unknown"}
         if waiting is None:
-            return 0.0
+            self._size = min(2 * len(statuses), self.window)
+            caught_up = len(statuses) == self.window or not self.pending()
+            return 0.0 if caught_up else self.interval_s
+        # The next interval is likely to settle as many as this one did; the one more keeps a document that
+        # takes long from hiding those behind it.
+        self._size = settled + 1
         if self._deadline is not None and self.clock() >= self._deadline:
             raise NotSettled(self, waiting)
         return self.interval_s

@@ -87,8 +87,9 @@ def test_ingest_and_wait_sends_batches_and_checks_documents_in_accept_order() ->
         "document_id": "d0",
         "metadata": {"title": "title 0", "topic": "t"},
     }
-    # One status request per round, for the pending documents in accept order.
-    assert api.windows == [["d0", "d1", "d2"]] * 3
+    # One status request per round, for the earliest pending documents: as many as settled in the round
+    # before, plus one (each document here settles on its third read).
+    assert api.windows == [["d0", "d1", "d2"], ["d0"], ["d0"], ["d1", "d2"], ["d1"], ["d2"]]
 
 
 def test_waiting_reads_a_window_of_the_earliest_pending_documents() -> None:
@@ -99,6 +100,24 @@ def test_waiting_reads_a_window_of_the_earliest_pending_documents() -> None:
     assert settling.observe({"d1": {"status": "indexed"}, "d2": {"status": "indexed"}}) == 0.0
     assert settling.observe({"d3": None, "d4": {"status": "indexed"}}) == 0.5  # d3 not even there yet
     assert settling.pending() == ["d3"] and list(settling.settled) == ["d0", "d1", "d2", "d4"]
+
+
+def test_each_check_reads_about_as_many_documents_as_settle_between_checks() -> None:
+    settling = Settling([f"d{i}" for i in range(30)], {"indexed"}, None, 0.5, window=8)
+
+    def check(settled: set[str]) -> tuple[list[str], float]:
+        window = settling.next_ids()
+        states = {d: {"status": "indexed" if d in settled else "embedding"} for d in window}
+        return window, settling.observe(states)
+
+    assert check({"d1", "d2", "d3"}) == ([f"d{i}" for i in range(8)], 0.5)
+    # Three settled: the next check reads four, the slow d0 first, so it never hides those behind it.
+    assert check({"d4", "d5", "d6"}) == (["d0", "d4", "d5", "d6"], 0.5)
+    assert check({"d0", "d7", "d8", "d9"}) == (["d0", "d7", "d8", "d9"], 0.5)
+    # All of them settled: twice as many next, and a whole window settled is checked again at once.
+    assert check({f"d{i}" for i in range(10, 18)}) == ([f"d{i}" for i in range(10, 18)], 0.0)
+    assert check(set()) == ([f"d{i}" for i in range(18, 26)], 0.5)
+    assert settling.next_ids() == ["d18"], "nothing settled: the next check reads only the earliest"
 
 
 def test_batches_stay_under_the_apis_limits() -> None:
