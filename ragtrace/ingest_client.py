@@ -44,7 +44,7 @@ BATCH_CONCURRENCY = 2  # batch requests in flight: each already keeps the ingest
 # (the API writes a whole batch's records before announcing any), large enough to spread each request's cost.
 BATCH_DOCUMENTS = 100
 BATCH_BODY_BYTES = 8 * 1024 * 1024  # a batch's JSON, kept under the ingest API's 10 MiB body limit
-STATUS_WINDOW = 32  # documents whose statuses one wait request reads
+STATUS_WINDOW = 32  # the most documents whose statuses one wait request reads
 # How long status checks may be answered 503 in a row before waiting gives up with that answer.
 UNAVAILABLE_GRACE_S = 30.0
 
