@@ -168,7 +168,7 @@ class Settling:
                 waiting = status or {"status": "unknown"}
         if waiting is None:
             self._size = min(2 * len(statuses), self.window)
-            caught_up = len(statuses) == self.window or not self.pending()
+            caught_up = len(statuses) == self.window or len(self._settled) == len(self.ids)
             return 0.0 if caught_up else self.interval_s
         # The next interval is likely to settle as many as this one did; the one more keeps a document that
         # takes long from hiding those behind it.
