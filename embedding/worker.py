@@ -21,7 +21,6 @@ from opentelemetry.trace import Link
 
 from embedding.engine import EmbeddingEngine, TextChunk
 from embedding.settings import EmbeddingSettings
-from ragtrace.errors import DependencyUnavailable
 from ragtrace.messaging import (
     Batch,
     CurrentBatch,
@@ -113,25 +112,21 @@ class Embedding:
         for item in prepared:
             batches.append(self._chunk_batch(item, vectors[row : row + len(item.chunks)].tolist(), start_ns, end_ns))
             row += len(item.chunks)
-        # All at once: the producer sends them together, rather than one broker round trip after another while
-        # the model waits for the next batch.
-        outcomes = await asyncio.gather(
-            *(self._publish(item, chunks) for item, chunks in zip(prepared, batches, strict=True)),
-            return_exceptions=True,
+        # All handed to the producer at once and acknowledged under one deadline: the producer sends them
+        # together, rather than one broker round trip after another while the model waits for the next batch.
+        refused = await self.chunks.publish_each(
+            self.kafka.chunks_topic,
+            [
+                (message_key(item.event.namespace, item.event.document_id), chunks, item.span)
+                for item, chunks in zip(prepared, batches, strict=True)
+            ],
         )
-        for item, chunks, outcome in zip(prepared, batches, outcomes, strict=True):
-            if isinstance(outcome, DependencyUnavailable):
-                raise outcome
-            if isinstance(outcome, Exception):
-                delivered.fail(item.index, outcome)
-                continue
+        for error in refused:
+            if error is not None:
+                raise error  # Kafka is down: the whole batch is retried
+        for chunks in batches:
             DOCUMENTS_PROCESSED.labels("embedding", chunks.type.value).inc()
             CHUNKS_PROCESSED.labels("embedding").inc(len(chunks.chunks))
-
-    async def _publish(self, item: _Prepared, chunks: ChunkBatch) -> None:
-        with trace.use_span(item.span, end_on_exit=False):
-            key = message_key(item.event.namespace, item.event.document_id)
-            await self.chunks.publish(self.kafka.chunks_topic, key, chunks)
 
     def _chunk_batch(self, item: _Prepared, vectors: list[list[float]], start_ns: int, end_ns: int) -> ChunkBatch:
         event = item.event
