@@ -97,6 +97,13 @@ class ObjectNotification(DocumentRef):
             return {"namespace": namespace, "document_id": document_id, "sequencer": sequencer, **data}
         return data
 
+    def happened_before(self, other: DocumentRef) -> bool:
+        """MinIO's two targets deliver an event's copies each in its own time, so a late copy of an older event
+        may arrive after a newer one: the sequencers (the events' times) give their order. Within a batch this
+        decides only which event is acted on, and whichever is reads the bucket as it is now; what matters is
+        that it is not the copy of an event applied already, which would be skipped."""
+        return isinstance(other, ObjectNotification) and happened_earlier(self.sequencer, other.sequencer)
+
     @property
     def bucket(self) -> str:
         return self.key.partition("/")[0]
@@ -104,6 +111,16 @@ class ObjectNotification(DocumentRef):
     @property
     def object_name(self) -> str:
         return self.key.partition("/")[2]
+
+
+def happened_earlier(sequencer: str, other: str) -> bool:
+    """Did the event of `sequencer` happen before the event of `other`? MinIO's sequencer is the event's time in
+    hexadecimal nanoseconds (for a write, the object's modification time), comparable between the events of one
+    object; False where either is not one."""
+    try:
+        return int(sequencer, 16) < int(other, 16)
+    except ValueError:
+        return False
 
 
 class _DocumentName(BaseModel):
@@ -198,7 +215,9 @@ class Inbox:
         self.ingestion = ingestion
         # bucket/object → the sequencer of the last event applied to it (the most recently applied objects):
         # the copy of an event from MinIO's other target is skipped, rather than read and accepted again while
-        # the first is still on its way through the pipeline. Elsewhere (another worker, after a restart) the
+        # the first is still on its way through the pipeline. Only a copy: an older event's copy that arrives
+        # after a newer event is settled by the bucket, since a write's sequencer is the time it began, and a
+        # write that began before a delete may end after it. Elsewhere (another worker, after a restart) the
         # copy is settled by the bucket like any notification, and changes nothing.
         self._applied: OrderedDict[str, str] = OrderedDict()
 

@@ -391,7 +391,8 @@ class BatchDelivery(BaseMiddleware):
         )
 
     async def _current(self, deliveries: list[Delivery]) -> list[Delivery]:
-        """The deliveries to act on: each key's last event (keyless ones: each document's), a re-index event
+        """The deliveries to act on: each key's last event (keyless ones: each document's), last in the order
+        the events show (`DocumentRef.happened_before`) or else in the order they arrived, a re-index event
         apart from the owner's own. Undecodable ones are dead-lettered at once; a key's earlier events in the
         batch are acknowledged as superseded (acting on them too, concurrently, could apply them out of order)."""
         last: dict[tuple[bytes, int | None], Delivery] = {}
@@ -406,10 +407,14 @@ class BatchDelivery(BaseMiddleware):
             # The key, not the document: notifications of two buckets may name the same document. A re-index
             # event never supersedes the owner's own event, nor is superseded by it.
             identity = (delivery.record.key or message_key(event.namespace, event.document_id), event.generation)
-            superseded = last.get(identity)
-            if superseded is not None:
-                skip_message(superseded.span, "superseded by a later event in the same batch")
             delivery.event = event
+            kept = last.get(identity)
+            if kept is not None and kept.event is not None and event.happened_before(kept.event):
+                # A late copy of an older event (MinIO's second notification target): the newer one stays.
+                skip_message(delivery.span, "superseded by a later event in the same batch, which arrived first")
+                continue
+            if kept is not None:
+                skip_message(kept.span, "superseded by a later event in the same batch")
             last[identity] = delivery
         current = set(map(id, last.values()))
         return [d for d in deliveries if id(d) in current]

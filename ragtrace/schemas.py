@@ -258,6 +258,11 @@ class DocumentRef(BaseModel):
     # version into, leaving the record as it is. None: the owner's own event.
     generation: int | None = None
 
+    def happened_before(self, other: DocumentRef) -> bool:
+        """Whether the events themselves show that this one happened before `other`, about the same document.
+        False here: one producer per key, so the order they arrive in is the order they happened in."""
+        return False
+
 
 class EventType(StrEnum):
     UPSERT = "upsert"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -65,6 +67,16 @@ def session_server(infra: Infra, name: str) -> tuple[Supervisor, Component]:
     if infra.stack is None:
         pytest.skip(f"{name} was not started by this test session, so it is not ours to stop")
     return infra.stack.supervisor, next(c for c in infra.stack.components() if c.name == name)
+
+
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The process is stopped (SIGSTOP: a hung disk or network) inside the block, and continues after it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def timed(call: Callable[[], T]) -> tuple[T, float]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
-import os
-import signal
 import threading
 import time
 import uuid
@@ -25,7 +23,7 @@ from ragtrace.clients import minio_client
 from ragtrace.ingest_client import OUTCOMES
 from ragtrace.schemas import content_hash
 from tests.infra import Infra
-from tests.pipeline import ONE_DEADLINE_S, Pipeline, session_server, timed, wait_until
+from tests.pipeline import ONE_DEADLINE_S, Pipeline, frozen, session_server, timed, wait_until
 
 SURROGATE = "\ud800"  # valid in JSON ("\\ud800"), not encodable as UTF-8
 JSON = {"content-type": "application/json"}
@@ -180,16 +178,6 @@ def test_a_broker_restart_under_load_loses_nothing_accepted_and_ingestion_recove
     assert recovered_after < 30, f"ingestion took {recovered_after:.1f}s to recover"
 
 
-@contextmanager
-def _frozen(pid: int) -> Iterator[None]:
-    """The process is stopped (SIGSTOP: a hung disk or network) inside the block, and continues after it."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
 def test_a_frozen_minio_gives_503s_at_its_deadline_and_recovers(faiss_pipeline: Pipeline, infra: Infra) -> None:
     supervisor, _ = session_server(infra, "minio")
     pid = supervisor.pid("minio")
@@ -206,7 +194,7 @@ def test_a_frozen_minio_gives_503s_at_its_deadline_and_recovers(faiss_pipeline: 
         "GET /readyz": lambda c: c.get("/readyz"),
     }
     answers: dict[str, tuple[httpx.Response, float]] = {}
-    with faiss_pipeline.http() as client, _frozen(pid):
+    with faiss_pipeline.http() as client, frozen(pid):
         for name, call in calls.items():
             answers[name] = timed(lambda: call(client))  # noqa: B023  # called at once, inside the loop
     for name, (response, elapsed) in answers.items():
@@ -225,7 +213,7 @@ def test_a_frozen_embedding_service_gives_a_503_at_its_deadline(faiss_pipeline: 
     faiss_pipeline.ingest("A document about icebergs.", namespace, "iceberg")
     faiss_pipeline.wait_for(["iceberg"], namespace)
     query = "icebergs " + uuid.uuid4().hex  # not in the embedding cache
-    with _frozen(pid):
+    with frozen(pid):
         response, elapsed = timed(lambda: faiss_pipeline.search(query=query, namespace=namespace, generate=False))
     assert response.status_code == 503 and response.json()["dependency"] == "embedding-service", response.text
     assert elapsed < ONE_DEADLINE_S, f"took {elapsed:.2f}s"
