@@ -47,7 +47,6 @@ GROUP = "embedding"  # the consumer group, after the deployment's group prefix
 
 @dataclass
 class _Prepared:
-    index: int
     event: DocumentEvent
     span: trace.Span
     chunks: Sequence[TextChunk] = ()  # none: a deletion to forward
@@ -67,12 +66,12 @@ class Embedding:
             span = delivered.span(index)
             try:
                 with trace.use_span(span, end_on_exit=False):
-                    prepared.append(self._prepare(index, event, span))
+                    prepared.append(self._prepare(event, span))
             except Exception as error:  # this message's own failure: retried, then dead-lettered
                 delivered.fail(index, error)
-        await self._embed_and_publish(prepared, delivered)
+        await self._embed_and_publish(prepared)
 
-    def _prepare(self, index: int, event: DocumentEvent, span: trace.Span) -> _Prepared:
+    def _prepare(self, event: DocumentEvent, span: trace.Span) -> _Prepared:
         span.set_attributes(
             {
                 "document.id": event.document_id,
@@ -81,7 +80,7 @@ class Embedding:
             }
         )
         if event.type is EventType.DELETE:
-            return _Prepared(index, event, span)
+            return _Prepared(event, span)
         if event.text is None:
             raise ValueError("an upsert event without its text")
         with tracer.start_as_current_span("chunk") as chunk_span:
@@ -89,9 +88,9 @@ class Embedding:
             chunk_span.set_attributes(
                 {"ragtrace.chunk.count": len(chunks), "ragtrace.chunk.tokens": self.engine.chunk_tokens}
             )
-        return _Prepared(index, event, span, chunks)
+        return _Prepared(event, span, chunks)
 
-    async def _embed_and_publish(self, prepared: list[_Prepared], delivered: Batch) -> None:
+    async def _embed_and_publish(self, prepared: list[_Prepared]) -> None:
         upserts = [p for p in prepared if p.event.type is EventType.UPSERT]
         texts = [c.text for p in upserts for c in p.chunks]
         start_ns = time.time_ns()
